@@ -1,0 +1,7 @@
+//! The raftmq broker node: the replicated state machine over the CommitLog, and (to come)
+//! the Raft group wiring and the gRPC services.
+
+pub mod machine;
+pub mod node;
+pub mod raft;
+pub mod service;

@@ -1,0 +1,197 @@
+//! Pop state of one consumer group on one queue: which offsets are delivered and invisible,
+//! which are acknowledged, and where never-delivered messages start.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::Millis;
+
+/// A delivered, unacknowledged message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inflight {
+    /// When it becomes visible again.
+    pub visible_at: Millis,
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// The pop that delivered it last.
+    pub pop_id: u64,
+}
+
+/// Invariants: every offset below `ack_offset` is acknowledged; every offset in
+/// `ack_offset..next_fresh` is either in `inflight` or in `acked`; offsets from
+/// `next_fresh` on were never delivered. `by_visible` indexes `inflight` by time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopState {
+    /// Everything below is acknowledged.
+    pub ack_offset: u64,
+    /// First offset never delivered.
+    pub next_fresh: u64,
+    inflight: BTreeMap<u64, Inflight>,
+    by_visible: BTreeSet<(Millis, u64)>,
+    acked: BTreeSet<u64>,
+}
+
+impl PopState {
+    /// A state starting at `offset` (the queue's first retained offset for a new group).
+    pub fn starting_at(offset: u64) -> Self {
+        Self { ack_offset: offset, next_fresh: offset, ..Default::default() }
+    }
+
+    /// Offsets delivered before whose invisibility ended by `now`, oldest first.
+    pub fn expired(&self, now: Millis) -> impl Iterator<Item = u64> + '_ {
+        self.by_visible.range(..=(now, u64::MAX)).map(|&(_, off)| off)
+    }
+
+    /// When the earliest invisible message becomes visible again.
+    pub fn next_visible(&self) -> Option<Millis> {
+        self.by_visible.first().map(|&(t, _)| t)
+    }
+
+    /// Number of delivered, unacknowledged messages.
+    pub fn inflight_count(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The inflight record of `offset`.
+    pub fn inflight(&self, offset: u64) -> Option<&Inflight> {
+        self.inflight.get(&offset)
+    }
+
+    /// Marks `offset` delivered (again) until `visible_at`; returns the attempt number.
+    pub fn deliver(&mut self, offset: u64, visible_at: Millis, pop_id: u64) -> u32 {
+        assert!(offset >= self.ack_offset && offset <= self.next_fresh, "deliver {offset} out of order");
+        assert!(!self.acked.contains(&offset), "deliver of acked offset {offset}");
+        let attempts = match self.inflight.remove(&offset) {
+            Some(old) => {
+                self.by_visible.remove(&(old.visible_at, offset));
+                old.attempts + 1
+            }
+            None => 1,
+        };
+        self.inflight.insert(offset, Inflight { visible_at, attempts, pop_id });
+        self.by_visible.insert((visible_at, offset));
+        if offset == self.next_fresh {
+            self.next_fresh += 1;
+        }
+        attempts
+    }
+
+    /// Marks a never-delivered offset consumed without delivery (filtered out).
+    pub fn skip(&mut self, offset: u64) {
+        assert_eq!(offset, self.next_fresh, "skip must be at the fresh edge");
+        self.next_fresh += 1;
+        self.acked.insert(offset);
+        self.advance();
+    }
+
+    /// Acknowledges `offset` delivered by `pop_id`.
+    pub fn ack(&mut self, offset: u64, pop_id: u64) -> Result<(), String> {
+        if offset < self.ack_offset || self.acked.contains(&offset) {
+            return Err(format!("offset {offset} is already acknowledged"));
+        }
+        let Some(inf) = self.inflight.get(&offset) else {
+            return Err(format!("offset {offset} was never delivered to this group"));
+        };
+        if inf.pop_id != pop_id {
+            return Err(format!("offset {offset} was delivered again since; use the newest receipt"));
+        }
+        let inf = self.inflight.remove(&offset).expect("checked above");
+        self.by_visible.remove(&(inf.visible_at, offset));
+        self.acked.insert(offset);
+        self.advance();
+        Ok(())
+    }
+
+    /// Moves the invisibility end of a delivered message; the old receipt stops working.
+    pub fn change_invisible(
+        &mut self,
+        offset: u64,
+        pop_id: u64,
+        visible_at: Millis,
+        new_pop_id: u64,
+    ) -> Result<(), String> {
+        let Some(inf) = self.inflight.get_mut(&offset) else {
+            return Err(format!("offset {offset} is not invisible for this group (acknowledged or never delivered)"));
+        };
+        if inf.pop_id != pop_id {
+            return Err(format!("offset {offset} was delivered again since; use the newest receipt"));
+        }
+        self.by_visible.remove(&(inf.visible_at, offset));
+        inf.visible_at = visible_at;
+        inf.pop_id = new_pop_id;
+        self.by_visible.insert((visible_at, offset));
+        Ok(())
+    }
+
+    /// Drops everything below `offset` (retention removed those messages).
+    pub fn trim_below(&mut self, offset: u64) {
+        if offset <= self.ack_offset {
+            return;
+        }
+        let keep_inflight = self.inflight.split_off(&offset);
+        for (off, inf) in std::mem::replace(&mut self.inflight, keep_inflight) {
+            self.by_visible.remove(&(inf.visible_at, off));
+        }
+        self.acked = self.acked.split_off(&offset);
+        self.ack_offset = offset;
+        self.next_fresh = self.next_fresh.max(offset);
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while self.ack_offset < self.next_fresh && self.acked.remove(&self.ack_offset) {
+            self.ack_offset += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_acks_advance_the_ack_offset_when_the_gap_closes() {
+        let mut s = PopState::starting_at(10);
+        for off in 10..15 {
+            assert_eq!(s.deliver(off, Millis(100), 1), 1);
+        }
+        assert_eq!(s.next_fresh, 15);
+        s.ack(12, 1).expect("delivered");
+        s.ack(11, 1).expect("delivered");
+        assert_eq!(s.ack_offset, 10);
+        s.ack(10, 1).expect("delivered");
+        assert_eq!(s.ack_offset, 13);
+        assert_eq!(s.inflight_count(), 2);
+        assert!(s.ack(10, 1).is_err(), "double ack is refused");
+        assert!(s.ack(20, 1).is_err(), "never delivered");
+    }
+
+    #[test]
+    fn redelivery_counts_attempts_and_invalidates_old_receipts() {
+        let mut s = PopState::starting_at(0);
+        s.deliver(0, Millis(100), 1);
+        assert_eq!(s.expired(Millis(99)).count(), 0);
+        assert_eq!(s.expired(Millis(100)).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.deliver(0, Millis(300), 2), 2);
+        assert!(s.ack(0, 1).is_err(), "the first delivery's receipt is stale");
+        s.change_invisible(0, 2, Millis(500), 3).expect("current receipt");
+        assert!(s.ack(0, 2).is_err(), "change_invisible replaced the receipt");
+        assert_eq!(s.expired(Millis(400)).count(), 0);
+        s.ack(0, 3).expect("newest receipt");
+        assert_eq!(s.ack_offset, 1);
+    }
+
+    #[test]
+    fn skipped_messages_count_as_consumed_and_trim_drops_old_state() {
+        let mut s = PopState::starting_at(0);
+        s.skip(0);
+        s.deliver(1, Millis(5), 1);
+        s.skip(2);
+        assert_eq!(s.ack_offset, 1);
+        s.trim_below(2);
+        assert_eq!(s.ack_offset, 3);
+        assert_eq!(s.inflight_count(), 0);
+        assert_eq!(s.expired(Millis(10)).count(), 0);
+    }
+}

@@ -1,0 +1,276 @@
+//! Names, ids and values of the messaging model, with their limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Longest topic or group name (RocketMQ's limit).
+pub const MAX_NAME_LEN: usize = 127;
+/// Most queues a topic may have.
+pub const MAX_QUEUES: u32 = 1024;
+
+/// A validated topic name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicName(String);
+
+/// A validated consumer or producer group name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupName(String);
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty.
+    #[error("name is empty")]
+    Empty,
+    /// Too long.
+    #[error("name is {0} characters, the limit is {MAX_NAME_LEN}")]
+    TooLong(usize),
+    /// A character outside `[%|a-zA-Z0-9_-]`.
+    #[error("name contains {0:?}; allowed are letters, digits, '%', '|', '_' and '-'")]
+    BadChar(char),
+    /// A name reserved for the system.
+    #[error("name {0:?} is reserved for the system")]
+    Reserved(String),
+}
+
+fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '_' | '-'))) {
+        return Err(NameError::BadChar(c));
+    }
+    Ok(())
+}
+
+const RESERVED_TOPICS: &[&str] =
+    &["TBW102", "SCHEDULE_TOPIC_XXXX", "RMQ_SYS_TRANS_HALF_TOPIC", "RMQ_SYS_TRANS_OP_HALF_TOPIC"];
+
+impl TopicName {
+    /// Validates a topic name a user gave (system prefixes and names are refused).
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        check_name(name)?;
+        if name.starts_with("rmq_sys") || name.starts_with("%RETRY%") || name.starts_with("%DLQ%") {
+            return Err(NameError::Reserved(name.to_string()));
+        }
+        if RESERVED_TOPICS.contains(&name) {
+            return Err(NameError::Reserved(name.to_string()));
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl GroupName {
+    /// Validates a group name.
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        check_name(name)?;
+        Ok(Self(name.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A queue of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueId(pub u32);
+
+/// Position of a message within its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueOffset(pub u64);
+
+/// Milliseconds since the Unix epoch, as given to the state machine by the proposer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// `self + ms`, saturating.
+    pub fn plus_ms(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+    }
+}
+
+/// The kinds of message a topic accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MessageType {
+    /// Plain messages.
+    Normal,
+    /// Ordered by message group.
+    Fifo,
+    /// Delivered at a later time.
+    Delay,
+    /// Transactional half messages.
+    Transaction,
+}
+
+/// What clients may do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Permission {
+    /// Read and write.
+    ReadWrite,
+    /// Read only.
+    Read,
+    /// Write only.
+    Write,
+}
+
+/// A topic's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Number of queues (1..=MAX_QUEUES).
+    pub queue_count: u32,
+    /// Accepted message types.
+    pub message_types: BTreeSet<MessageType>,
+    /// Permission.
+    pub permission: Permission,
+}
+
+impl TopicConfig {
+    /// A read-write topic with `queue_count` queues taking every message type.
+    pub fn all_types(queue_count: u32) -> Self {
+        Self {
+            queue_count,
+            message_types: [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction]
+                .into_iter()
+                .collect(),
+            permission: Permission::ReadWrite,
+        }
+    }
+}
+
+/// A message as the log stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Topic.
+    pub topic: TopicName,
+    /// Queue the proposer chose.
+    pub queue: QueueId,
+    /// Message id (the client's, or one the broker made).
+    pub message_id: String,
+    /// Tag, for filtering.
+    pub tag: Option<String>,
+    /// Keys, for lookup.
+    pub keys: Vec<String>,
+    /// Message group (FIFO).
+    pub message_group: Option<String>,
+    /// User properties.
+    pub properties: BTreeMap<String, String>,
+    /// When the producer made it.
+    pub born: Millis,
+    /// Earliest delivery time (delay messages).
+    pub deliver_at: Option<Millis>,
+    /// Producer host.
+    pub born_host: String,
+    /// The body, as the producer sent it.
+    pub body: Bytes,
+    /// Whether `body` is gzip-compressed.
+    pub body_gzip: bool,
+}
+
+/// Stable 64-bit hash of a tag (FNV-1a), stored in consume queue records.
+pub fn tag_hash(tag: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tag.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A subscription's tag expression: `*` or `a || b || c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TagFilter {
+    /// Every message.
+    All,
+    /// Messages whose tag hash is one of these.
+    Tags(BTreeSet<u64>),
+}
+
+impl TagFilter {
+    /// Parses a tag expression. Empty or `*` matches everything.
+    pub fn parse(expr: &str) -> Result<Self, String> {
+        let expr = expr.trim();
+        if expr.is_empty() || expr == "*" {
+            return Ok(TagFilter::All);
+        }
+        if expr.len() > 4096 {
+            return Err("tag expression longer than 4096 characters".into());
+        }
+        let mut tags = BTreeSet::new();
+        for part in expr.split("||") {
+            let t = part.trim();
+            if t.is_empty() {
+                return Err(format!("empty tag in expression {expr:?}"));
+            }
+            if t == "*" {
+                return Ok(TagFilter::All);
+            }
+            tags.insert(tag_hash(t));
+        }
+        Ok(TagFilter::Tags(tags))
+    }
+
+    /// Whether a message with this tag hash (None: no tag) passes.
+    pub fn matches(&self, tag: Option<u64>) -> bool {
+        match self {
+            TagFilter::All => true,
+            TagFilter::Tags(set) => tag.is_some_and(|t| set.contains(&t)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_rocketmq_rules() {
+        assert!(TopicName::new("orders_2024-eu|%x").is_ok());
+        assert_eq!(TopicName::new(""), Err(NameError::Empty));
+        assert_eq!(TopicName::new("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(TopicName::new(&"a".repeat(128)), Err(NameError::TooLong(128)));
+        assert!(TopicName::new(&"a".repeat(127)).is_ok());
+        assert!(matches!(TopicName::new("%RETRY%g"), Err(NameError::Reserved(_))));
+        assert!(matches!(TopicName::new("TBW102"), Err(NameError::Reserved(_))));
+        assert!(matches!(TopicName::new("rmq_sys_x"), Err(NameError::Reserved(_))));
+        assert!(GroupName::new("group-1").is_ok());
+        assert_eq!(GroupName::new("g/1"), Err(NameError::BadChar('/')));
+    }
+
+    #[test]
+    fn tag_filters() {
+        assert_eq!(TagFilter::parse(" * "), Ok(TagFilter::All));
+        assert_eq!(TagFilter::parse(""), Ok(TagFilter::All));
+        let f = TagFilter::parse("TagA || TagB").expect("valid");
+        assert!(f.matches(Some(tag_hash("TagA"))));
+        assert!(f.matches(Some(tag_hash("TagB"))));
+        assert!(!f.matches(Some(tag_hash("TagC"))));
+        assert!(!f.matches(None));
+        assert!(TagFilter::parse("a || ").is_err());
+    }
+}

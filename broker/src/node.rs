@@ -1,0 +1,216 @@
+//! One broker node: its CommitLog, state machine, openraft instance and gRPC server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_log::{Log, LogConfig, RaftLogStore};
+use raftmq_proto::raft::v1::raft_service_server::RaftServiceServer;
+use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
+use tokio::sync::oneshot;
+
+use crate::raft::network::Network;
+use crate::raft::service::RaftRpc;
+use crate::raft::state::StateStore;
+use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
+use crate::service::{Broker, ServiceSettings};
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Broker group (one Raft cluster).
+    pub group: String,
+    /// This node's id; never reused within the group.
+    pub node_id: NodeId,
+    /// Every member of the group, this node included.
+    pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// Where the CommitLog and the state live.
+    pub data_dir: PathBuf,
+    /// Log engine settings.
+    pub log: LogConfig,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Shortest election timeout (the longest is 1.5 times this).
+    pub election_timeout: Duration,
+    /// Take a state snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the Raft view after a snapshot (older ones are purged logically;
+    /// their files stay until retention deletes them).
+    pub keep_after_snapshot: u64,
+    /// Limits and defaults of the client service.
+    pub service: ServiceSettings,
+}
+
+impl NodeConfig {
+    /// This node's addresses.
+    pub fn me(&self) -> Result<&NodeInfo, String> {
+        self.peers.get(&self.node_id).ok_or_else(|| format!("node {} is not among the peers", self.node_id))
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// The openraft handle.
+    pub raft: Raft,
+    /// The state machine (read by services).
+    pub state: StateStore,
+    /// The CommitLog.
+    pub log: Log,
+    /// The address the Raft server listens on.
+    pub raft_addr: SocketAddr,
+    /// The address the client (RocketMQ v2) server listens on.
+    pub client_addr: SocketAddr,
+    stops: Vec<oneshot::Sender<()>>,
+    servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The CommitLog could not be opened.
+    #[error("cannot open the CommitLog: {0}")]
+    Log(#[from] raft_log::LogError),
+    /// The state could not be loaded.
+    #[error("cannot load the state machine: {0}")]
+    State(std::io::Error),
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StartError> {
+    let min = cfg.election_timeout.as_millis() as u64;
+    let config = openraft::Config {
+        cluster_name: cfg.group.clone(),
+        heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+        election_timeout_min: min,
+        election_timeout_max: min + min / 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+        max_in_snapshot_log_to_keep: cfg.keep_after_snapshot,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| StartError::Config(e.to_string()))
+}
+
+impl Node {
+    /// Opens the node's storage, starts Raft and its RPC server. The node with the lowest id
+    /// of a group whose log is empty initializes the group with all peers.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
+        let me = cfg.me().map_err(StartError::Config)?.clone();
+        let (log, report) = Log::open(&cfg.data_dir.join("commitlog"), cfg.log.clone())?;
+        if let Some((file, offset)) = &report.torn_tail {
+            tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");
+        }
+        let state = StateStore::open(&cfg.data_dir.join("state"), &cfg.group).map_err(StartError::State)?;
+        let config = Arc::new(raft_config(&cfg)?);
+        let raft = Raft::new(
+            cfg.node_id,
+            config,
+            Network::new(&cfg.group),
+            RaftLogStore::<TypeConfig>::new(log.clone()),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone());
+        let (raft_addr, raft_stop, raft_server) =
+            serve(&me.raft_addr, RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)).await?;
+        let store = RaftLogStore::<TypeConfig>::new(log.clone());
+        let broker = Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, cfg.service.clone());
+        let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
+        let client_service = MessagingServiceServer::new(broker)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(64 << 20);
+        let (client_addr, client_stop, client_server) = serve(&me.client_addr, client_service).await?;
+
+        let lowest = cfg.peers.keys().next().copied();
+        if lowest == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+            match raft.initialize(cfg.peers.clone()).await {
+                Ok(()) => tracing::info!(group = %cfg.group, node = cfg.node_id, "initialized the group"),
+                Err(e) => tracing::info!(error = %e, "group already initialized"),
+            }
+        }
+        Ok(Node {
+            raft,
+            state,
+            log,
+            raft_addr,
+            client_addr,
+            stops: vec![raft_stop, client_stop],
+            servers: vec![raft_server, client_server],
+        })
+    }
+
+    /// Stops Raft and the server (as a crash would, minus the lost page cache).
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for server in self.servers.drain(..) {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+}
+
+type Served = (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
+
+/// Binds `addr` and serves `service` on it until the returned sender fires.
+async fn serve<S>(addr: &str, service: S) -> Result<Served, StartError>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder().tcp_nodelay(true).add_service(service).serve_with_incoming_shutdown(
+            tokio_stream_listener(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ),
+    );
+    Ok((local, stop, server))
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let item = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((item, listener))
+    })
+}

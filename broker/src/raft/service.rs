@@ -1,0 +1,199 @@
+//! The server side of Raft RPC: `raftmq.raft.v1.RaftService` handing requests to the local
+//! openraft node, and serving retained CommitLog ranges to members that need them.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use raft_log::Log;
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::raft::v1::raft_service_server::RaftService;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::codec::{decode, encode};
+use super::{NodeId, Raft, TypeConfig};
+
+/// Most records in one `SegmentChunk`.
+const SEGMENT_CHUNK_RECORDS: u64 = 256;
+/// Most snapshot bytes accepted in one install.
+const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
+
+/// Serves Raft RPC for one node.
+#[derive(Clone)]
+pub struct RaftRpc {
+    group: String,
+    node: NodeId,
+    raft: Raft,
+    log: Log,
+}
+
+impl std::fmt::Debug for RaftRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftRpc").field("group", &self.group).field("node", &self.node).finish()
+    }
+}
+
+impl RaftRpc {
+    /// Serves `raft` (node `node` of `group`) and reads from `log`.
+    pub fn new(group: &str, node: NodeId, raft: Raft, log: Log) -> Self {
+        Self { group: group.to_string(), node, raft, log }
+    }
+
+    fn check(&self, group: &str, target: NodeId) -> Result<(), Status> {
+        if group != self.group || target != self.node {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of group {:?}, the request is for node {target} of group {group:?}",
+                self.node, self.group
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn bad(e: String) -> Status {
+    Status::invalid_argument(e)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RaftService for RaftRpc {
+    type AppendStream = BoxStream<pb::AppendResponse>;
+    type ReadSegmentStream = BoxStream<pb::SegmentChunk>;
+
+    async fn append(
+        &self,
+        request: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStream>, Status> {
+        let this = self.clone();
+        // A request for another node or one that does not decode ends the input; openraft
+        // sees the stream end and retries on a new one.
+        let input = request.into_inner().take_while(move |item| {
+            let ok = match item {
+                Ok(req) => this.check(&req.group, req.target_node).is_ok(),
+                Err(_) => false,
+            };
+            futures::future::ready(ok)
+        });
+        let input = input.filter_map(|item| async move {
+            let req = item.ok()?;
+            match decode::<AppendEntriesRequest<TypeConfig>>(&req.payload, "append request") {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping an append stream with an undecodable request");
+                    None
+                }
+            }
+        });
+        let output = self.raft.stream_append(Box::pin(input)).enumerate().map(|(seq, item)| match item {
+            Ok(result) => {
+                encode(&result).map(|payload| pb::AppendResponse { seq: seq as u64, payload }).map_err(Status::internal)
+            }
+            Err(fatal) => Err(Status::unavailable(format!("raft node stopped: {fatal}"))),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = request.into_inner();
+        self.check(&req.group, req.target_node)?;
+        let vote: VoteRequest<TypeConfig> = decode(&req.payload, "vote request").map_err(bad)?;
+        let resp = self.raft.vote(vote).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::VoteResponse { payload: encode(&resp).map_err(Status::internal)? }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut meta = None;
+        let mut data = Vec::new();
+        let mut done = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            self.check(&chunk.group, chunk.target_node)?;
+            if chunk.offset != data.len() as u64 {
+                return Err(bad(format!(
+                    "snapshot chunk at offset {} but {} bytes received",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            if meta.is_none() {
+                meta = Some(chunk.meta.clone());
+            }
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted("snapshot larger than 4 GiB"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err(Status::aborted("snapshot stream ended before its last chunk"));
+        }
+        let meta = meta.ok_or_else(|| bad("empty snapshot stream".into()))?;
+        let (vote, meta) = decode(&meta, "snapshot meta").map_err(bad)?;
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::io::Cursor<Vec<u8>>> {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(format!("raft node stopped: {e}")))?;
+        Ok(Response::new(pb::SnapshotResponse { payload: encode(&resp).map_err(Status::internal)? }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let req = request.into_inner();
+        self.check(&req.group, req.target_node)?;
+        let transfer: TransferLeaderRequest<TypeConfig> =
+            decode(&req.payload, "transfer-leader request").map_err(bad)?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(transfer)
+            .await
+            .map_err(|e| Status::unavailable(format!("raft node stopped: {e}")))?;
+        Ok(Response::new(pb::TransferLeaderResponse { payload: encode(&resp).map_err(Status::internal)? }))
+    }
+
+    async fn read_segment(
+        &self,
+        request: Request<pb::ReadSegmentRequest>,
+    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        let req = request.into_inner();
+        self.check(&req.group, req.target_node)?;
+        if req.from_index > req.to_index {
+            return Err(bad(format!("range {}..{} is reversed", req.from_index, req.to_index)));
+        }
+        let log = self.log.clone();
+        let ranges = (req.from_index..req.to_index).step_by(SEGMENT_CHUNK_RECORDS as usize).map(move |from| {
+            let to = (from + SEGMENT_CHUNK_RECORDS).min(req.to_index);
+            (from, to)
+        });
+        let output = futures::stream::iter(ranges).then(move |(from, to)| {
+            let log = log.clone();
+            async move {
+                let records = tokio::task::spawn_blocking(move || log.read(from, to))
+                    .await
+                    .map_err(|e| Status::internal(format!("log reader task: {e}")))?
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok(pb::SegmentChunk {
+                    records: records
+                        .into_iter()
+                        .map(|r| pb::LogRecord { index: r.index, term: r.term, payload: r.payload })
+                        .collect(),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+}

@@ -1,0 +1,200 @@
+//! AckMessage, ChangeInvisibleDuration and the offset calls of pull consumers.
+
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::Code;
+
+use super::Broker;
+use super::convert;
+use super::route::{group_of, topic_of};
+use super::status::{self, Refusal};
+use crate::machine::types::{QueueId, QueueOffset};
+use crate::machine::{Command, Receipt, Response};
+
+/// Most entries in one AckMessage request.
+pub const MAX_ACKS_PER_REQUEST: usize = 1024;
+
+/// The answer when the whole ack request failed.
+pub fn failed_ack(r: &Refusal) -> pb::AckMessageResponse {
+    pb::AckMessageResponse { status: Some(r.status()), entries: vec![] }
+}
+
+fn queue_of(mq: Option<&pb::MessageQueue>) -> Result<QueueId, Refusal> {
+    let id = mq.map_or(-1, |q| q.id);
+    u32::try_from(id).map(QueueId).map_err(|_| Refusal::new(Code::BadRequest, format!("queue id {id} is not valid")))
+}
+
+impl Broker {
+    fn receipt(&self, handle: &str) -> Result<Receipt, Refusal> {
+        let r: Receipt = handle.parse().map_err(|e: String| Refusal::new(Code::InvalidReceiptHandle, e))?;
+        if r.broker_group != self.inner.group {
+            return Err(Refusal::new(
+                Code::InvalidReceiptHandle,
+                format!("receipt handle belongs to broker group {:?}, this is {:?}", r.broker_group, self.inner.group),
+            ));
+        }
+        Ok(r)
+    }
+
+    async fn propose(&self, command: Command) -> Result<Response, Refusal> {
+        let resp = self
+            .inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| Refusal::unavailable(format!("not committed: {e}")))?;
+        match resp.data {
+            Response::Failed(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
+    pub(super) async fn serve_ack(&self, req: pb::AckMessageRequest) -> pb::AckMessageResponse {
+        let parsed = (|| {
+            let group = group_of(req.group.as_ref())?;
+            let topic = topic_of(req.topic.as_ref())?;
+            if req.entries.is_empty() || req.entries.len() > MAX_ACKS_PER_REQUEST {
+                return Err(Refusal::new(Code::BadRequest, format!("ack needs 1..={MAX_ACKS_PER_REQUEST} entries")));
+            }
+            Ok((group, topic))
+        })();
+        let (group, topic) = match parsed {
+            Ok(p) => p,
+            Err(r) => return failed_ack(&r),
+        };
+        let receipts: Vec<Result<Receipt, Refusal>> =
+            req.entries.iter().map(|e| self.receipt(&e.receipt_handle)).collect();
+        let valid: Vec<Receipt> = receipts.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let mut results = if valid.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            match self.propose(Command::Ack { group, topic, receipts: valid }).await {
+                Ok(Response::Acked(results)) => results.into_iter(),
+                Ok(other) => {
+                    return failed_ack(&Refusal::unavailable(format!("unexpected answer to an ack: {other:?}")));
+                }
+                Err(r) => return failed_ack(&r),
+            }
+        };
+        let entries: Vec<pb::AckMessageResultEntry> = req
+            .entries
+            .into_iter()
+            .zip(receipts)
+            .map(|(entry, parsed)| {
+                let status = match parsed {
+                    Err(r) => r.status(),
+                    Ok(_) => match results.next() {
+                        Some(Ok(())) => status::ok(),
+                        Some(Err(e)) => Refusal::from(e).status(),
+                        None => Refusal::unavailable("fewer ack results than receipts").status(),
+                    },
+                };
+                pb::AckMessageResultEntry {
+                    message_id: entry.message_id,
+                    receipt_handle: entry.receipt_handle,
+                    status: Some(status),
+                }
+            })
+            .collect();
+        pb::AckMessageResponse {
+            status: Some(status::summary(entries.iter().filter_map(|e| e.status.as_ref()))),
+            entries,
+        }
+    }
+
+    pub(super) async fn serve_change_invisible(
+        &self,
+        req: pb::ChangeInvisibleDurationRequest,
+    ) -> pb::ChangeInvisibleDurationResponse {
+        let result = async {
+            let group = group_of(req.group.as_ref())?;
+            let topic = topic_of(req.topic.as_ref())?;
+            let receipt = self.receipt(&req.receipt_handle)?;
+            let d = req
+                .invisible_duration
+                .as_ref()
+                .ok_or_else(|| Refusal::new(Code::IllegalInvisibleTime, "invisible duration is missing"))?;
+            let ms = convert::duration_ms(d).map_err(|e| Refusal::new(Code::IllegalInvisibleTime, e))?;
+            let (lo, hi) = self.inner.settings.invisible_range_ms;
+            if ms < lo || ms > hi {
+                return Err(Refusal::new(
+                    Code::IllegalInvisibleTime,
+                    format!("invisible time {ms} ms is outside {lo}..={hi} ms"),
+                ));
+            }
+            let now = super::proposer::now_ms();
+            match self.propose(Command::ChangeInvisible { now, group, topic, receipt, invisible_ms: ms }).await? {
+                Response::Changed(r) => Ok(r.to_string()),
+                other => Err(Refusal::unavailable(format!("unexpected answer: {other:?}"))),
+            }
+        }
+        .await;
+        match result {
+            Ok(receipt_handle) => pb::ChangeInvisibleDurationResponse { status: Some(status::ok()), receipt_handle },
+            Err(r) => pb::ChangeInvisibleDurationResponse { status: Some(r.status()), receipt_handle: String::new() },
+        }
+    }
+
+    pub(super) async fn serve_update_offset(&self, req: pb::UpdateOffsetRequest) -> pb::UpdateOffsetResponse {
+        let result = async {
+            let group = group_of(req.group.as_ref())?;
+            let mq = req.message_queue.as_ref();
+            let topic = topic_of(mq.and_then(|q| q.topic.as_ref()))?;
+            let queue = queue_of(mq)?;
+            let offset =
+                u64::try_from(req.offset).map_err(|_| Refusal::new(Code::BadRequest, "offset must not be negative"))?;
+            self.propose(Command::CommitOffset { group, topic, queue, offset: QueueOffset(offset) }).await
+        }
+        .await;
+        pb::UpdateOffsetResponse { status: Some(result.map_or_else(|r| r.status(), |_| status::ok())) }
+    }
+
+    pub(super) async fn serve_get_offset(&self, req: pb::GetOffsetRequest) -> pb::GetOffsetResponse {
+        let result = (|| {
+            let group = group_of(req.group.as_ref())?;
+            let mq = req.message_queue.as_ref();
+            let topic = topic_of(mq.and_then(|q| q.topic.as_ref()))?;
+            let queue = queue_of(mq)?;
+            self.inner.state.read(|a| a.machine.committed_offset(&group, &topic, queue)).ok_or_else(|| {
+                Refusal::new(
+                    Code::NotFound,
+                    format!("group {group} has committed no offset for {topic} queue {}", queue.0),
+                )
+            })
+        })();
+        match result {
+            Ok(o) => pb::GetOffsetResponse { status: Some(status::ok()), offset: o.0 as i64 },
+            Err(r) => pb::GetOffsetResponse { status: Some(r.status()), offset: 0 },
+        }
+    }
+
+    pub(super) async fn serve_query_offset(&self, req: pb::QueryOffsetRequest) -> pb::QueryOffsetResponse {
+        let result = (|| -> Result<u64, Refusal> {
+            let mq = req.message_queue.as_ref();
+            let topic = topic_of(mq.and_then(|q| q.topic.as_ref()))?;
+            let queue = queue_of(mq)?;
+            let policy = pb::QueryOffsetPolicy::try_from(req.query_offset_policy).map_err(|_| {
+                Refusal::new(Code::BadRequest, format!("unknown offset policy {}", req.query_offset_policy))
+            })?;
+            self.inner.state.read(|a| {
+                let q = a.machine.queue(&topic, queue).ok_or_else(|| {
+                    Refusal::new(Code::TopicNotFound, format!("topic {topic} has no queue {}", queue.0))
+                })?;
+                Ok(match policy {
+                    pb::QueryOffsetPolicy::Beginning => q.min_offset(),
+                    pb::QueryOffsetPolicy::End => q.max_offset(),
+                    pb::QueryOffsetPolicy::Timestamp => {
+                        let ts = req
+                            .timestamp
+                            .as_ref()
+                            .ok_or_else(|| Refusal::new(Code::BadRequest, "timestamp policy needs a timestamp"))?;
+                        q.offset_at_time(convert::millis_of(ts))
+                    }
+                })
+            })
+        })();
+        match result {
+            Ok(o) => pb::QueryOffsetResponse { status: Some(status::ok()), offset: o as i64 },
+            Err(r) => pb::QueryOffsetResponse { status: Some(r.status()), offset: 0 },
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The RocketMQ 5 client protocol (`apache.rocketmq.v2.MessagingService`) on every node.
+//!
+//! Any node answers any call: calls that need the leader (everything that proposes a Raft
+//! command) are served by the leader; a follower forwards them over gRPC to the leader's
+//! client endpoint, once (a forwarded call is never forwarded again). Failures are answered
+//! inside the response's `status`, as the official clients expect.
+
+mod consume;
+pub mod convert;
+pub mod proposer;
+mod receive;
+mod route;
+mod send;
+pub mod status;
+mod telemetry;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::async_runtime::watch::WatchReceiver;
+use parking_lot::Mutex;
+use raft_log::RaftLogStore;
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use self::proposer::Proposer;
+use self::status::Refusal;
+use crate::raft::state::StateStore;
+use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
+
+/// Metadata key marking a call forwarded by a follower.
+const FORWARDED: &str = "x-raftmq-forwarded";
+/// How long a call waits for a leader to be known before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Limits and defaults of the client service.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Largest message body (default 4 MiB).
+    pub max_body_bytes: usize,
+    /// Create unknown topics on first use with this many queues (None: refuse them).
+    pub auto_create_queues: Option<u32>,
+    /// Invisible time when a receive names none (push consumers), default 30 s.
+    pub default_invisible_ms: u64,
+    /// Shortest and longest invisible time a client may ask for.
+    pub invisible_range_ms: (u64, u64),
+    /// Longest long-polling wait (default 30 s).
+    pub max_long_polling_ms: u64,
+    /// Most messages one receive returns (default 32).
+    pub max_receive_batch: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            auto_create_queues: None,
+            default_invisible_ms: 30_000,
+            invisible_range_ms: (1_000, 12 * 3600 * 1000),
+            max_long_polling_ms: 30_000,
+            max_receive_batch: 32,
+        }
+    }
+}
+
+/// Everything the service needs from its node.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    group: String,
+    node_id: NodeId,
+    raft: Raft,
+    state: StateStore,
+    store: RaftLogStore<TypeConfig>,
+    proposer: Proposer,
+    settings: ServiceSettings,
+    clients: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("group", &self.inner.group).field("node", &self.inner.node_id).finish()
+    }
+}
+
+/// Where a call is served.
+enum Route {
+    Local,
+    Leader(MessagingServiceClient<Channel>),
+}
+
+impl Broker {
+    /// The service of node `node_id` of `group`.
+    pub fn new(
+        group: &str,
+        node_id: NodeId,
+        raft: Raft,
+        state: StateStore,
+        store: RaftLogStore<TypeConfig>,
+        settings: ServiceSettings,
+    ) -> Self {
+        let proposer = Proposer::start(raft.clone(), proposer::BatchLimits::default(), settings.auto_create_queues);
+        Self {
+            inner: Arc::new(Inner {
+                group: group.to_string(),
+                node_id,
+                raft,
+                state,
+                store,
+                proposer,
+                settings,
+                clients: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn me(&self) -> Option<NodeInfo> {
+        self.member(self.inner.node_id)
+    }
+
+    fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The current leader, waiting up to [`LEADER_WAIT`] for one to be elected.
+    async fn leader(&self) -> Result<NodeId, Refusal> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow_watched().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Refusal::unavailable("this node is shutting down"));
+                }
+            }
+        };
+        tokio::time::timeout(LEADER_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| Err(Refusal::unavailable("no leader elected in the broker group; retry shortly")))
+    }
+
+    async fn route<T>(&self, request: &Request<T>) -> Result<Route, Refusal> {
+        let leader = self.leader().await?;
+        if leader == self.inner.node_id {
+            return Ok(Route::Local);
+        }
+        if request.metadata().get(FORWARDED).is_some() {
+            return Err(Refusal::unavailable(format!(
+                "node {} is not the leader (node {leader} is); leadership is moving, retry",
+                self.inner.node_id
+            )));
+        }
+        let info =
+            self.member(leader).ok_or_else(|| Refusal::unavailable(format!("leader {leader} has no address")))?;
+        Ok(Route::Leader(self.client(&info.client_addr)?))
+    }
+
+    fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Refusal> {
+        let mut clients = self.inner.clients.lock();
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Refusal::unavailable(format!("bad leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let client = MessagingServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Copies a request for forwarding, marking it forwarded and keeping its deadline.
+fn forward<T>(request: &Request<T>, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    if let Some(t) = request.metadata().get("grpc-timeout") {
+        req.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Forwards a unary call to the leader, or serves it here.
+macro_rules! unary {
+    ($self:ident, $request:ident, $method:ident, $local:expr, $fail:expr) => {{
+        match $self.route(&$request).await {
+            Ok(Route::Local) => Ok(Response::new($local($self, $request.into_inner()).await)),
+            Ok(Route::Leader(mut client)) => {
+                let body = $request.get_ref().clone();
+                match client.$method(forward(&$request, body)).await {
+                    Ok(resp) => Ok(resp),
+                    Err(s) => Ok(Response::new($fail(Refusal::unavailable(format!(
+                        "forwarding to the leader failed: {}",
+                        s.message()
+                    ))))),
+                }
+            }
+            Err(refusal) => Ok(Response::new($fail(refusal))),
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl MessagingService for Broker {
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+    type PullMessageStream = BoxStream<pb::PullMessageResponse>;
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn query_route(
+        &self,
+        request: Request<pb::QueryRouteRequest>,
+    ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        unary!(self, request, query_route, Broker::serve_query_route, |r: Refusal| pb::QueryRouteResponse {
+            status: Some(r.status()),
+            message_queues: vec![]
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        Ok(Response::new(pb::HeartbeatResponse { status: Some(status::ok()) }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        unary!(self, request, send_message, Broker::serve_send, |r: Refusal| send::failed_send(&r))
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<pb::QueryAssignmentRequest>,
+    ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        unary!(self, request, query_assignment, Broker::serve_query_assignment, |r: Refusal| {
+            pb::QueryAssignmentResponse { status: Some(r.status()), assignments: vec![] }
+        })
+    }
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        match self.route(&request).await {
+            Ok(Route::Local) => Ok(Response::new(self.serve_receive(request).await)),
+            Ok(Route::Leader(mut client)) => {
+                let body = request.get_ref().clone();
+                match client.receive_message(forward(&request, body)).await {
+                    Ok(resp) => Ok(Response::new(Box::pin(resp.into_inner()) as BoxStream<_>)),
+                    Err(s) => Ok(Response::new(receive::failed(&Refusal::unavailable(format!(
+                        "forwarding to the leader failed: {}",
+                        s.message()
+                    ))))),
+                }
+            }
+            Err(refusal) => Ok(Response::new(receive::failed(&refusal))),
+        }
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<pb::AckMessageRequest>,
+    ) -> Result<Response<pb::AckMessageResponse>, Status> {
+        unary!(self, request, ack_message, Broker::serve_ack, |r: Refusal| consume::failed_ack(&r))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(not_implemented("dead letter queues")),
+        }))
+    }
+
+    async fn pull_message(
+        &self,
+        request: Request<pb::PullMessageRequest>,
+    ) -> Result<Response<Self::PullMessageStream>, Status> {
+        // Reads are served from this node's applied state: no Raft command is needed.
+        Ok(Response::new(self.serve_pull(request).await))
+    }
+
+    async fn update_offset(
+        &self,
+        request: Request<pb::UpdateOffsetRequest>,
+    ) -> Result<Response<pb::UpdateOffsetResponse>, Status> {
+        unary!(self, request, update_offset, Broker::serve_update_offset, |r: Refusal| pb::UpdateOffsetResponse {
+            status: Some(r.status())
+        })
+    }
+
+    async fn get_offset(
+        &self,
+        request: Request<pb::GetOffsetRequest>,
+    ) -> Result<Response<pb::GetOffsetResponse>, Status> {
+        unary!(self, request, get_offset, Broker::serve_get_offset, |r: Refusal| pb::GetOffsetResponse {
+            status: Some(r.status()),
+            offset: 0
+        })
+    }
+
+    async fn query_offset(
+        &self,
+        request: Request<pb::QueryOffsetRequest>,
+    ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
+        unary!(self, request, query_offset, Broker::serve_query_offset, |r: Refusal| pb::QueryOffsetResponse {
+            status: Some(r.status()),
+            offset: 0
+        })
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        Ok(Response::new(pb::EndTransactionResponse { status: Some(not_implemented("transactions")) }))
+    }
+
+    async fn telemetry(
+        &self,
+        request: Request<Streaming<pb::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        Ok(Response::new(self.serve_telemetry(request.into_inner())))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        _request: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(status::ok()) }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
+        unary!(self, request, change_invisible_duration, Broker::serve_change_invisible, |r: Refusal| {
+            pb::ChangeInvisibleDurationResponse { status: Some(r.status()), receipt_handle: String::new() }
+        })
+    }
+
+    async fn recall_message(
+        &self,
+        _request: Request<pb::RecallMessageRequest>,
+    ) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        Ok(Response::new(pb::RecallMessageResponse {
+            status: Some(not_implemented("message recall")),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _request: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> Result<Response<pb::SyncLiteSubscriptionResponse>, Status> {
+        Ok(Response::new(pb::SyncLiteSubscriptionResponse { status: Some(not_implemented("lite topics")) }))
+    }
+}
+
+fn not_implemented(what: &str) -> pb::Status {
+    status::status(pb::Code::NotImplemented, format!("{what} are not implemented by this broker yet"))
+}

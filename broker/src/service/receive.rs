@@ -1,0 +1,356 @@
+//! ReceiveMessage (pop with long polling) and PullMessage (offset-based reads).
+//!
+//! A receive proposes a `Pop` only when the applied state says something is visible, so an
+//! idle consumer costs no Raft entries. It waits for new entries or for invisible messages
+//! to reappear, and always answers before the client's deadline.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::EntryPayload;
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::Code;
+use raftmq_proto::rocketmq::v2::pull_message_response::Content as PullContent;
+use raftmq_proto::rocketmq::v2::receive_message_response::Content;
+use tokio::time::Instant;
+
+use super::convert::{self, Delivery};
+use super::proposer::now_ms;
+use super::route::{group_of, topic_of};
+use super::status::{self, Refusal};
+use super::{BoxStream, Broker};
+use crate::machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter};
+use crate::machine::{Command, Popped, Response};
+
+/// Time kept between our answer and the client's deadline.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+/// Long-polling wait when the client gives none.
+const DEFAULT_LONG_POLL: Duration = Duration::from_secs(20);
+
+/// A stream carrying only a failure status.
+pub fn failed(r: &Refusal) -> BoxStream<pb::ReceiveMessageResponse> {
+    let item = pb::ReceiveMessageResponse { content: Some(Content::Status(r.status())) };
+    Box::pin(futures::stream::iter([Ok(item)]))
+}
+
+fn pull_failed(r: &Refusal) -> BoxStream<pb::PullMessageResponse> {
+    let item = pb::PullMessageResponse { content: Some(PullContent::Status(r.status())) };
+    Box::pin(futures::stream::iter([Ok(item)]))
+}
+
+/// The `grpc-timeout` header as a duration.
+fn grpc_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn filter_of(expr: Option<&pb::FilterExpression>) -> Result<TagFilter, Refusal> {
+    let Some(expr) = expr else { return Ok(TagFilter::All) };
+    match pb::FilterType::try_from(expr.r#type) {
+        Ok(pb::FilterType::Tag) | Ok(pb::FilterType::Unspecified) => {
+            TagFilter::parse(&expr.expression).map_err(|e| Refusal::new(Code::IllegalFilterExpression, e))
+        }
+        Ok(pb::FilterType::Sql) => Err(Refusal::new(
+            Code::IllegalFilterExpression,
+            "SQL92 filters are not supported yet; use a tag expression",
+        )),
+        Err(_) => Err(Refusal::new(Code::IllegalFilterExpression, format!("unknown filter type {}", expr.r#type))),
+    }
+}
+
+struct Receive {
+    group: GroupName,
+    topic: crate::machine::types::TopicName,
+    filter: TagFilter,
+    max: u32,
+    invisible_ms: u64,
+    wait: Duration,
+}
+
+impl Broker {
+    fn parse_receive(&self, req: &tonic::Request<pb::ReceiveMessageRequest>) -> Result<Receive, Refusal> {
+        let body = req.get_ref();
+        let group = group_of(body.group.as_ref())?;
+        let topic = topic_of(body.message_queue.as_ref().and_then(|q| q.topic.as_ref()))?;
+        let filter = filter_of(body.filter_expression.as_ref())?;
+        if body.batch_size <= 0 {
+            return Err(Refusal::new(Code::BadRequest, format!("batch size {} must be positive", body.batch_size)));
+        }
+        let settings = &self.inner.settings;
+        let max = (body.batch_size as u32).min(settings.max_receive_batch);
+        let invisible_ms = match &body.invisible_duration {
+            None => settings.default_invisible_ms,
+            Some(d) => {
+                let ms = convert::duration_ms(d).map_err(|e| Refusal::new(Code::IllegalInvisibleTime, e))?;
+                let (lo, hi) = settings.invisible_range_ms;
+                if ms < lo || ms > hi {
+                    return Err(Refusal::new(
+                        Code::IllegalInvisibleTime,
+                        format!("invisible time {ms} ms is outside {lo}..={hi} ms"),
+                    ));
+                }
+                ms
+            }
+        };
+        let long_poll = match &body.long_polling_timeout {
+            None => DEFAULT_LONG_POLL,
+            Some(d) => {
+                Duration::from_millis(convert::duration_ms(d).map_err(|e| Refusal::new(Code::IllegalPollingTime, e))?)
+            }
+        };
+        let long_poll = long_poll.min(Duration::from_millis(settings.max_long_polling_ms));
+        // Answer before the client gives up: its deadline may equal the polling time.
+        let wait = match grpc_timeout(req) {
+            Some(deadline) => long_poll.min(deadline.saturating_sub(DEADLINE_MARGIN)),
+            None => long_poll,
+        };
+        Ok(Receive { group, topic, filter, max, invisible_ms, wait })
+    }
+
+    pub(super) async fn serve_receive(
+        &self,
+        request: tonic::Request<pb::ReceiveMessageRequest>,
+    ) -> BoxStream<pb::ReceiveMessageResponse> {
+        let r = match self.parse_receive(&request) {
+            Ok(r) => r,
+            Err(refusal) => return failed(&refusal),
+        };
+        if let Err(refusal) = self.ensure_topic(&r.topic).await {
+            return failed(&refusal);
+        }
+        let popped = match self.pop_waiting(&r).await {
+            Ok(p) => p,
+            Err(refusal) => return failed(&refusal),
+        };
+        if popped.is_empty() {
+            return failed(&Refusal::new(Code::MessageNotFound, "no new message"));
+        }
+        let messages = match self.load(&popped) {
+            Ok(m) => m,
+            Err(refusal) => return failed(&refusal),
+        };
+        let store_host = self.me().map(|m| m.client_addr).unwrap_or_default();
+        let mut items = vec![
+            Ok(pb::ReceiveMessageResponse { content: Some(Content::Status(status::ok())) }),
+            Ok(pb::ReceiveMessageResponse { content: Some(Content::DeliveryTimestamp(convert::timestamp(now_ms()))) }),
+        ];
+        for (p, (m, stored)) in popped.iter().zip(messages) {
+            let d = Delivery {
+                stored,
+                store_host: store_host.clone(),
+                offset: p.offset.0,
+                receipt: Some(p.receipt.to_string()),
+                attempt: p.attempt,
+                invisible_ms: Some(r.invisible_ms),
+            };
+            items.push(Ok(pb::ReceiveMessageResponse { content: Some(Content::Message(convert::outgoing(&m, &d))) }));
+        }
+        Box::pin(futures::stream::iter(items))
+    }
+
+    /// Pops through Raft when something is visible; otherwise waits for new entries or
+    /// for the next invisible message to reappear, until `r.wait` runs out.
+    async fn pop_waiting(&self, r: &Receive) -> Result<Vec<Popped>, Refusal> {
+        let deadline = Instant::now() + r.wait;
+        let signal = self.inner.state.applied_signal().clone();
+        loop {
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let (visible, next) = self.inner.state.read(|a| a.machine.pop_outlook(&r.group, &r.topic, now));
+            if visible {
+                let command = Command::Pop {
+                    now,
+                    group: r.group.clone(),
+                    topic: r.topic.clone(),
+                    queue: None,
+                    max: r.max,
+                    invisible_ms: r.invisible_ms,
+                    filter: r.filter.clone(),
+                };
+                let resp = self
+                    .inner
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map_err(|e| Refusal::unavailable(format!("receive not committed: {e}")))?;
+                match resp.data {
+                    Response::Popped(p) if !p.is_empty() => return Ok(p),
+                    Response::Popped(_) => {}
+                    Response::Failed(e) => return Err(e.into()),
+                    other => return Err(Refusal::unavailable(format!("unexpected answer to a pop: {other:?}"))),
+                }
+            }
+            let mut until = deadline;
+            if let Some(Millis(at)) = next {
+                let ms = u64::try_from(at.saturating_sub(now.0)).unwrap_or(0);
+                until = until.min(Instant::now() + Duration::from_millis(ms));
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Reads the bodies of popped or pulled messages from the CommitLog; each entry once.
+    fn load(&self, at: &[Popped]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
+        let locations: Vec<(u64, u32)> = at.iter().map(|p| (p.log_index, p.slot)).collect();
+        self.load_at(&locations)
+    }
+
+    fn load_at(&self, locations: &[(u64, u32)]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
+        let mut batches: BTreeMap<u64, (Millis, Vec<StoredMessage>)> = BTreeMap::new();
+        for &(index, _) in locations {
+            if batches.contains_key(&index) {
+                continue;
+            }
+            let entries = self
+                .inner
+                .store
+                .retained_entries(index, index + 1)
+                .map_err(|e| Refusal::unavailable(format!("reading log entry {index}: {e}")))?;
+            let entry = entries.into_iter().next().ok_or_else(|| {
+                Refusal::new(Code::MessageNotFound, format!("log entry {index} is no longer retained"))
+            })?;
+            match entry.payload {
+                EntryPayload::Normal(Command::Send { now, messages, .. }) => {
+                    batches.insert(index, (now, messages));
+                }
+                _ => return Err(Refusal::unavailable(format!("log entry {index} holds no messages"))),
+            }
+        }
+        locations
+            .iter()
+            .map(|&(index, slot)| {
+                let (stored, messages) = &batches[&index];
+                messages
+                    .get(slot as usize)
+                    .cloned()
+                    .map(|m| (m, *stored))
+                    .ok_or_else(|| Refusal::unavailable(format!("log entry {index} has no message {slot}")))
+            })
+            .collect()
+    }
+
+    pub(super) async fn serve_pull(
+        &self,
+        request: tonic::Request<pb::PullMessageRequest>,
+    ) -> BoxStream<pb::PullMessageResponse> {
+        let result = async {
+            let body = request.get_ref();
+            group_of(body.group.as_ref())?;
+            let mq = body.message_queue.as_ref();
+            let topic = topic_of(mq.and_then(|q| q.topic.as_ref()))?;
+            let queue = QueueId(
+                u32::try_from(mq.map_or(-1, |q| q.id))
+                    .map_err(|_| Refusal::new(Code::BadRequest, "queue id must not be negative"))?,
+            );
+            let filter = filter_of(body.filter_expression.as_ref())?;
+            if body.offset < 0 || body.batch_size <= 0 {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    "offset must not be negative and batch size must be positive",
+                ));
+            }
+            let max = (body.batch_size as u32).min(self.inner.settings.max_receive_batch) as u64;
+            let wait = body
+                .long_polling_timeout
+                .as_ref()
+                .map(|d| convert::duration_ms(d).map(Duration::from_millis))
+                .transpose()
+                .map_err(|e| Refusal::new(Code::IllegalPollingTime, e))?
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_millis(self.inner.settings.max_long_polling_ms));
+            let wait = match grpc_timeout(&request) {
+                Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
+                None => wait,
+            };
+            let deadline = Instant::now() + wait;
+            let signal = self.inner.state.applied_signal().clone();
+            let offset = body.offset as u64;
+            loop {
+                let notified = signal.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let (found, next_offset) = self.inner.state.read(|a| {
+                    let q = a.machine.queue(&topic, queue).ok_or_else(|| {
+                        Refusal::new(Code::TopicNotFound, format!("topic {topic} has no queue {}", queue.0))
+                    })?;
+                    let start = offset.max(q.min_offset());
+                    if start > q.max_offset() {
+                        return Err(Refusal::new(
+                            Code::BadRequest,
+                            format!("offset {offset} is past the end of the queue ({})", q.max_offset()),
+                        ));
+                    }
+                    let mut found = Vec::new();
+                    let mut next = start;
+                    while next < q.max_offset() && (found.len() as u64) < max {
+                        let rec = q.get(next).copied().expect("offset within the queue");
+                        if filter.matches(rec.tag) {
+                            found.push((next, rec));
+                        }
+                        next += 1;
+                    }
+                    Ok((found, next))
+                })?;
+                if !found.is_empty() || Instant::now() >= deadline {
+                    return Ok((found, next_offset));
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+        }
+        .await;
+        let (found, next_offset) = match result {
+            Ok(r) => r,
+            Err(refusal) => return pull_failed(&refusal),
+        };
+        let mut items = Vec::new();
+        if found.is_empty() {
+            items.push(Ok(pb::PullMessageResponse {
+                content: Some(PullContent::Status(status::status(Code::MessageNotFound, "no new message"))),
+            }));
+        } else {
+            let locations: Vec<(u64, u32)> = found.iter().map(|(_, rec)| (rec.log_index, rec.slot)).collect();
+            let messages = match self.load_at(&locations) {
+                Ok(m) => m,
+                Err(refusal) => return pull_failed(&refusal),
+            };
+            items.push(Ok(pb::PullMessageResponse { content: Some(PullContent::Status(status::ok())) }));
+            let store_host = self.me().map(|m| m.client_addr).unwrap_or_default();
+            for ((offset, _), (m, stored)) in found.iter().zip(messages) {
+                let d = Delivery {
+                    stored,
+                    store_host: store_host.clone(),
+                    offset: *offset,
+                    receipt: None,
+                    attempt: 1,
+                    invisible_ms: None,
+                };
+                items.push(Ok(pb::PullMessageResponse {
+                    content: Some(PullContent::Message(convert::outgoing(&m, &d))),
+                }));
+            }
+        }
+        items.push(Ok(pb::PullMessageResponse { content: Some(PullContent::NextOffset(next_offset as i64)) }));
+        Box::pin(futures::stream::iter(items))
+    }
+}

@@ -1,0 +1,114 @@
+//! SendMessage: validate each message, pick its queue, and commit them all through the
+//! group-commit proposer; the answer has one entry per message, in order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::Code;
+
+use super::Broker;
+use super::convert;
+use super::route::topic_of;
+use super::status::{self, Refusal};
+use crate::machine::types::{QueueId, StoredMessage};
+
+/// Most messages in one SendMessage request.
+pub const MAX_MESSAGES_PER_SEND: usize = 1024;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh message id in RocketMQ 5's shape (34 hex digits starting with "01").
+fn make_id(node: u64) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("01{:08X}{:08X}{:016X}", node as u32, secs as u32, NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+fn fnv(s: &str) -> u64 {
+    crate::machine::types::tag_hash(s)
+}
+
+/// The answer when the whole request failed.
+pub fn failed_send(r: &Refusal) -> pb::SendMessageResponse {
+    pb::SendMessageResponse {
+        status: Some(r.status()),
+        entries: vec![pb::SendResultEntry { status: Some(r.status()), ..Default::default() }],
+    }
+}
+
+impl Broker {
+    async fn prepare(&self, msg: pb::Message) -> Result<StoredMessage, Refusal> {
+        let topic = topic_of(msg.topic.as_ref())?;
+        let config = self.ensure_topic(&topic).await?;
+        let sys = msg.system_properties.as_ref();
+        let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
+        let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {
+            (_, Some(group)) => (fnv(group) % u64::from(config.queue_count)) as u32,
+            (Some(q), None) => q as u32,
+            (None, None) => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(config.queue_count)) as u32,
+        };
+        let node = self.inner.node_id;
+        convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))
+    }
+
+    pub(super) async fn serve_send(&self, req: pb::SendMessageRequest) -> pb::SendMessageResponse {
+        if req.messages.is_empty() {
+            return failed_send(&Refusal::new(Code::BadRequest, "no messages in the request"));
+        }
+        if req.messages.len() > MAX_MESSAGES_PER_SEND {
+            return failed_send(&Refusal::new(
+                Code::BadRequest,
+                format!("{} messages in one request, the limit is {MAX_MESSAGES_PER_SEND}", req.messages.len()),
+            ));
+        }
+        let mut prepared: Vec<Result<StoredMessage, Refusal>> = Vec::with_capacity(req.messages.len());
+        for msg in req.messages {
+            prepared.push(self.prepare(msg).await);
+        }
+        let valid: Vec<StoredMessage> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let ids: Vec<String> = valid.iter().map(|m| m.message_id.clone()).collect();
+        let mut committed = if valid.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            match self.inner.proposer.send(valid).await {
+                Ok(results) => results.into_iter(),
+                Err(refusal) => return failed_send(&refusal),
+            }
+        };
+        let mut ids = ids.into_iter();
+        let entries: Vec<pb::SendResultEntry> = prepared
+            .into_iter()
+            .map(|p| match p {
+                Err(r) => pb::SendResultEntry { status: Some(r.status()), ..Default::default() },
+                Ok(_) => {
+                    let id = ids.next().unwrap_or_default();
+                    match committed.next() {
+                        Some(Ok(sent)) => pb::SendResultEntry {
+                            status: Some(status::ok()),
+                            message_id: id,
+                            transaction_id: String::new(),
+                            offset: sent.offset.0 as i64,
+                            recall_handle: String::new(),
+                        },
+                        Some(Err(e)) => pb::SendResultEntry {
+                            status: Some(Refusal::from(e).status()),
+                            message_id: id,
+                            ..Default::default()
+                        },
+                        None => pb::SendResultEntry {
+                            status: Some(
+                                Refusal::unavailable("the state machine returned fewer results than messages").status(),
+                            ),
+                            message_id: id,
+                            ..Default::default()
+                        },
+                    }
+                }
+            })
+            .collect();
+        pb::SendMessageResponse {
+            status: Some(status::summary(entries.iter().filter_map(|e| e.status.as_ref()))),
+            entries,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Telemetry: the client's settings are answered with status OK and this broker's real
+//! limits; the stream stays open for as long as the client keeps it.
+
+use futures::StreamExt;
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::settings::PubSub;
+use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
+use tonic::Streaming;
+
+use super::convert::duration;
+use super::status;
+use super::{BoxStream, Broker};
+
+/// Backoff the clients are told to use between send retries.
+const RETRY_INITIAL_MS: u64 = 10;
+const RETRY_MAX_MS: u64 = 1_000;
+
+impl Broker {
+    fn answer_settings(&self, client: pb::Settings) -> pb::Settings {
+        let settings = &self.inner.settings;
+        let pub_sub = match client.pub_sub {
+            Some(PubSub::Publishing(p)) => Some(PubSub::Publishing(pb::Publishing {
+                topics: p.topics,
+                max_body_size: i32::try_from(settings.max_body_bytes).unwrap_or(i32::MAX),
+                validate_message_type: true,
+            })),
+            Some(PubSub::Subscription(s)) => Some(PubSub::Subscription(pb::Subscription {
+                group: s.group,
+                subscriptions: s.subscriptions,
+                fifo: Some(false),
+                receive_batch_size: Some(settings.max_receive_batch as i32),
+                long_polling_timeout: Some(duration(settings.max_long_polling_ms.min(20_000))),
+                ..Default::default()
+            })),
+            None => None,
+        };
+        pb::Settings {
+            client_type: client.client_type,
+            access_point: client.access_point,
+            backoff_policy: Some(pb::RetryPolicy {
+                max_attempts: 3,
+                strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(pb::ExponentialBackoff {
+                    initial: Some(duration(RETRY_INITIAL_MS)),
+                    max: Some(duration(RETRY_MAX_MS)),
+                    multiplier: 2.0,
+                })),
+            }),
+            request_timeout: client.request_timeout.or(Some(duration(3_000))),
+            user_agent: client.user_agent,
+            metric: client.metric,
+            client_properties: Default::default(),
+            pub_sub,
+        }
+    }
+
+    pub(super) fn serve_telemetry(&self, input: Streaming<pb::TelemetryCommand>) -> BoxStream<pb::TelemetryCommand> {
+        let this = self.clone();
+        let output = input.filter_map(move |item| {
+            let this = this.clone();
+            async move {
+                match item {
+                    Ok(pb::TelemetryCommand { command: Some(Telemetry::Settings(s)), .. }) => {
+                        Some(Ok(pb::TelemetryCommand {
+                            status: Some(status::ok()),
+                            command: Some(Telemetry::Settings(this.answer_settings(s))),
+                        }))
+                    }
+                    // Other client reports (stack traces, verification results) need no answer.
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "telemetry stream ended with an error");
+                        None
+                    }
+                }
+            }
+        });
+        Box::pin(output)
+    }
+}

@@ -1,0 +1,171 @@
+//! A three-node group in one process over real gRPC on loopback: election, replication of
+//! commands to every state machine, and failover when the leader stops.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
+use broker::machine::{Command, Response};
+use broker::node::{Node, NodeConfig};
+use broker::raft::{NodeId, NodeInfo};
+use bytes::Bytes;
+use openraft::async_runtime::watch::WatchReceiver;
+use raft_log::LogConfig;
+
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
+    }
+    Ok((1..=3u64)
+        .map(|id| NodeConfig {
+            group: "g1".into(),
+            node_id: id,
+            peers: peers.clone(),
+            data_dir: dir.join(format!("n{id}")),
+            log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 1000,
+            keep_after_snapshot: 100,
+            service: Default::default(),
+        })
+        .collect())
+}
+
+async fn wait_leader(nodes: &[&Node], not: Option<NodeId>, deadline: Duration) -> anyhow::Result<NodeId> {
+    let start = Instant::now();
+    loop {
+        let leaders: Vec<Option<NodeId>> =
+            nodes.iter().map(|n| n.raft.metrics().borrow_watched().current_leader).collect();
+        if let Some(Some(l)) = leaders.first()
+            && leaders.iter().all(|x| *x == Some(*l))
+            && Some(*l) != not
+            && nodes.iter().any(|n| n.raft.metrics().borrow_watched().id == *l)
+        {
+            return Ok(*l);
+        }
+        anyhow::ensure!(start.elapsed() < deadline, "no agreed leader after {deadline:?}: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Propose `cmd` on whichever node currently claims leadership until one accepts it.
+async fn write_until_served(
+    nodes: &[&Node],
+    cmd: Command,
+    deadline: Duration,
+) -> anyhow::Result<openraft::raft::ClientWriteResponse<broker::raft::TypeConfig>> {
+    let start = Instant::now();
+    loop {
+        let leader = nodes.iter().find(|n| {
+            let m = n.raft.metrics().borrow_watched().clone();
+            m.current_leader == Some(m.id)
+        });
+        if let Some(n) = leader {
+            match n.raft.client_write(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) => anyhow::ensure!(start.elapsed() < deadline, "no write served within {deadline:?}: {e}"),
+            }
+        }
+        anyhow::ensure!(start.elapsed() < deadline, "no leader accepted a write within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_applied(nodes: &[&Node], index: u64, deadline: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !nodes.iter().all(|n| n.raft.metrics().borrow_watched().last_applied.is_some_and(|l| l.index() >= index)) {
+        anyhow::ensure!(start.elapsed() < deadline, "not every node applied {index} within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn message(i: u32) -> StoredMessage {
+    StoredMessage {
+        topic: TopicName::new("orders").expect("valid"),
+        queue: QueueId(i % 4),
+        message_id: format!("m{i}"),
+        tag: Some("A".into()),
+        keys: vec![],
+        message_group: None,
+        properties: BTreeMap::new(),
+        born: Millis(1),
+        deliver_at: None,
+        born_host: "test".into(),
+        body: Bytes::from(format!("body {i}")),
+        body_gzip: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    for cfg in configs(dir.path())? {
+        nodes.push(Node::start(cfg).await?);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_leader(&all, None, Duration::from_secs(10)).await?;
+
+    let topic = TopicName::new("orders")?;
+    let r = write_until_served(
+        &all,
+        Command::UpsertTopic { topic: topic.clone(), config: TopicConfig::all_types(4) },
+        Duration::from_secs(5),
+    )
+    .await?;
+    assert_eq!(r.data, Response::Done);
+    let r = write_until_served(
+        &all,
+        Command::Send { now: Millis(10), auto_create_queues: None, messages: (0..8).map(message).collect() },
+        Duration::from_secs(5),
+    )
+    .await?;
+    let Response::Sent(sent) = &r.data else { panic!("expected Sent, got {:?}", r.data) };
+    assert_eq!(sent.len(), 8);
+    assert!(sent.iter().all(|s| s.is_ok()));
+    let index = r.log_id.index();
+    wait_applied(&all, index, Duration::from_secs(5)).await?;
+    for n in &nodes {
+        assert_eq!(n.state.read(|a| a.machine.queue(&topic, QueueId(1)).map(|q| q.max_offset())), Some(2));
+        // The message bodies are in every node's CommitLog at the index the queue names.
+        let rec =
+            n.state.read(|a| a.machine.queue(&topic, QueueId(1)).and_then(|q| q.get(0)).copied()).expect("record");
+        assert_eq!(rec.log_index, index);
+        assert_eq!(n.log.read(index, index + 1)?.len(), 1);
+    }
+
+    // Stop the leader (whoever leads now); the other two elect a new one.
+    let leader = wait_leader(&all, None, Duration::from_secs(5)).await?;
+    let old = nodes.remove((leader - 1) as usize);
+    let stopped_at = Instant::now();
+    old.shutdown().await;
+    eprintln!("shutdown took {:?}", stopped_at.elapsed());
+    let rest: Vec<&Node> = nodes.iter().collect();
+    let new_leader = wait_leader(&rest, Some(leader), Duration::from_secs(5)).await?;
+    assert_ne!(new_leader, leader);
+    // A node that has just won may still be settling (or lose a re-election); like a client,
+    // retry on "forward to leader" until a write commits, and count failover up to that point.
+    let r = write_until_served(
+        &rest,
+        Command::Send { now: Millis(20), auto_create_queues: None, messages: vec![message(1)] },
+        Duration::from_secs(5),
+    )
+    .await?;
+    let failover = stopped_at.elapsed();
+    eprintln!("failover: node {leader} stopped, a write committed {failover:?} later");
+    assert!(failover < Duration::from_secs(2), "failover took {failover:?}");
+    let Response::Sent(sent) = &r.data else { panic!("expected Sent") };
+    assert_eq!(sent[0].as_ref().map(|s| s.offset.0), Ok(2), "offsets continue after failover");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}

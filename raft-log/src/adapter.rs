@@ -1,0 +1,222 @@
+//! openraft's `RaftLogStorage` and `RaftLogReader` over [`Log`], for any type config whose
+//! types are serde-serializable (openraft's `serde` feature) and whose committed leader id
+//! carries a term (openraft's default leader id mode).
+//!
+//! Entries are encoded with bincode 2 into the record payload; the record header carries
+//! the entry's index and term. The vote, the committed id and the purged id live in the
+//! meta file. Reads through this adapter never return purged entries; [`Log::read`] does,
+//! while retention keeps them.
+
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+use bytes::Bytes;
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, RaftTypeConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::log::Log;
+use crate::record::Record;
+
+/// The term of a committed leader id, stored in each record header.
+pub trait CommittedTerm {
+    /// The term as a number.
+    fn term_number(&self) -> u64;
+}
+
+impl<T: openraft::vote::RaftTerm, N: openraft::NodeId> CommittedTerm
+    for openraft::impls::leader_id_adv::LeaderId<T, N>
+{
+    fn term_number(&self) -> u64 {
+        self.term.as_u64().unwrap_or(0)
+    }
+}
+
+type CommittedOf<C> = <<C as RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed;
+
+/// openraft log storage backed by the CommitLog. Clones share the log.
+pub struct RaftLogStore<C> {
+    log: Log,
+    _types: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for RaftLogStore<C> {
+    fn clone(&self) -> Self {
+        Self { log: self.log.clone(), _types: PhantomData }
+    }
+}
+
+impl<C> Debug for RaftLogStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLogStore").field("log", &self.log).finish()
+    }
+}
+
+impl<C> RaftLogStore<C> {
+    /// Wraps an open log.
+    pub fn new(log: Log) -> Self {
+        Self { log, _types: PhantomData }
+    }
+
+    /// The underlying log, for reads of retained (even purged) records.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStore<C> {
+    /// Decoded entries `from..to` that the log still holds, purged ones included (message
+    /// bodies stay readable until retention deletes their segment).
+    pub fn retained_entries(&self, from: u64, to: u64) -> io::Result<Vec<C::Entry>> {
+        let records = self.log.read(from, to)?;
+        records.iter().map(|r| decode(&r.payload, "log entry")).collect()
+    }
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a value the way this adapter stores it.
+pub fn encode<T: Serialize>(value: &T) -> io::Result<Bytes> {
+    bincode::serde::encode_to_vec(value, bincode_config())
+        .map(Bytes::from)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))
+}
+
+/// Decodes a value stored by this adapter.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))?;
+    if used != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("decode {what}: {} trailing bytes", bytes.len() - used),
+        ));
+    }
+    Ok(v)
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&x) => x,
+        Bound::Excluded(&x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&x) => x.saturating_add(1),
+        Bound::Excluded(&x) => x,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl<C> RaftLogStore<C>
+where
+    C: RaftTypeConfig,
+{
+    fn purged_id(&self) -> io::Result<Option<LogIdOf<C>>> {
+        match self.log.view().purged {
+            Some(p) => decode(&p.id, "purged log id").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read_entries(&self, from: u64, to: u64) -> io::Result<Vec<C::Entry>> {
+        let view = self.log.view();
+        let from = from.max(view.purged.map_or(0, |p| p.index + 1));
+        let records = self.log.read(from, to)?;
+        records.iter().map(|r| decode(&r.payload, "log entry")).collect()
+    }
+}
+
+impl<C> RaftLogReader<C> for RaftLogStore<C>
+where
+    C: RaftTypeConfig,
+    CommittedOf<C>: CommittedTerm,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        let (from, to) = bounds(&range);
+        self.read_entries(from, to)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        self.log.vote().map(|v| decode(&v, "vote")).transpose()
+    }
+}
+
+impl<C> RaftLogStorage<C> for RaftLogStore<C>
+where
+    C: RaftTypeConfig,
+    CommittedOf<C>: CommittedTerm,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let purged = self.purged_id()?;
+        let view = self.log.view();
+        let purged_index = view.purged.as_ref().map(|p| p.index);
+        let last = match view.last {
+            Some((index, _)) if purged_index.is_none_or(|p| index > p) => {
+                let entries = self.read_entries(index, index + 1)?;
+                let entry = entries.first().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("last log entry {index} could not be read"))
+                })?;
+                Some(entry.log_id())
+            }
+            _ => purged.clone(),
+        };
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        Ok(self.log.save_vote(encode(vote)?).await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let bytes = committed.as_ref().map(encode).transpose()?;
+        Ok(self.log.save_committed(bytes).await?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        self.log.committed().map(|c| decode(&c, "committed log id")).transpose()
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id();
+            records.push(Record {
+                index: log_id.index(),
+                term: log_id.committed_leader_id().term_number(),
+                payload: encode(&entry)?,
+            });
+        }
+        let done = Box::new(move |r: crate::Result<()>| callback.io_completed(r.map_err(io::Error::from)));
+        Ok(self.log.append(records, done).await?)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        Ok(self.log.truncate_after(last_log_id.map(|id| id.index())).await?)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        Ok(self.log.purge(log_id.index(), encode(&log_id)?).await?)
+    }
+}

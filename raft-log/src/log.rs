@@ -1,0 +1,480 @@
+//! [`Log`]: the concurrent front of the engine. One writer thread owns the files; callers
+//! queue appends (bounded), which the writer gathers into batches made durable with one
+//! `fdatasync` each, then reports through each append's callback. Vote, purge and
+//! truncation go through the same queue, so no write is ever reordered with another.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::TailCache;
+use crate::core::{LogConfig, LogCore, OpenReport, RemovedSegment, Retention};
+use crate::error::{LogError, Result};
+use crate::fs::Fs;
+use crate::meta::Purged;
+use crate::record::Record;
+
+/// Called once the appended records are durable, or with the error that stopped the log.
+pub type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
+
+enum Op {
+    Append { records: Vec<Record>, done: OnDurable },
+    Truncate { last_kept: Option<u64>, done: oneshot::Sender<Result<()>> },
+    Purge { index: u64, id: Bytes, done: oneshot::Sender<Result<()>> },
+    Vote { vote: Bytes, done: oneshot::Sender<Result<()>> },
+    Committed { committed: Option<Bytes> },
+    Retain { policy: Retention, now: SystemTime, done: oneshot::Sender<Result<Vec<RemovedSegment>>> },
+    Flush { done: oneshot::Sender<Result<()>> },
+}
+
+/// A point-in-time view of the log's extent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogView {
+    /// First index present (retention deletes below it).
+    pub first: Option<u64>,
+    /// Last appended index and its term (appended means readable, maybe not durable).
+    pub last: Option<(u64, u64)>,
+    /// Last index known durable.
+    pub durable: Option<u64>,
+    /// The purge point.
+    pub purged: Option<Purged>,
+}
+
+/// What lives in memory beside the files. Lock order: `core` before `mem`, never the
+/// reverse; appenders and tail readers take `mem` only, so they never wait behind a
+/// batch being written to the files.
+#[derive(Debug)]
+struct Mem {
+    cache: TailCache,
+    /// Purge point, copied from the meta state (appenders must not need `core`).
+    purged: Option<u64>,
+    /// Last appended record (queued or written).
+    last: Option<(u64, u64)>,
+    written: Option<u64>,
+    durable: Option<u64>,
+    /// Committed id as last given, saved to the meta file lazily.
+    committed: Option<Bytes>,
+    failed: Option<String>,
+}
+
+impl Mem {
+    fn check_running(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(LogError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn next_index(&self) -> Option<u64> {
+        let after_last = self.last.map(|(i, _)| i + 1);
+        let after_purge = self.purged.map(|p| p + 1);
+        after_last.max(after_purge)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The files; the writer thread holds it for writing while it writes a batch.
+    core: RwLock<LogCore>,
+    mem: RwLock<Mem>,
+    config: LogConfig,
+}
+
+/// A handle to an open log; cheap to clone, all clones share one writer.
+#[derive(Debug, Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Op>,
+    /// Keeps "check, put in cache, queue" atomic across concurrent appenders.
+    submit: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Log {
+    /// Opens or creates the log in `dir` on the real file system.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, OpenReport)> {
+        Self::open_with(Arc::new(crate::fs::RealFs), dir, config)
+    }
+
+    /// Opens or creates the log in `dir` on `fs`, recovering from a crash, and starts the
+    /// writer thread.
+    pub fn open_with(fs: Arc<dyn Fs>, dir: &Path, config: LogConfig) -> Result<(Log, OpenReport)> {
+        let (core, report) = LogCore::open(fs, dir, config.clone())?;
+        let last = core.last_index().map(|i| (i, core.last_term()));
+        let mem = Mem {
+            committed: core.meta().committed.clone(),
+            cache: TailCache::new(config.cache_bytes),
+            purged: core.meta().purged.as_ref().map(|p| p.index),
+            last,
+            written: last.map(|l| l.0),
+            durable: last.map(|l| l.0),
+            failed: None,
+        };
+        let shared = Arc::new(Shared { core: RwLock::new(core), mem: RwLock::new(mem), config: config.clone() });
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let writer = Writer { shared: shared.clone(), rx, committed_saved_at: Instant::now(), pending_committed: None };
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| LogError::io("spawn writer thread", dir, e))?;
+        Ok((Log { shared, tx, submit: Arc::new(tokio::sync::Mutex::new(())) }, report))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// The extent of the log.
+    pub fn view(&self) -> LogView {
+        let core = self.shared.core.read();
+        let mem = self.shared.mem.read();
+        LogView {
+            first: core.first_index().or(mem.cache.first_index()),
+            last: mem.last,
+            durable: mem.durable,
+            purged: core.meta().purged.clone(),
+        }
+    }
+
+    /// The last saved vote.
+    pub fn vote(&self) -> Option<Bytes> {
+        self.shared.core.read().meta().vote.clone()
+    }
+
+    /// The last committed id given to [`Log::save_committed`] (or loaded on open).
+    pub fn committed(&self) -> Option<Bytes> {
+        self.shared.mem.read().committed.clone()
+    }
+
+    /// Queues `records` after the last index. They are readable when this returns and
+    /// `on_durable` runs on the writer thread once they are fsynced. Waits while the
+    /// writer's queue is full.
+    pub async fn append(&self, records: Vec<Record>, on_durable: OnDurable) -> Result<()> {
+        if records.is_empty() {
+            on_durable(Ok(()));
+            return Ok(());
+        }
+        let _order = self.submit.lock().await;
+        {
+            let mut mem = self.shared.mem.write();
+            mem.check_running()?;
+            let mut expect = mem.next_index().unwrap_or(records[0].index);
+            let mut term = mem.last.map_or(0, |l| l.1);
+            for r in &records {
+                if r.index != expect {
+                    return Err(LogError::Invalid(format!(
+                        "append at index {} but the next index is {expect}",
+                        r.index
+                    )));
+                }
+                if r.term < term {
+                    return Err(LogError::Invalid(format!("entry {} has term {} after term {term}", r.index, r.term)));
+                }
+                if r.payload.len() > self.shared.config.max_payload as usize {
+                    return Err(LogError::Invalid(format!(
+                        "entry {} is {} bytes, over the limit of {}",
+                        r.index,
+                        r.payload.len(),
+                        self.shared.config.max_payload
+                    )));
+                }
+                expect += 1;
+                term = r.term;
+            }
+            for r in &records {
+                mem.cache.push(r.clone());
+            }
+            mem.last = Some((expect - 1, term));
+        }
+        self.send(Op::Append { records, done: on_durable }).await
+    }
+
+    /// Appends and waits until durable.
+    pub async fn append_durable(&self, records: Vec<Record>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.append(records, Box::new(move |r| drop(tx.send(r)))).await?;
+        rx.await.map_err(|_| LogError::Stopped("the writer thread ended".into()))?
+    }
+
+    async fn send(&self, op: Op) -> Result<()> {
+        self.tx.send(op).await.map_err(|_| LogError::Stopped("the writer thread ended".into()))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let _order = self.submit.lock().await;
+            self.shared.mem.read().check_running()?;
+            self.send(make(tx)).await?;
+        }
+        rx.await.map_err(|_| LogError::Stopped("the writer thread ended".into()))?
+    }
+
+    /// Removes every record after `last_kept` (all for `None`); durable on return.
+    pub async fn truncate_after(&self, last_kept: Option<u64>) -> Result<()> {
+        self.call(|done| Op::Truncate { last_kept, done }).await
+    }
+
+    /// Moves the purge point; durable on return. Records stay readable through
+    /// [`Log::read`] until retention deletes their segment.
+    pub async fn purge(&self, index: u64, id: Bytes) -> Result<()> {
+        self.call(|done| Op::Purge { index, id, done }).await
+    }
+
+    /// Saves the vote; durable on return and ordered after every earlier append.
+    pub async fn save_vote(&self, vote: Bytes) -> Result<()> {
+        self.call(|done| Op::Vote { vote, done }).await
+    }
+
+    /// Records the committed log id; it is written to disk after the appends queued before
+    /// it, at most once per `committed_interval` and whenever the writer is idle.
+    pub async fn save_committed(&self, committed: Option<Bytes>) -> Result<()> {
+        let _order = self.submit.lock().await;
+        {
+            let mut mem = self.shared.mem.write();
+            mem.check_running()?;
+            mem.committed = committed.clone();
+        }
+        self.send(Op::Committed { committed }).await
+    }
+
+    /// Deletes whole segments as `policy` allows.
+    pub async fn retain(&self, policy: Retention, now: SystemTime) -> Result<Vec<RemovedSegment>> {
+        self.call(|done| Op::Retain { policy, now, done }).await
+    }
+
+    /// Waits until everything queued so far is durable, the committed id included.
+    pub async fn flush(&self) -> Result<()> {
+        self.call(|done| Op::Flush { done }).await
+    }
+
+    /// Reads the records present in `from..to` (purged ones included while their segment
+    /// is retained). A record missing in the middle of the range is an error.
+    pub fn read(&self, from: u64, to: u64) -> Result<Vec<Record>> {
+        // Served from memory when the cache holds the whole range (the common tail read).
+        {
+            let mem = self.shared.mem.read();
+            let to = to.min(mem.last.map_or(0, |l| l.0 + 1));
+            if from >= to {
+                return Ok(Vec::new());
+            }
+            if mem.cache.first_index().is_some_and(|f| f <= from) {
+                return Ok(mem.cache.range(from, to).cloned().collect());
+            }
+        }
+        let core = self.shared.core.read();
+        let mem = self.shared.mem.read();
+        let to = to.min(mem.last.map_or(0, |l| l.0 + 1));
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let cache_from = mem.cache.first_index().unwrap_or(to).max(from);
+        let mut out = if from < cache_from { core.read(from, cache_from.min(to))? } else { Vec::new() };
+        out.extend(mem.cache.range(cache_from, to).cloned());
+        if let Some(gap) = out.windows(2).find(|w| w[0].index + 1 != w[1].index) {
+            return Err(LogError::Invalid(format!("records {}..{} are missing", gap[0].index + 1, gap[1].index)));
+        }
+        Ok(out)
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Op>,
+    committed_saved_at: Instant,
+    /// Committed id received in queue order, not yet written.
+    pending_committed: Option<Option<Bytes>>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut carried: Option<Op> = None;
+        loop {
+            let op = match carried.take() {
+                Some(op) => op,
+                None => match self.rx.try_recv() {
+                    Ok(op) => op,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Idle: a good moment to save the committed id.
+                        // Errors stop the log; the next op reports them.
+                        let _ = self.save_committed(true);
+                        match self.rx.blocking_recv() {
+                            Some(op) => op,
+                            None => break,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                },
+            };
+            match op {
+                Op::Append { records, done } => carried = self.append_batch(records, done),
+                other => self.handle(other),
+            }
+            let _ = self.save_committed(false);
+        }
+        let _ = self.save_committed(true);
+    }
+
+    fn fail(&self, err: &LogError) -> String {
+        let mut mem = self.shared.mem.write();
+        let why = err.to_string();
+        tracing::error!(error = %why, "raft log stopped after an IO error");
+        mem.failed.get_or_insert(why).clone()
+    }
+
+    fn stopped(&self) -> Option<LogError> {
+        self.shared.mem.read().failed.clone().map(LogError::Stopped)
+    }
+
+    /// Gathers queued appends (up to the batch limits), writes them, syncs once, and
+    /// reports. Returns a non-append op that ended the batch.
+    fn append_batch(&mut self, first: Vec<Record>, done: OnDurable) -> Option<Op> {
+        let config = &self.shared.config;
+        let mut bytes: usize = first.iter().map(|r| r.payload.len()).sum();
+        let mut records = first;
+        let mut callbacks = vec![done];
+        let mut carried = None;
+        while records.len() < config.max_batch_records && bytes < config.max_batch_bytes {
+            match self.rx.try_recv() {
+                Ok(Op::Append { records: more, done }) => {
+                    bytes += more.iter().map(|r| r.payload.len()).sum::<usize>();
+                    records.extend(more);
+                    callbacks.push(done);
+                }
+                Ok(other) => {
+                    carried = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let result = self.write_and_sync(&records);
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(&e)),
+        };
+        for cb in callbacks {
+            cb(result.clone().map_err(LogError::Stopped));
+        }
+        carried
+    }
+
+    fn write_and_sync(&self, records: &[Record]) -> Result<()> {
+        if let Some(e) = self.stopped() {
+            return Err(e);
+        }
+        let last = records.last().map(|r| r.index);
+        let file = {
+            // Only the files are locked while the batch is written: appenders and tail
+            // readers work on `mem` meanwhile.
+            let mut core = self.shared.core.write();
+            core.append(records)?;
+            let file = core.active_file();
+            drop(core);
+            let mut mem = self.shared.mem.write();
+            mem.written = last;
+            mem.cache.evict(last);
+            file
+        };
+        // fdatasync without holding the lock: readers go on meanwhile. Only this thread
+        // changes the files, so the active segment cannot change under us.
+        if let Some(file) = file {
+            file.sync_data().map_err(|e| LogError::io("fdatasync", self.shared.core.read().dir(), e))?;
+        }
+        self.shared.core.write().mark_synced();
+        self.shared.mem.write().durable = last;
+        Ok(())
+    }
+
+    fn handle(&mut self, op: Op) {
+        fn reply<T>(done: oneshot::Sender<Result<T>>, r: Result<T>) {
+            drop(done.send(r));
+        }
+        if let Some(e) = self.stopped() {
+            match op {
+                Op::Append { done, .. } => done(Err(e)),
+                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } | Op::Flush { done } => {
+                    reply(done, Err(e))
+                }
+                Op::Retain { done, .. } => reply(done, Err(e)),
+                Op::Committed { .. } => {}
+            }
+            return;
+        }
+        let mut core = self.shared.core.write();
+        match op {
+            Op::Append { .. } => unreachable!("appends are batched by the caller"),
+            Op::Truncate { last_kept, done } => {
+                let r = core.truncate_after(last_kept);
+                if r.is_ok() {
+                    let last = core.last_index().map(|i| (i, core.last_term()));
+                    let mut mem = self.shared.mem.write();
+                    mem.cache.truncate_after(last_kept);
+                    mem.last = last;
+                    mem.written = last.map(|l| l.0);
+                    mem.durable = mem.written;
+                }
+                drop(core);
+                reply(done, self.check(r));
+            }
+            Op::Purge { index, id, done } => {
+                let r = core.purge(index, id);
+                if r.is_ok() {
+                    let mut mem = self.shared.mem.write();
+                    mem.purged = Some(index);
+                    if mem.last.is_none_or(|l| l.0 <= index) {
+                        mem.cache.clear();
+                    }
+                }
+                drop(core);
+                reply(done, self.check(r));
+            }
+            Op::Vote { vote, done } => {
+                let r = core.save_vote(vote);
+                drop(core);
+                reply(done, self.check(r));
+            }
+            Op::Committed { committed } => self.pending_committed = Some(committed),
+            Op::Retain { policy, now, done } => {
+                let r = core.retain(policy, now);
+                drop(core);
+                reply(done, self.check(r));
+            }
+            Op::Flush { done } => {
+                let r = core.sync();
+                drop(core);
+                let r = self.check(r).and_then(|()| self.save_committed(true));
+                reply(done, r);
+            }
+        }
+    }
+
+    fn check<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && !matches!(e, LogError::Invalid(_))
+        {
+            self.fail(e);
+        }
+        r
+    }
+
+    fn save_committed(&mut self, force: bool) -> Result<()> {
+        if self.pending_committed.is_none() {
+            return Ok(());
+        }
+        if !force && self.committed_saved_at.elapsed() < self.shared.config.committed_interval {
+            return Ok(());
+        }
+        self.shared.mem.read().check_running()?;
+        let mut core = self.shared.core.write();
+        let committed = self.pending_committed.take().expect("checked above");
+        let r = core.save_committed(committed);
+        drop(core);
+        self.committed_saved_at = Instant::now();
+        self.check(r)
+    }
+}

@@ -1,0 +1,1 @@
+//! Multi-process cluster tests and the history checker (not built yet).
