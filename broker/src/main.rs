@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use broker::config::FileConfig;
 use broker::node::{Node, NodeConfig};
 use broker::raft::NodeInfo;
 use broker::service::ServiceSettings;
@@ -13,10 +14,13 @@ use clap::{Parser, Subcommand};
 use raft_log::LogConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "mqbroker", version, about = "A raftmq broker node")]
+#[command(name = "mqbroker", version, about = "A raftmq broker node", args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Run one node of a group as `broker.toml` describes it (fields and defaults: README).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Commands,
+    command: Option<Commands>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -32,10 +36,13 @@ enum Commands {
         /// Raft port of the first node; the others follow it.
         #[arg(long, default_value_t = 9081)]
         raft_port: u16,
+        /// Port of the embedded nameserver the nodes register with.
+        #[arg(long, default_value_t = nameserver::DEFAULT_PORT)]
+        namesrv_port: u16,
     },
 }
 
-fn dev_configs(data_dir: &std::path::Path, client_port: u16, raft_port: u16) -> Vec<NodeConfig> {
+fn dev_configs(data_dir: &std::path::Path, client_port: u16, raft_port: u16, namesrv: &str) -> Vec<NodeConfig> {
     let peers: BTreeMap<u64, NodeInfo> = (0..3u16)
         .map(|i| {
             let info = NodeInfo {
@@ -58,20 +65,30 @@ fn dev_configs(data_dir: &std::path::Path, client_port: u16, raft_port: u16) -> 
             snapshot_every: 100_000,
             keep_after_snapshot: 10_000,
             service: ServiceSettings { auto_create_queues: Some(8), ..ServiceSettings::default() },
+            nameservers: vec![namesrv.to_string()],
+            ..NodeConfig::default()
         })
         .collect()
 }
 
 #[allow(clippy::print_stdout)]
-async fn dev(data_dir: PathBuf, client_port: u16, raft_port: u16) -> anyhow::Result<()> {
+async fn dev(data_dir: PathBuf, client_port: u16, raft_port: u16, namesrv_port: u16) -> anyhow::Result<()> {
+    let (listener, namesrv_addr) = nameserver::bind(&format!("127.0.0.1:{namesrv_port}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("embedded nameserver: {e} (--namesrv-port)"))?;
+    let (stop_namesrv, namesrv_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut namesrv = tokio::spawn(nameserver::serve(listener, nameserver::DEFAULT_EXPIRY, async {
+        let _ = namesrv_stopped.await;
+    }));
     let mut nodes = Vec::new();
-    for cfg in dev_configs(&data_dir, client_port, raft_port) {
+    for cfg in dev_configs(&data_dir, client_port, raft_port, &namesrv_addr.to_string()) {
         let id = cfg.node_id;
         let node = Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id}: {e}"))?;
         nodes.push(node);
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
     println!("raftmq dev: broker group \"broker-a\" with 3 nodes, data under {}", data_dir.display());
+    println!("  nameserver: {namesrv_addr}");
     for (i, n) in nodes.iter().enumerate() {
         println!("  node {}: client endpoint {}  raft {}", i + 1, n.client_addr, n.raft_addr);
     }
@@ -82,10 +99,47 @@ async fn dev(data_dir: PathBuf, client_port: u16, raft_port: u16) -> anyhow::Res
     println!("    p = Producer(ClientConfiguration(\"{}\", Credentials()), (\"demo\",)); p.startup()", endpoints[0]);
     println!("    m = Message(); m.topic = \"demo\"; m.body = b\"hello\"; print(p.send(m))\n");
     println!("Ctrl-C stops the group.");
-    tokio::signal::ctrl_c().await?;
+    let namesrv_ended = tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            false
+        }
+        r = &mut namesrv => {
+            tracing::error!(result = ?r, "the embedded nameserver stopped; routes now come from the nodes' own view");
+            tokio::signal::ctrl_c().await?;
+            true
+        }
+    };
     for n in nodes {
         n.shutdown().await;
     }
+    let _ = stop_namesrv.send(());
+    if !namesrv_ended {
+        // A client connection that never closes can hold a graceful stop forever: bound it.
+        match tokio::time::timeout(Duration::from_secs(5), &mut namesrv).await {
+            Ok(served) => served??,
+            Err(_) => {
+                tracing::warn!("the embedded nameserver did not stop within 5 s; stopping it");
+                namesrv.abort();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the node `path` describes until Ctrl-C or SIGTERM.
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = FileConfig::load(path)?.into_node_config(path)?;
+    let (group, id) = (cfg.group.clone(), cfg.node_id);
+    let node = Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id} of {group}: {e}"))?;
+    tracing::info!(%group, node = id, client = %node.client_addr, raft = %node.raft_addr, "broker node started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    tracing::info!(%group, node = id, "stopping");
+    node.shutdown().await;
     Ok(())
 }
 
@@ -105,8 +159,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Commands::Dev { data_dir, client_port, raft_port } => dev(data_dir, client_port, raft_port).await,
+        match (cli.command, cli.config) {
+            (Some(Commands::Dev { data_dir, client_port, raft_port, namesrv_port }), _) => {
+                dev(data_dir, client_port, raft_port, namesrv_port).await
+            }
+            (None, Some(path)) => run(&path).await,
+            (None, None) => Err(anyhow::anyhow!("give --config broker.toml to run a node, or `dev` for a local group")),
         }
     });
     match result {

@@ -7,14 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_log::{Log, LogConfig, RaftLogStore};
+use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
 use raftmq_proto::raft::v1::raft_service_server::RaftServiceServer;
 use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
 use tokio::sync::oneshot;
+use tonic::service::Routes;
 
+use crate::admin::{Admin, DEFAULT_QUEUES};
+use crate::raft::backfill::Backfill;
 use crate::raft::network::Network;
 use crate::raft::service::RaftRpc;
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
+use crate::registration::{self, Identity, Registration};
+use crate::retention::{self, RetentionConfig};
+use crate::service::namesrv_view::RouteView;
 use crate::service::{Broker, ServiceSettings};
 
 /// Everything a node needs to start.
@@ -26,6 +33,11 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// Every member of the group, this node included.
     pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// Address to bind the client service on, when it differs from this node's advertised
+    /// `client_addr` (e.g. `0.0.0.0:8081` in a container).
+    pub listen_client: Option<String>,
+    /// Address to bind the Raft service on, when it differs from `raft_addr`.
+    pub listen_raft: Option<String>,
     /// Where the CommitLog and the state live.
     pub data_dir: PathBuf,
     /// Log engine settings.
@@ -41,6 +53,41 @@ pub struct NodeConfig {
     pub keep_after_snapshot: u64,
     /// Limits and defaults of the client service.
     pub service: ServiceSettings,
+    /// The cluster the group belongs to, as reported to the nameservers.
+    pub cluster: String,
+    /// Nameservers (`host:port` each) to heartbeat to and to take routes from; none: the node
+    /// answers routes from its own Raft view.
+    pub nameservers: Vec<String>,
+    /// How often the node heartbeats to each nameserver; also the age at which a cached route
+    /// is refreshed.
+    pub namesrv_heartbeat: Duration,
+    /// When CommitLog segments are deleted.
+    pub retention: RetentionConfig,
+}
+
+impl Default for NodeConfig {
+    /// The defaults of `broker.toml` for a node with no peers yet: fill in `group`,
+    /// `node_id`, `peers` and `data_dir`.
+    fn default() -> Self {
+        NodeConfig {
+            group: String::new(),
+            node_id: 0,
+            peers: BTreeMap::new(),
+            listen_client: None,
+            listen_raft: None,
+            data_dir: PathBuf::new(),
+            log: LogConfig::default(),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 100_000,
+            keep_after_snapshot: 10_000,
+            service: ServiceSettings::default(),
+            cluster: registration::DEFAULT_CLUSTER.to_string(),
+            nameservers: Vec::new(),
+            namesrv_heartbeat: registration::DEFAULT_INTERVAL,
+            retention: RetentionConfig::default(),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -63,8 +110,13 @@ pub struct Node {
     pub raft_addr: SocketAddr,
     /// The address the client (RocketMQ v2) server listens on.
     pub client_addr: SocketAddr,
+    /// The log range this node still copies in from another member.
+    pub backfill: Backfill,
+    /// Background work (backfill, retention), aborted on shutdown.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     stops: Vec<oneshot::Sender<()>>,
     servers: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    registration: Option<Registration>,
 }
 
 /// Why a node could not start.
@@ -101,6 +153,9 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StartError> {
         election_timeout_max: min + min / 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
         max_in_snapshot_log_to_keep: cfg.keep_after_snapshot,
+        // Without Pre-Vote a follower with a shorter log bumps the term, loses, and splits
+        // the next round: failover then takes a second election timeout.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     config.validate().map_err(|e| StartError::Config(e.to_string()))
@@ -111,11 +166,16 @@ impl Node {
     /// of a group whose log is empty initializes the group with all peers.
     pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
         let me = cfg.me().map_err(StartError::Config)?.clone();
+        let view =
+            RouteView::new(&cfg.nameservers, cfg.namesrv_heartbeat).map_err(|e| StartError::Config(e.to_string()))?;
         let (log, report) = Log::open(&cfg.data_dir.join("commitlog"), cfg.log.clone())?;
         if let Some((file, offset)) = &report.torn_tail {
             tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");
         }
-        let state = StateStore::open(&cfg.data_dir.join("state"), &cfg.group).map_err(StartError::State)?;
+        let backfill = Backfill::open(&cfg.data_dir.join("state"), log.clone()).map_err(StartError::State)?;
+        let state = StateStore::open(&cfg.data_dir.join("state"), &cfg.group)
+            .map_err(StartError::State)?
+            .with_backfill(backfill.clone());
         let config = Arc::new(raft_config(&cfg)?);
         let raft = Raft::new(
             cfg.node_id,
@@ -128,15 +188,34 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone());
-        let (raft_addr, raft_stop, raft_server) =
-            serve(&me.raft_addr, RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)).await?;
+        let (raft_addr, raft_stop, raft_server) = serve(
+            cfg.listen_raft.as_deref().unwrap_or(&me.raft_addr),
+            Routes::new(RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)),
+        )
+        .await?;
         let store = RaftLogStore::<TypeConfig>::new(log.clone());
-        let broker = Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, cfg.service.clone());
+        let broker =
+            Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, cfg.service.clone(), view);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
-        let client_service = MessagingServiceServer::new(broker)
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(64 << 20);
-        let (client_addr, client_stop, client_server) = serve(&me.client_addr, client_service).await?;
+        let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
+        let admin = Admin::new(
+            &cfg.group,
+            cfg.node_id,
+            raft.clone(),
+            state.clone(),
+            log.clone(),
+            broker.clone(),
+            default_queues,
+        );
+        // The admin service shares the client endpoint with the RocketMQ service.
+        let client_service = Routes::new(
+            MessagingServiceServer::new(broker)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(AdminServiceServer::new(admin));
+        let (client_addr, client_stop, client_server) =
+            serve(cfg.listen_client.as_deref().unwrap_or(&me.client_addr), client_service).await?;
 
         let lowest = cfg.peers.keys().next().copied();
         if lowest == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
@@ -145,19 +224,44 @@ impl Node {
                 Err(e) => tracing::info!(error = %e, "group already initialized"),
             }
         }
+        let identity = Identity {
+            cluster: cfg.cluster.clone(),
+            group: cfg.group.clone(),
+            node_id: cfg.node_id,
+            client_endpoint: me.client_addr.clone(),
+            raft_endpoint: me.raft_addr.clone(),
+        };
+        let registration =
+            Registration::start(identity, &cfg.nameservers, cfg.namesrv_heartbeat, raft.clone(), state.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        let tasks = vec![
+            backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
+            retention::spawn(log.clone(), state.clone(), cfg.retention.clone()),
+        ];
         Ok(Node {
             raft,
             state,
             log,
             raft_addr,
             client_addr,
+            backfill,
+            tasks,
             stops: vec![raft_stop, client_stop],
             servers: vec![raft_server, client_server],
+            registration: Some(registration),
         })
     }
 
     /// Stops Raft and the server (as a crash would, minus the lost page cache).
     pub async fn shutdown(mut self) {
+        // Stop reporting first: the nameservers drop the node after their expiry.
+        if let Some(registration) = self.registration.take() {
+            registration.stop().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -173,27 +277,16 @@ impl Node {
 
 type Served = (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
 
-/// Binds `addr` and serves `service` on it until the returned sender fires.
-async fn serve<S>(addr: &str, service: S) -> Result<Served, StartError>
-where
-    S: tower_service::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+/// Binds `addr` and serves `routes` (one or more gRPC services) on it until the returned
+/// sender fires.
+async fn serve(addr: &str, routes: Routes) -> Result<Served, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(
-        tonic::transport::Server::builder().tcp_nodelay(true).add_service(service).serve_with_incoming_shutdown(
+        tonic::transport::Server::builder().tcp_nodelay(true).add_routes(routes).serve_with_incoming_shutdown(
             tokio_stream_listener(listener),
             async {
                 let _ = stopped.await;

@@ -33,7 +33,7 @@ fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
             election_timeout: Duration::from_millis(500),
             snapshot_every: 1000,
             keep_after_snapshot: 100,
-            service: Default::default(),
+            ..NodeConfig::default()
         })
         .collect())
 }

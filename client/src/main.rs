@@ -1,11 +1,140 @@
-//! `mqadmin`: the raftmq admin command line.
+//! `mqadmin`: the raftmq admin command line: topics, the group's status, leader transfer,
+//! and a produce benchmark.
+
+mod cli;
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!("mqadmin: not yet; the admin commands arrive with the broker.");
+use clap::{Parser, Subcommand};
+
+use crate::cli::bench::ProduceArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "mqadmin", version, about = "Administer a raftmq broker group")]
+struct Cli {
+    /// Broker client endpoints, `host:port;host:port` (any node of the group answers).
+    #[arg(long, global = true, default_value = "127.0.0.1:8081")]
+    endpoints: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, change, list, route and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// The group's members and their Raft state; leader transfer.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Number of queues (default: the broker's).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// Accepted message types, comma-separated: NORMAL,FIFO,DELAY,TRANSACTION (default: all).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// RocketMQ permission bits: 6 = read and write, 4 = read, 2 = write.
+        #[arg(long)]
+        perm: Option<u32>,
+    },
+    /// Change a topic (only what is given changes; queues can only grow).
+    Update {
+        /// Topic name.
+        name: String,
+        /// New number of queues.
+        #[arg(long)]
+        queues: Option<u32>,
+        /// New message types, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// New permission bits.
+        #[arg(long)]
+        perm: Option<u32>,
+    },
+    /// List the group's topics.
+    List,
+    /// Show where a topic's queues are.
+    Route {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic with its queues and consumer state.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Every member's role, term, leader and log indexes.
+    List,
+    /// Move the group's leadership to another member.
+    TransferLeader {
+        /// Broker group.
+        #[arg(long)]
+        group: String,
+        /// Node id of the new leader.
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Concurrent producers, each waiting for its acks; prints throughput and latency.
+    Produce(ProduceArgs),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let endpoints = cli.endpoints.as_str();
+    match cli.command {
+        Command::Topic(TopicCommand::Create { name, queues, types, perm }) => {
+            cli::topic::create(endpoints, name, queues, types, perm).await
+        }
+        Command::Topic(TopicCommand::Update { name, queues, types, perm }) => {
+            cli::topic::update(endpoints, name, queues, types, perm).await
+        }
+        Command::Topic(TopicCommand::List) => cli::topic::list(endpoints).await,
+        Command::Topic(TopicCommand::Route { name }) => cli::topic::route(endpoints, &name).await,
+        Command::Topic(TopicCommand::Delete { name }) => cli::topic::delete(endpoints, &name).await,
+        Command::Cluster(ClusterCommand::List) => cli::cluster::list(endpoints).await,
+        Command::Cluster(ClusterCommand::TransferLeader { group, to }) => {
+            cli::cluster::transfer_leader(endpoints, &group, to).await
+        }
+        Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
     }
-    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("mqadmin: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

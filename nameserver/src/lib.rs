@@ -48,8 +48,13 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), BindError> {
     Ok((listener, local))
 }
 
+/// Longest time requests in flight may take to finish once `shutdown` completed; then
+/// the server stops anyway (a connection kept open by a client must not hold it forever).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Serves a nameserver whose nodes expire after `expiry` of silence on `listener` until
-/// `shutdown` completes, then finishes the requests in flight and returns.
+/// `shutdown` completes, then finishes the requests in flight (for at most
+/// [`DRAIN_LIMIT`]) and returns.
 ///
 /// # Panics
 ///
@@ -60,10 +65,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = draining.send(());
+    };
+    let server = Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
         .add_service(NameServer::new(expiry).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let drain_deadline = async move {
+        if drain_started.await.is_err() {
+            // The server ended without a shutdown: the other branch has its result.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!(limit = ?DRAIN_LIMIT, "connections still open after the drain limit; stopping anyway");
+            Ok(())
+        }
+    }
 }

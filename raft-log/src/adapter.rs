@@ -5,7 +5,8 @@
 //! Entries are encoded with bincode 2 into the record payload; the record header carries
 //! the entry's index and term. The vote, the committed id and the purged id live in the
 //! meta file. Reads through this adapter never return purged entries; [`Log::read`] does,
-//! while retention keeps them.
+//! while retention keeps them. Only [`RaftLogStore::retained_entries`] heeds the log's
+//! incomplete mark ([`Log::set_incomplete`]); openraft's own reads do not.
 
 use std::fmt::Debug;
 use std::io;
@@ -130,7 +131,7 @@ where
     fn read_entries(&self, from: u64, to: u64) -> io::Result<Vec<C::Entry>> {
         let view = self.log.view();
         let from = from.max(view.purged.map_or(0, |p| p.index + 1));
-        let records = self.log.read(from, to)?;
+        let records = self.log.read_for_raft(from, to)?;
         records.iter().map(|r| decode(&r.payload, "log entry")).collect()
     }
 }

@@ -63,6 +63,17 @@ impl TailCache {
         }
     }
 
+    /// Drops every record up to and including `index` (they must all be written).
+    pub(crate) fn drop_through(&mut self, index: u64) {
+        while let Some(front) = self.entries.front() {
+            if front.index > index {
+                break;
+            }
+            self.bytes -= front.payload.len();
+            self.entries.pop_front();
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;

@@ -16,6 +16,11 @@ use crate::meta::{MetaFile, MetaState, Purged};
 use crate::record::{self, HEADER_LEN, Record};
 use crate::segment::{self, SEGMENT_HEADER_LEN, Segment};
 
+mod backfill;
+
+pub use self::backfill::Backfilled;
+pub(crate) use self::backfill::StagedBackfill;
+
 /// Tunables of the log. Every queue and buffer it uses is bounded by one of these.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -98,13 +103,17 @@ pub struct RemovedSegment {
 }
 
 /// When whole segments may be deleted. A segment is only ever deleted when every index in
-/// it is at or below the purge point and below `keep_from`.
+/// it is at or below the purge point and below `keep_from`, and only from the oldest end.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Retention {
-    /// Delete segments last written longer ago than this.
+    /// Delete segments last written longer ago than this (by file time: a segment copied
+    /// in by a backfill counts from the copy).
     pub max_age: Option<Duration>,
     /// Delete the oldest segments while the log holds more than this many bytes.
     pub max_bytes: Option<u64>,
+    /// Segments whose records all lie below this index are expired whatever their file
+    /// time: the caller knows how old the records are (e.g. from message store times).
+    pub expired_before: u64,
     /// Never delete a segment holding this index or later (e.g. a consume queue's minimum).
     pub keep_from: u64,
 }
@@ -129,12 +138,34 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
     Ok(firsts)
 }
 
+/// Removes what an interrupted backfill or segment removal leaves: staged files never
+/// published, and index files whose data file is gone.
+fn remove_leftovers(fs: &dyn Fs, dir: &Path) -> Result<()> {
+    let names = fs.list_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    let data: Vec<u64> = names.iter().filter_map(|n| segment::parse_data_name(n)).collect();
+    let mut removed = false;
+    for name in &names {
+        let orphan = segment::parse_index_name(name).is_some_and(|first| !data.contains(&first));
+        if orphan || segment::is_staged_name(name) {
+            let path = dir.join(name);
+            tracing::info!(file = %path.display(), "removing a file left by an interrupted operation");
+            fs.remove_file(&path).map_err(|e| LogError::io("remove", &path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fs.sync_dir(dir).map_err(|e| LogError::io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
 impl LogCore {
     /// Opens (or creates) the log in `dir`, recovering from a crash: a torn tail is cut
     /// back to the last valid record, anything else damaged is an error.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: LogConfig) -> Result<(LogCore, OpenReport)> {
         config.validate()?;
         fs.create_dir_all(dir).map_err(|e| LogError::io("create directory", dir, e))?;
+        remove_leftovers(&*fs, dir)?;
         let firsts = list_segments(&*fs, dir)?;
         let (meta, state) = match MetaFile::open(&*fs, dir)? {
             Some(found) => found,
@@ -265,6 +296,11 @@ impl LogCore {
         self.segments.len()
     }
 
+    /// The index range `first..next` each segment holds, oldest first.
+    pub fn segment_ranges(&self) -> Vec<(u64, u64)> {
+        self.segments.values().map(|s| (s.first, s.next)).collect()
+    }
+
     fn active_mut(&mut self) -> Option<&mut Segment> {
         self.segments.values_mut().next_back()
     }
@@ -321,6 +357,8 @@ impl LogCore {
         let (reuse, seal) = match self.segments.values().next_back() {
             None => (false, false),
             Some(seg) if seg.next != index => (false, seg.count() > 0),
+            // A backfilled segment is complete as written: appends go to a new one.
+            Some(seg) if seg.sealed => (false, false),
             Some(seg) if !seg.fits(bytes) => (false, true),
             Some(_) => (true, false),
         };
@@ -470,6 +508,7 @@ impl LogCore {
             }
             let bytes = seg.end - SEGMENT_HEADER_LEN;
             let over_size = policy.max_bytes.is_some_and(|max| total > max);
+            let expired = seg.next <= policy.expired_before;
             let too_old = match policy.max_age {
                 Some(age) => {
                     let modified =
@@ -478,7 +517,7 @@ impl LogCore {
                 }
                 None => false,
             };
-            if !(over_size || too_old) {
+            if !(over_size || expired || too_old) {
                 break;
             }
             let seg = self.segments.remove(first).expect("listed above");

@@ -50,6 +50,19 @@ pub enum LogError {
     #[error("invalid log operation: {0}")]
     Invalid(String),
 
+    /// The records asked for are being copied to this node from another replica (after it
+    /// caught up through a snapshot); reading them is refused until they are in place.
+    #[error(
+        "log records {from}..{to} are still being copied to this node from another group member; \
+         retry shortly"
+    )]
+    Incomplete {
+        /// First index not yet in place.
+        from: u64,
+        /// One past the last index not yet in place.
+        to: u64,
+    },
+
     /// An earlier write or fsync failed; the log refuses further work until reopened.
     #[error("the log stopped after an earlier IO error ({0}); reopen it to recover")]
     Stopped(String),
@@ -71,6 +84,7 @@ impl From<LogError> for io::Error {
             LogError::Io { source, .. } => source.kind(),
             LogError::Corrupt { .. } | LogError::UnsupportedVersion { .. } => io::ErrorKind::InvalidData,
             LogError::Invalid(_) => io::ErrorKind::InvalidInput,
+            LogError::Incomplete { .. } => io::ErrorKind::WouldBlock,
             LogError::Stopped(_) => io::ErrorKind::BrokenPipe,
         };
         io::Error::new(kind, err)

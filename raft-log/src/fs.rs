@@ -80,6 +80,8 @@ pub trait Fs: Send + Sync + Debug {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FileIo>>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` if it exists; durable once the directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names of the entries of a directory.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (created and removed files) durable.
@@ -149,6 +151,10 @@ impl Fs for RealFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {

@@ -20,7 +20,7 @@ pub mod record;
 mod segment;
 
 pub use crate::adapter::RaftLogStore;
-pub use crate::core::{LogConfig, LogCore, OpenReport, RemovedSegment, Retention};
+pub use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{Log, LogView, OnDurable};
 pub use crate::meta::{MAX_META_FIELD, MetaState, Purged};

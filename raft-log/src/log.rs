@@ -1,8 +1,10 @@
 //! [`Log`]: the concurrent front of the engine. One writer thread owns the files; callers
 //! queue appends (bounded), which the writer gathers into batches made durable with one
-//! `fdatasync` each, then reports through each append's callback. Vote, purge and
-//! truncation go through the same queue, so no write is ever reordered with another.
+//! `fdatasync` each, then reports through each append's callback. Vote, purge, truncation
+//! and the installing of backfilled segments go through the same queue, so no write is ever
+//! reordered with another.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -12,7 +14,7 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::TailCache;
-use crate::core::{LogConfig, LogCore, OpenReport, RemovedSegment, Retention};
+use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention, StagedBackfill};
 use crate::error::{LogError, Result};
 use crate::fs::Fs;
 use crate::meta::Purged;
@@ -28,6 +30,7 @@ enum Op {
     Vote { vote: Bytes, done: oneshot::Sender<Result<()>> },
     Committed { committed: Option<Bytes> },
     Retain { policy: Retention, now: SystemTime, done: oneshot::Sender<Result<Vec<RemovedSegment>>> },
+    Backfill { staged: StagedBackfill, done: oneshot::Sender<Result<Backfilled>> },
     Flush { done: oneshot::Sender<Result<()>> },
 }
 
@@ -58,6 +61,8 @@ struct Mem {
     durable: Option<u64>,
     /// Committed id as last given, saved to the meta file lazily.
     committed: Option<Bytes>,
+    /// Records being copied in from another replica: reads of them are refused.
+    incomplete: Option<Range<u64>>,
     failed: Option<String>,
 }
 
@@ -73,6 +78,13 @@ impl Mem {
         let after_last = self.last.map(|(i, _)| i + 1);
         let after_purge = self.purged.map(|p| p + 1);
         after_last.max(after_purge)
+    }
+
+    fn check_complete(&self, from: u64, to: u64) -> Result<()> {
+        match &self.incomplete {
+            Some(r) if from < r.end && r.start < to => Err(LogError::Incomplete { from: r.start, to: r.end }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -91,6 +103,8 @@ pub struct Log {
     tx: mpsc::Sender<Op>,
     /// Keeps "check, put in cache, queue" atomic across concurrent appenders.
     submit: Arc<tokio::sync::Mutex<()>>,
+    /// One backfill at a time (staged file names are per first index).
+    backfill: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Log {
@@ -111,6 +125,7 @@ impl Log {
             last,
             written: last.map(|l| l.0),
             durable: last.map(|l| l.0),
+            incomplete: None,
             failed: None,
         };
         let shared = Arc::new(Shared { core: RwLock::new(core), mem: RwLock::new(mem), config: config.clone() });
@@ -120,7 +135,13 @@ impl Log {
             .name("raft-log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io("spawn writer thread", dir, e))?;
-        Ok((Log { shared, tx, submit: Arc::new(tokio::sync::Mutex::new(())) }, report))
+        let log = Log {
+            shared,
+            tx,
+            submit: Arc::new(tokio::sync::Mutex::new(())),
+            backfill: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        Ok((log, report))
     }
 
     /// The configuration in force.
@@ -138,6 +159,11 @@ impl Log {
             durable: mem.durable,
             purged: core.meta().purged.clone(),
         }
+    }
+
+    /// The index range `first..next` each segment file holds, oldest first.
+    pub fn segment_ranges(&self) -> Vec<(u64, u64)> {
+        self.shared.core.read().segment_ranges()
     }
 
     /// The last saved vote.
@@ -247,17 +273,71 @@ impl Log {
         self.call(|done| Op::Retain { policy, now, done }).await
     }
 
+    /// Writes `records` (contiguous, at or below the purge point) copied from another
+    /// replica: records already held are kept, conflicting ones replaced (the copy is
+    /// committed, so it wins), missing ones written as new sealed segments. The files are
+    /// written and fsynced off the writer thread, then renamed into place by it in queue
+    /// order; durable on return. See [`LogCore::backfill`].
+    pub async fn backfill(&self, records: Vec<Record>) -> Result<Backfilled> {
+        let _one = self.backfill.lock().await;
+        self.shared.mem.read().check_running()?;
+        let shared = self.shared.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            let plan = shared.core.read().plan_backfill(&records)?;
+            plan.stage(&records)
+        })
+        .await
+        .map_err(|e| LogError::Invalid(format!("the backfill staging task failed: {e}")))??;
+        self.call(|done| Op::Backfill { staged, done }).await
+    }
+
+    /// Removes the records in `from..to` (at or below the purge point) and the later
+    /// records of their segments; durable on return. See [`LogCore::discard`].
+    pub async fn discard(&self, from: u64, to: u64) -> Result<Backfilled> {
+        let _one = self.backfill.lock().await;
+        let plan = self.shared.core.read().plan_discard(from, to)?;
+        let staged = plan.stage(&[])?;
+        self.call(|done| Op::Backfill { staged, done }).await
+    }
+
+    /// Marks records `range` as being copied in from another replica (`None`: none are).
+    /// Until the mark moves, [`Log::read`] refuses them with [`LogError::Incomplete`], so a
+    /// reader never sees a record that is missing or about to be replaced. The mark lives in
+    /// memory only.
+    pub fn set_incomplete(&self, range: Option<Range<u64>>) {
+        self.shared.mem.write().incomplete = range.filter(|r| !r.is_empty());
+    }
+
+    /// The records marked as being copied in, if any.
+    pub fn incomplete(&self) -> Option<Range<u64>> {
+        self.shared.mem.read().incomplete.clone()
+    }
+
     /// Waits until everything queued so far is durable, the committed id included.
     pub async fn flush(&self) -> Result<()> {
         self.call(|done| Op::Flush { done }).await
     }
 
     /// Reads the records present in `from..to` (purged ones included while their segment
-    /// is retained). A record missing in the middle of the range is an error.
+    /// is retained). A record missing in the middle of the range is an error, and so is a
+    /// range that touches records marked incomplete ([`Log::set_incomplete`]).
     pub fn read(&self, from: u64, to: u64) -> Result<Vec<Record>> {
+        self.read_records(from, to, true)
+    }
+
+    /// [`Log::read`] for Raft itself: the incomplete mark does not apply (Raft reads its
+    /// own entries past the purge point, which a mark set ahead of a purge may cover).
+    pub(crate) fn read_for_raft(&self, from: u64, to: u64) -> Result<Vec<Record>> {
+        self.read_records(from, to, false)
+    }
+
+    fn read_records(&self, from: u64, to: u64, gated: bool) -> Result<Vec<Record>> {
         // Served from memory when the cache holds the whole range (the common tail read).
         {
             let mem = self.shared.mem.read();
+            if gated {
+                mem.check_complete(from, to)?;
+            }
             let to = to.min(mem.last.map_or(0, |l| l.0 + 1));
             if from >= to {
                 return Ok(Vec::new());
@@ -268,6 +348,9 @@ impl Log {
         }
         let core = self.shared.core.read();
         let mem = self.shared.mem.read();
+        if gated {
+            mem.check_complete(from, to)?;
+        }
         let to = to.min(mem.last.map_or(0, |l| l.0 + 1));
         if from >= to {
             return Ok(Vec::new());
@@ -401,6 +484,7 @@ impl Writer {
                     reply(done, Err(e))
                 }
                 Op::Retain { done, .. } => reply(done, Err(e)),
+                Op::Backfill { done, .. } => reply(done, Err(e)),
                 Op::Committed { .. } => {}
             }
             return;
@@ -441,6 +525,25 @@ impl Writer {
             Op::Committed { committed } => self.pending_committed = Some(committed),
             Op::Retain { policy, now, done } => {
                 let r = core.retain(policy, now);
+                drop(core);
+                reply(done, self.check(r));
+            }
+            Op::Backfill { staged, done } => {
+                let r = core.install_backfill(staged);
+                if let Ok(done) = &r {
+                    let purged = core.meta().purged.as_ref().map(|p| p.index);
+                    let last = core.last_index().map(|i| (i, core.last_term()));
+                    let mut mem = self.shared.mem.write();
+                    if let (Some(p), false) = (purged, done.removed.is_empty()) {
+                        mem.cache.drop_through(p);
+                    }
+                    // With no record past the purge point, the backfilled ones are the last.
+                    if mem.last.is_none_or(|l| purged.is_some_and(|p| l.0 <= p)) {
+                        mem.last = last;
+                        mem.written = last.map(|l| l.0);
+                        mem.durable = mem.written;
+                    }
+                }
                 drop(core);
                 reply(done, self.check(r));
             }

@@ -19,30 +19,48 @@ use crate::error::{LogError, Result};
 use crate::fs::{FileIo, Fs};
 use crate::record::{self, HEADER_LEN, Record, RecordError};
 
+mod rewrite;
+
 /// Size of the data file header.
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 /// Format version written into every segment header and the meta file.
 pub const FORMAT_VERSION: u32 = 1;
 const SEGMENT_MAGIC: &[u8; 8] = b"RMQSEGv\0";
-const INDEX_SLOT: u64 = 8;
+pub(crate) const INDEX_SLOT: u64 = 8;
 /// How far past the expected index a record found after a damaged one still proves the
 /// damage is in the middle of the log rather than a torn tail.
 const FOLLOW_WINDOW: u64 = 1024;
 /// Bytes read per step while scanning a segment.
-const SCAN_CHUNK: usize = 4 << 20;
+pub(crate) const SCAN_CHUNK: usize = 4 << 20;
 
 /// File names of the segment starting at `first`.
 pub fn file_names(first: u64) -> (String, String) {
     (format!("{first:020}.log"), format!("{first:020}.idx"))
 }
 
-/// Parses a data file name back into its first index.
-pub fn parse_data_name(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".log")?;
+/// Suffix of the names a backfilled segment is written under before it is published.
+pub const STAGED_SUFFIX: &str = ".tmp";
+
+fn parse_stem(stem: &str) -> Option<u64> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     stem.parse().ok()
+}
+
+/// Parses a data file name back into its first index.
+pub fn parse_data_name(name: &str) -> Option<u64> {
+    parse_stem(name.strip_suffix(".log")?)
+}
+
+/// Parses an index file name back into its first index.
+pub fn parse_index_name(name: &str) -> Option<u64> {
+    parse_stem(name.strip_suffix(".idx")?)
+}
+
+/// Whether `name` is a staged (never published) segment file.
+pub fn is_staged_name(name: &str) -> bool {
+    name.strip_suffix(STAGED_SUFFIX).is_some_and(|n| parse_data_name(n).or_else(|| parse_index_name(n)).is_some())
 }
 
 /// One segment's files and extent.
@@ -64,7 +82,7 @@ pub struct Segment {
     pub(crate) index_path: PathBuf,
 }
 
-fn encode_segment_header(first: u64, capacity: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub(crate) fn encode_segment_header(first: u64, capacity: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());

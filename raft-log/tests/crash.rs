@@ -1,11 +1,13 @@
-//! Crash test: random appends, syncs, truncations, purges and votes on [`LogCore`] over the
-//! simulated file system, a crash at a random point (inside an operation or inside
-//! recovery too), then a reopen that must find a prefix of what was written holding every
-//! durable entry, and the vote and purge point of the last completed call.
+//! Crash test: random appends, syncs, truncations, purges, votes and backfills (of gaps
+//! below the purge point) on [`LogCore`] over the simulated file system, a crash at a
+//! random point (inside an operation or inside recovery too), then a reopen that must find
+//! a prefix of what was written holding every durable entry, every record below the purge
+//! point it held, the backfilled records whole segment by segment (a prefix of the batch),
+//! and the vote and purge point of the last completed call.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +47,13 @@ enum OpSpec {
         beyond: u64,
     },
     SaveVote,
+    /// Fill part of a gap below the purge point (none: a sync): the gap, where in it to
+    /// start, and the sizes of the records.
+    Backfill {
+        gap: Index,
+        start: Index,
+        sizes: Vec<usize>,
+    },
 }
 
 /// An operation with its arguments, as run.
@@ -55,6 +64,7 @@ enum Step {
     Truncate(Option<u64>),
     Purge(u64),
     SaveVote(u64),
+    Backfill(Vec<Record>),
 }
 
 impl fmt::Display for Step {
@@ -71,6 +81,10 @@ impl fmt::Display for Step {
             Step::Truncate(k) => write!(f, "truncate_after({k:?})"),
             Step::Purge(p) => write!(f, "purge({p})"),
             Step::SaveVote(v) => write!(f, "save_vote({v})"),
+            Step::Backfill(rs) => match (rs.first(), rs.last()) {
+                (Some(a), Some(b)) => write!(f, "backfill {}..={} term {}", a.index, b.index, a.term),
+                _ => write!(f, "backfill nothing"),
+            },
         }
     }
 }
@@ -92,6 +106,8 @@ struct Model {
     durable: usize,
     purged: Option<Purged>,
     vote: Option<Bytes>,
+    /// Records at or below the purge point that are on disk (purged or backfilled).
+    below: BTreeMap<u64, Record>,
 }
 
 impl Model {
@@ -117,10 +133,14 @@ impl Model {
             Step::Sync => {}
             Step::Truncate(k) => m.entries.retain(|r| k.is_some_and(|k| r.index <= k)),
             Step::Purge(p) => {
-                m.entries.retain(|r| r.index > *p);
+                // Purge syncs first: every entry up to the point stays on disk.
+                let (gone, kept): (Vec<Record>, Vec<Record>) = m.entries.drain(..).partition(|r| r.index <= *p);
+                m.below.extend(gone.into_iter().map(|r| (r.index, r)));
+                m.entries = kept;
                 m.purged = Some(Purged { index: *p, id: purge_id(*p) });
             }
             Step::SaveVote(v) => m.vote = Some(vote_bytes(*v)),
+            Step::Backfill(rs) => m.below.extend(rs.iter().map(|r| (r.index, r.clone()))),
         }
         if !matches!(step, Step::Append(_)) {
             // Everything but append syncs before it returns.
@@ -158,6 +178,41 @@ impl Gen {
         self.term = (floor + 1..).find(|t| !self.used_terms.contains(t)).expect("terms are unbounded");
         self.used_terms.insert(self.term);
     }
+}
+
+/// Ranges `a..=b` at or below the purge point that hold no record.
+fn gaps(model: &Model) -> Vec<(u64, u64)> {
+    let Some(purged) = model.purged.as_ref().map(|p| p.index) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut at = FIRST_INDEX;
+    for &i in model.below.keys() {
+        if i > at {
+            out.push((at, i - 1));
+        }
+        at = i + 1;
+    }
+    if at <= purged {
+        out.push((at, purged));
+    }
+    out
+}
+
+/// Records copied into part of a gap: the term of the nearest record below (or above), as
+/// a committed run between them would have.
+fn backfill_step(gap: &Index, start: &Index, sizes: &[usize], model: &Model, g: &mut Gen) -> Step {
+    let gaps = gaps(model);
+    if gaps.is_empty() || sizes.is_empty() {
+        return Step::Sync;
+    }
+    let (a, b) = gaps[gap.index(gaps.len())];
+    let first = a + start.index((b - a + 1) as usize) as u64;
+    let count = (sizes.len() as u64).min(b - first + 1);
+    let below = model.below.range(..first).next_back().map(|(_, r)| r.term);
+    let above = model.below.range(first..).next().map(|(_, r)| r.term).or(model.entries.first().map(|r| r.term));
+    let term = below.or(above).unwrap_or(1);
+    g.version += 1;
+    let size = |n: usize| g.fixed_size.unwrap_or(n);
+    Step::Backfill((0..count).map(|i| record(first + i, term, g.version, size(sizes[i as usize]))).collect())
 }
 
 fn resolve(spec: &OpSpec, model: &Model, g: &mut Gen) -> Step {
@@ -198,6 +253,7 @@ fn resolve(spec: &OpSpec, model: &Model, g: &mut Gen) -> Step {
             g.vote += 1;
             Step::SaveVote(g.vote)
         }
+        OpSpec::Backfill { gap, start, sizes } => backfill_step(gap, start, sizes, model, g),
     }
 }
 
@@ -208,7 +264,44 @@ fn exec(core: &mut LogCore, step: &Step) -> raft_log::Result<()> {
         Step::Truncate(k) => core.truncate_after(*k),
         Step::Purge(p) => core.purge(*p, purge_id(*p)),
         Step::SaveVote(v) => core.save_vote(vote_bytes(*v)),
+        Step::Backfill(rs) => core.backfill(rs).map(|_| ()),
     }
+}
+
+/// Every record at or below `purged` on disk, read segment by segment (there may be gaps).
+fn read_below(core: &LogCore, purged: Option<u64>) -> raft_log::Result<BTreeMap<u64, Record>> {
+    let Some(purged) = purged else { return Ok(BTreeMap::new()) };
+    let mut out = BTreeMap::new();
+    for (first, next) in core.segment_ranges() {
+        let to = next.min(purged + 1);
+        if first < to {
+            out.extend(core.read(first, to)?.into_iter().map(|r| (r.index, r)));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the records at or below the purge point: all those expected are there, and any
+/// other is one of a failed backfill's, which must show as a prefix of its batch.
+fn check_below(
+    got: &BTreeMap<u64, Record>,
+    expected: &BTreeMap<u64, Record>,
+    backfill: Option<&[Record]>,
+) -> Result<(), String> {
+    for (i, want) in expected {
+        match got.get(i) {
+            Some(r) if r == want => {}
+            Some(r) => return Err(format!("below the purge point: got {}, expected {}", show(r), show(want))),
+            None => return Err(format!("below the purge point: lost {}", show(want))),
+        }
+    }
+    let extra: Vec<&Record> = got.iter().filter(|(i, _)| !expected.contains_key(i)).map(|(_, r)| r).collect();
+    let batch = backfill.unwrap_or_default();
+    if extra.len() > batch.len() || extra.iter().zip(batch).any(|(a, b)| *a != b) {
+        let what: Vec<String> = extra.iter().take(3).map(|r| show(r)).collect();
+        return Err(format!("below the purge point: records {what:?} are not a prefix of a backfill"));
+    }
+    Ok(())
 }
 
 fn open(fs: &SimFs) -> raft_log::Result<LogCore> {
@@ -360,8 +453,16 @@ fn check_recovered(core: &LogCore, run: &RoundRun, trace: &[String]) -> Result<M
             format!("last_term {} but the last record has term {}", core.last_term(), last.term),
         ));
     }
+    let below = read_below(core, purged).map_err(|e| failure(trace, format!("read below the purge point: {e}")))?;
+    let expected = if meta.purged == after.purged { &after.below } else { &before.below };
+    let backfill = match &run.failed {
+        Some((Step::Backfill(rs), _)) => Some(&rs[..]),
+        _ => None,
+    };
+    let expected = if backfill.is_some() { &before.below } else { expected };
+    check_below(&below, expected, backfill).map_err(|e| failure(trace, e))?;
     let durable = got.len();
-    Ok(Model { entries: got, durable, purged: meta.purged.clone(), vote: meta.vote.clone() })
+    Ok(Model { entries: got, durable, purged: meta.purged.clone(), vote: meta.vote.clone(), below })
 }
 
 /// Runs one round: a dry run on a copy to count the file-system mutations, the real run
@@ -452,6 +553,10 @@ fn run_case(rounds: &[RoundSpec], fixed_size: Option<usize>) -> Result<(), TestC
         if got[..] != want[..] {
             return Err(failure(&trace, format!("{attempt} a clean reopen: {}", mismatch(&got, want))));
         }
+        let purged = model.purged.as_ref().map(|p| p.index);
+        let below = read_below(&core, purged).map_err(|e| failure(&trace, format!("read below {attempt}: {e}")))?;
+        check_below(&below, &model.below, None)
+            .map_err(|e| failure(&trace, format!("{attempt} a clean reopen: {e}")))?;
         drop(core);
         core = open(&fs).map_err(|e| failure(&trace, format!("clean reopen failed: {e}")))?;
     }
@@ -463,13 +568,15 @@ fn op() -> impl Strategy<Value = OpSpec> {
     let size = prop_oneof![3 => 0usize..200, 4 => 200usize..3000, 2 => 3000usize..=MAX_PAYLOAD as usize];
     // Mostly short cuts within the active segment, sometimes across several segments.
     let back = prop_oneof![3 => 0u64..8, 1 => 0u64..100];
-    let beyond = prop_oneof![3 => Just(0u64), 1 => 1u64..5];
+    let beyond = prop_oneof![6 => Just(0u64), 2 => 1u64..5, 1 => 5u64..200];
     prop_oneof![
-        8 => (vec(size, 1..12), prop::bool::weighted(0.2)).prop_map(|(sizes, new_term)| OpSpec::Append { sizes, new_term }),
+        8 => (vec(size.clone(), 1..12), prop::bool::weighted(0.2)).prop_map(|(sizes, new_term)| OpSpec::Append { sizes, new_term }),
         3 => Just(OpSpec::Sync),
         2 => (back, any::<bool>()).prop_map(|(back, lower_term)| OpSpec::Truncate { back, lower_term }),
         1 => (0u64..100, beyond).prop_map(|(back, beyond)| OpSpec::Purge { back, beyond }),
         1 => Just(OpSpec::SaveVote),
+        2 => (any::<Index>(), any::<Index>(), vec(size, 1..80))
+            .prop_map(|(gap, start, sizes)| OpSpec::Backfill { gap, start, sizes }),
     ]
 }
 

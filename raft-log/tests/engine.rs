@@ -104,7 +104,7 @@ fn retention_deletes_only_whole_segments_below_purge_and_keep_from() -> anyhow::
     log.sync()?;
     let segments = log.segment_count();
     let now = SystemTime::now();
-    let everything = Retention { max_age: None, max_bytes: Some(0), keep_from: u64::MAX };
+    let everything = Retention { max_bytes: Some(0), keep_from: u64::MAX, ..Retention::default() };
     assert!(log.retain(everything, now)?.is_empty(), "nothing is purged yet, so nothing may go");
 
     log.purge(150, Bytes::from_static(b"p"))?;
@@ -122,7 +122,7 @@ fn retention_deletes_only_whole_segments_below_purge_and_keep_from() -> anyhow::
     assert!(log.segment_count() < segments);
 
     // Age-based: nothing is older than an hour.
-    let by_age = Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: None, keep_from: u64::MAX };
+    let by_age = Retention { max_age: Some(Duration::from_secs(3600)), keep_from: u64::MAX, ..Retention::default() };
     assert!(log.retain(by_age, now)?.is_empty());
     drop(log);
     let log = open(dir.path())?;

@@ -18,7 +18,7 @@ fi
 
 work="$(mktemp -d)"
 log="$work/mqbroker.log"
-"$mqbroker" dev --data-dir "$work/data" --client-port "$client_port" --raft-port "$raft_port" >"$log" 2>&1 &
+"$mqbroker" dev --data-dir "$work/data" --client-port "$client_port" --raft-port "$raft_port" --namesrv-port "${RAFTMQ_PY_NAMESRV_PORT:-19876}" >"$log" 2>&1 &
 broker=$!
 cleanup() {
     kill "$broker" 2>/dev/null || true

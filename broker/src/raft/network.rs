@@ -1,6 +1,7 @@
-//! The client side of Raft RPC: openraft's network traits over `raftmq.raft.v1` gRPC.
-//! Channels connect lazily and reconnect by themselves; an unreachable peer is reported
-//! as `Unreachable` so openraft backs off.
+//! The client side of Raft RPC: openraft's network traits over `raftmq.raft.v1` gRPC, and
+//! [`read_segment`] (copying retained log ranges, outside openraft). Channels connect
+//! lazily and reconnect by themselves; an unreachable peer is reported as `Unreachable` so
+//! openraft backs off.
 
 use std::future::Future;
 use std::time::Duration;
@@ -46,7 +47,8 @@ pub struct Connection {
     client: Result<RaftServiceClient<Channel>, String>,
 }
 
-fn channel(addr: &str) -> Result<Channel, String> {
+/// A lazily connected channel to a member's Raft service at `addr` (`host:port`).
+pub(crate) fn channel(addr: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("bad address {addr:?}: {e}"))?;
     Ok(endpoint
         .connect_timeout(Duration::from_millis(500))
@@ -135,11 +137,35 @@ impl NetVote<TypeConfig> for Connection {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client()?;
         let payload = encode(&rpc).map_err(network_err)?;
-        let mut req =
-            tonic::Request::new(pb::VoteRequest { group: self.group.clone(), target_node: self.target, payload });
+        let mut req = tonic::Request::new(pb::VoteRequest {
+            group: self.group.clone(),
+            target_node: self.target,
+            payload,
+            pre_vote: false,
+        });
         req.set_timeout(option.hard_ttl());
         let resp = client.vote(req).await.map_err(status_err)?.into_inner();
         decode(&resp.payload, "vote response").map_err(network_err)
+    }
+
+    /// A real Pre-Vote (openraft would count an unimplemented one as granted): a follower
+    /// with a shorter log then cannot bump the term and split the vote of the one that can win.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let payload = encode(&rpc).map_err(network_err)?;
+        let mut req = tonic::Request::new(pb::VoteRequest {
+            group: self.group.clone(),
+            target_node: self.target,
+            payload,
+            pre_vote: true,
+        });
+        req.set_timeout(option.hard_ttl());
+        let resp = client.vote(req).await.map_err(status_err)?.into_inner();
+        decode(&resp.payload, "pre-vote response").map_err(network_err)
     }
 }
 
@@ -200,4 +226,22 @@ impl NetBackoff<TypeConfig> for Connection {
     fn backoff(&self) -> Option<Backoff> {
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
     }
+}
+
+/// Opens a `ReadSegment` stream: the records `from..to` that member `target` (of `group`, at
+/// `addr`) retains, in order, in chunks. A member that lacks the start of the range skips
+/// it; one that lacks a record inside it, or is still copying it in, ends the stream with
+/// an error.
+pub(crate) async fn read_segment(
+    addr: &str,
+    group: &str,
+    target: NodeId,
+    from: u64,
+    to: u64,
+) -> Result<tonic::Streaming<pb::SegmentChunk>, tonic::Status> {
+    let channel = channel(addr).map_err(tonic::Status::invalid_argument)?;
+    let mut client = RaftServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let request =
+        pb::ReadSegmentRequest { group: group.to_string(), target_node: target, from_index: from, to_index: to };
+    Ok(client.read_segment(request).await?.into_inner())
 }

@@ -98,7 +98,8 @@ impl RaftService for RaftRpc {
         let req = request.into_inner();
         self.check(&req.group, req.target_node)?;
         let vote: VoteRequest<TypeConfig> = decode(&req.payload, "vote request").map_err(bad)?;
-        let resp = self.raft.vote(vote).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = if req.pre_vote { self.raft.pre_vote(vote).await } else { self.raft.vote(vote).await }
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::VoteResponse { payload: encode(&resp).map_err(Status::internal)? }))
     }
 

@@ -1,5 +1,6 @@
 //! The openraft state machine over [`Machine`]: applies entries, answers proposers, and
 //! snapshots the whole state to a file (written to a temporary name, fsynced, renamed).
+//! Installing a snapshot first records the log range to copy in ([`Backfill`]).
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use openraft::{EntryPayload, OptionalSend};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use super::backfill::Backfill;
 use super::{LogId, TypeConfig};
 use crate::machine::{Machine, Response};
 
@@ -40,6 +42,8 @@ pub struct StateStore {
     current: Arc<RwLock<Option<CurrentSnapshot>>>,
     /// Woken after every applied batch (long polling waits on it).
     applied_signal: Arc<tokio::sync::Notify>,
+    /// Told about installed snapshots, whose log records this node must copy in.
+    backfill: Option<Backfill>,
 }
 
 /// The newest snapshot: its meta and its encoded file.
@@ -56,7 +60,8 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T>
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed, directory fsynced.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -89,7 +94,14 @@ impl StateStore {
             snapshot_path,
             current: Arc::new(RwLock::new(current)),
             applied_signal: Arc::new(tokio::sync::Notify::new()),
+            backfill: None,
         })
+    }
+
+    /// Reports installed snapshots to `backfill` (call before handing the store to Raft).
+    pub fn with_backfill(mut self, backfill: Backfill) -> Self {
+        self.backfill = Some(backfill);
+        self
     }
 
     /// Notified after every applied batch of entries.
@@ -173,6 +185,14 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let file: SnapshotFile = decode(&bytes, "received snapshot")?;
         if &file.meta != meta {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its metadata"));
+        }
+        // The log range this node must copy in is durable before the state that points
+        // into it is.
+        if let (Some(backfill), Some(last)) = (self.backfill.clone(), meta.last_log_id) {
+            let applied_before = self.applied.read().last_applied.map(|l| l.index());
+            tokio::task::spawn_blocking(move || backfill.note_install(applied_before, last.index()))
+                .await
+                .map_err(|e| io::Error::other(format!("backfill bookkeeping task: {e}")))??;
         }
         let path = self.snapshot_path.clone();
         let data = bytes.clone();

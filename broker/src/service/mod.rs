@@ -7,6 +7,7 @@
 
 mod consume;
 pub mod convert;
+pub mod namesrv_view;
 pub mod proposer;
 mod receive;
 mod route;
@@ -29,6 +30,7 @@ use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use self::namesrv_view::RouteView;
 use self::proposer::Proposer;
 use self::status::Refusal;
 use crate::raft::state::StateStore;
@@ -83,7 +85,9 @@ struct Inner {
     store: RaftLogStore<TypeConfig>,
     proposer: Proposer,
     settings: ServiceSettings,
-    clients: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Routes as the nameservers see them.
+    view: RouteView,
 }
 
 impl std::fmt::Debug for Broker {
@@ -99,7 +103,7 @@ enum Route {
 }
 
 impl Broker {
-    /// The service of node `node_id` of `group`.
+    /// The service of node `node_id` of `group`, answering routes from `view` when it can.
     pub fn new(
         group: &str,
         node_id: NodeId,
@@ -107,6 +111,7 @@ impl Broker {
         state: StateStore,
         store: RaftLogStore<TypeConfig>,
         settings: ServiceSettings,
+        view: RouteView,
     ) -> Self {
         let proposer = Proposer::start(raft.clone(), proposer::BatchLimits::default(), settings.auto_create_queues);
         Self {
@@ -118,7 +123,8 @@ impl Broker {
                 store,
                 proposer,
                 settings,
-                clients: Mutex::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
+                view,
             }),
         }
     }
@@ -134,7 +140,7 @@ impl Broker {
     }
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for one to be elected.
-    async fn leader(&self) -> Result<NodeId, Refusal> {
+    pub(crate) async fn leader(&self) -> Result<NodeId, Refusal> {
         let mut rx = self.inner.raft.metrics();
         let wait = async {
             loop {
@@ -152,9 +158,18 @@ impl Broker {
     }
 
     async fn route<T>(&self, request: &Request<T>) -> Result<Route, Refusal> {
+        match self.leader_endpoint(request).await? {
+            None => Ok(Route::Local),
+            Some(addr) => Ok(Route::Leader(self.client(&addr)?)),
+        }
+    }
+
+    /// Where a call that needs the leader is served: `None` on this node (it leads), or the
+    /// leader's client endpoint. A call already forwarded once is refused, not forwarded.
+    pub(crate) async fn leader_endpoint<T>(&self, request: &Request<T>) -> Result<Option<String>, Refusal> {
         let leader = self.leader().await?;
         if leader == self.inner.node_id {
-            return Ok(Route::Local);
+            return Ok(None);
         }
         if request.metadata().get(FORWARDED).is_some() {
             return Err(Refusal::unavailable(format!(
@@ -164,28 +179,33 @@ impl Broker {
         }
         let info =
             self.member(leader).ok_or_else(|| Refusal::unavailable(format!("leader {leader} has no address")))?;
-        Ok(Route::Leader(self.client(&info.client_addr)?))
+        Ok(Some(info.client_addr))
     }
 
     fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Refusal> {
-        let mut clients = self.inner.clients.lock();
-        if let Some(c) = clients.get(addr) {
+        Ok(MessagingServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// A lazily connected channel to a member's client endpoint, shared by every call to it.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Refusal> {
+        let mut channels = self.inner.channels.lock();
+        if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Refusal::unavailable(format!("bad leader address {addr:?}: {e}")))?
+            .map_err(|e| Refusal::unavailable(format!("bad member address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        let client = MessagingServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
     }
 }
 
 /// Copies a request for forwarding, marking it forwarded and keeping its deadline.
-fn forward<T>(request: &Request<T>, body: T) -> Request<T> {
+pub(crate) fn forward<T>(request: &Request<T>, body: T) -> Request<T> {
     let mut req = Request::new(body);
     if let Some(t) = request.metadata().get("grpc-timeout") {
         req.metadata_mut().insert("grpc-timeout", t.clone());
@@ -226,6 +246,9 @@ impl MessagingService for Broker {
         &self,
         request: Request<pb::QueryRouteRequest>,
     ) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        if let Some(response) = self.query_route_from_view(&request).await {
+            return Ok(Response::new(response));
+        }
         unary!(self, request, query_route, Broker::serve_query_route, |r: Refusal| pb::QueryRouteResponse {
             status: Some(r.status()),
             message_queues: vec![]
@@ -250,6 +273,9 @@ impl MessagingService for Broker {
         &self,
         request: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        if let Some(response) = self.query_assignment_from_view(&request).await {
+            return Ok(Response::new(response));
+        }
         unary!(self, request, query_assignment, Broker::serve_query_assignment, |r: Refusal| {
             pb::QueryAssignmentResponse { status: Some(r.status()), assignments: vec![] }
         })

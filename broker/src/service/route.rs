@@ -17,7 +17,8 @@ use crate::machine::{Command, Response};
 /// A follower that acknowledged no heartbeat for this long is left out of routes.
 const LIVE_WITHIN: Duration = Duration::from_secs(3);
 
-fn address(addr: &str) -> Option<(pb::AddressScheme, pb::Address)> {
+/// A `host:port` endpoint as a v2 address and its scheme.
+pub(super) fn address(addr: &str) -> Option<(pb::AddressScheme, pb::Address)> {
     let (host, port) = addr.rsplit_once(':')?;
     let port: i32 = port.parse().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -56,6 +57,19 @@ pub fn group_of(resource: Option<&pb::Resource>) -> Result<GroupName, Refusal> {
 pub fn topic_of(resource: Option<&pb::Resource>) -> Result<TopicName, Refusal> {
     let name = resource.map(|r| r.name.as_str()).unwrap_or_default();
     TopicName::new(name).map_err(|e| Refusal::topic(name, e))
+}
+
+/// The queues of `topic` that `broker` (one group) serves, as `config` describes them.
+pub(super) fn message_queues(topic: &TopicName, config: &TopicConfig, broker: &pb::Broker) -> Vec<pb::MessageQueue> {
+    (0..config.queue_count)
+        .map(|id| pb::MessageQueue {
+            topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.as_str().to_string() }),
+            id: id as i32,
+            permission: permission(config.permission) as i32,
+            broker: Some(broker.clone()),
+            accept_message_types: config.message_types.iter().map(|t| message_type(*t) as i32).collect(),
+        })
+        .collect()
 }
 
 impl Broker {
@@ -112,15 +126,7 @@ impl Broker {
 
     fn queues(&self, topic: &TopicName, config: &TopicConfig) -> Vec<pb::MessageQueue> {
         let broker = pb::Broker { name: self.inner.group.clone(), id: 0, endpoints: Some(self.live_endpoints()) };
-        (0..config.queue_count)
-            .map(|id| pb::MessageQueue {
-                topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.as_str().to_string() }),
-                id: id as i32,
-                permission: permission(config.permission) as i32,
-                broker: Some(broker.clone()),
-                accept_message_types: config.message_types.iter().map(|t| message_type(*t) as i32).collect(),
-            })
-            .collect()
+        message_queues(topic, config, &broker)
     }
 
     /// The queues of the topic a request names, creating the topic if allowed.

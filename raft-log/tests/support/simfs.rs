@@ -3,8 +3,8 @@
 //!
 //! Model: every file (inode) has a durable image and a current image. Every write,
 //! `set_len` and `allocate` goes into one global, ordered list of pending operations;
-//! `sync_data` makes all of that file's pending operations durable. Creating and removing
-//! a file is visible at once and durable once its directory is synced. A crash keeps the
+//! `sync_data` makes all of that file's pending operations durable. Creating, renaming and
+//! removing a file is visible at once and durable once its directory is synced. A crash keeps the
 //! durable images plus a prefix of the pending list (in global order, the last one
 //! possibly torn) and the durable directory entries. Directories themselves are durable as
 //! soon as they are created.
@@ -361,6 +361,23 @@ impl Fs for SimFs {
         match st.gate()? {
             Gate::Go => {
                 st.names.remove(path);
+                Ok(())
+            }
+            Gate::CrashNow => Err(crash_error()),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.check_alive()?;
+        st.parent_exists(to)?;
+        if !st.names.contains_key(from) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", from.display())));
+        }
+        match st.gate()? {
+            Gate::Go => {
+                let inode = st.names.remove(from).expect("checked above");
+                st.names.insert(to.to_path_buf(), inode);
                 Ok(())
             }
             Gate::CrashNow => Err(crash_error()),

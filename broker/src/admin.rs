@@ -1,0 +1,565 @@
+//! `raftmq.admin.v1.AdminService` on every node's client endpoint, beside the RocketMQ
+//! service: topic administration, this node's Raft and log status, the whole group's
+//! status gathered from its members, and leader transfer.
+//!
+//! Topic changes are Raft commands, proposed on the leader; a follower forwards the call
+//! once to the leader's client endpoint (as the messaging service does) and answers after
+//! its own state shows the change, so a list through the same node reads the write.
+//! Failures are gRPC status codes with a message saying what to do.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Instant as _, ServerState};
+use raft_log::Log;
+use raftmq_proto::admin::v1 as pb;
+use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
+use raftmq_proto::admin::v1::admin_service_server::AdminService;
+use raftmq_proto::namesrv::v1::{Role, TopicInfo};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
+use crate::machine::{Command, CommandError, Machine, Response as Applied};
+use crate::raft::state::StateStore;
+use crate::raft::{NodeId, Raft};
+use crate::service::status::Refusal;
+use crate::service::{Broker, forward};
+
+/// Queues of a topic created without a queue count, unless the node's settings say otherwise.
+pub const DEFAULT_QUEUES: u32 = 8;
+/// How long ClusterStatus waits for each member's answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long TransferLeader waits for the leadership to move.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+/// A transfer target that acknowledged no heartbeat for this long is refused as down.
+const TARGET_LIVE_WITHIN: Duration = Duration::from_secs(3);
+/// How long a follower waits to apply a write it forwarded before answering anyway.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(2);
+/// Most message types one request may name.
+const MAX_MESSAGE_TYPES: usize = 8;
+
+/// The admin service of one node.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    group: String,
+    node_id: NodeId,
+    raft: Raft,
+    state: StateStore,
+    log: Log,
+    broker: Broker,
+    default_queues: u32,
+    /// Serializes topic writes on this node, so "exists?" and the proposal that follows
+    /// are not interleaved with another admin write.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("group", &self.inner.group).field("node", &self.inner.node_id).finish()
+    }
+}
+
+fn unavailable(r: Refusal) -> Status {
+    Status::unavailable(r.message)
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+fn topic_name(name: &str) -> Result<TopicName, Status> {
+    TopicName::new(name).map_err(|e| invalid(format!("topic {name:?}: {e}")))
+}
+
+fn queue_count(n: u32) -> Result<u32, Status> {
+    if n == 0 || n > MAX_QUEUES {
+        return Err(invalid(format!("queue count {n} is outside 1..={MAX_QUEUES}")));
+    }
+    Ok(n)
+}
+
+/// Parses message type names ("NORMAL", "FIFO", "DELAY", "TRANSACTION", any case).
+fn message_types(names: &[String]) -> Result<BTreeSet<MessageType>, Status> {
+    if names.len() > MAX_MESSAGE_TYPES {
+        return Err(invalid(format!("{} message types given, the limit is {MAX_MESSAGE_TYPES}", names.len())));
+    }
+    names
+        .iter()
+        .map(|n| match n.trim().to_ascii_uppercase().as_str() {
+            "NORMAL" => Ok(MessageType::Normal),
+            "FIFO" => Ok(MessageType::Fifo),
+            "DELAY" => Ok(MessageType::Delay),
+            "TRANSACTION" => Ok(MessageType::Transaction),
+            _ => Err(invalid(format!("unknown message type {n:?}; use NORMAL, FIFO, DELAY or TRANSACTION"))),
+        })
+        .collect()
+}
+
+/// Parses RocketMQ permission bits (4 = read, 2 = write; 1, "inherit", is ignored).
+fn permission(perm: u32) -> Result<Permission, Status> {
+    if perm & !7 != 0 {
+        return Err(invalid(format!("permission {perm} has bits other than 4 (read) and 2 (write)")));
+    }
+    match (perm & 4 != 0, perm & 2 != 0) {
+        (true, true) => Ok(Permission::ReadWrite),
+        (true, false) => Ok(Permission::Read),
+        (false, true) => Ok(Permission::Write),
+        (false, false) => Err(invalid(format!("permission {perm} allows neither read (4) nor write (2)"))),
+    }
+}
+
+fn type_name(t: MessageType) -> &'static str {
+    match t {
+        MessageType::Normal => "NORMAL",
+        MessageType::Fifo => "FIFO",
+        MessageType::Delay => "DELAY",
+        MessageType::Transaction => "TRANSACTION",
+    }
+}
+
+/// The wire form of a topic's configuration.
+pub fn topic_info(name: &TopicName, config: &TopicConfig) -> TopicInfo {
+    TopicInfo {
+        name: name.as_str().to_string(),
+        queue_count: config.queue_count,
+        message_types: config.message_types.iter().map(|t| type_name(*t).to_string()).collect(),
+        perm: match config.permission {
+            Permission::ReadWrite => 6,
+            Permission::Read => 4,
+            Permission::Write => 2,
+        },
+    }
+}
+
+fn command_error(e: CommandError) -> Status {
+    match e {
+        CommandError::TopicNotFound(_) => Status::not_found(e.to_string()),
+        CommandError::BadConfig(_) | CommandError::QueueNotFound { .. } | CommandError::InvalidReceipt(_) => {
+            invalid(e.to_string())
+        }
+        CommandError::NotPermitted(_) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// A leader's answer passed on by a follower; transport failures say where they happened.
+fn forwarded_error(addr: &str, s: Status) -> Status {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            Status::unavailable(format!("forwarding to the leader at {addr} failed: {}; retry", s.message()))
+        }
+        _ => s,
+    }
+}
+
+fn role(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Unspecified,
+    }
+}
+
+impl Admin {
+    /// The admin service of node `node_id` of `group`. `broker` is the node's messaging
+    /// service, whose leader lookup and channels are shared; `default_queues` is the queue
+    /// count of a topic created without one.
+    pub fn new(
+        group: &str,
+        node_id: NodeId,
+        raft: Raft,
+        state: StateStore,
+        log: Log,
+        broker: Broker,
+        default_queues: u32,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                group: group.to_string(),
+                node_id,
+                raft,
+                state,
+                log,
+                broker,
+                default_queues: default_queues.clamp(1, MAX_QUEUES),
+                writes: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// `None` when this node leads, else an admin client on the leader's client endpoint.
+    async fn leader_client<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<(String, AdminServiceClient<Channel>)>, Status> {
+        match self.inner.broker.leader_endpoint(request).await.map_err(unavailable)? {
+            None => Ok(None),
+            Some(addr) => {
+                let channel = self.inner.broker.channel(&addr).map_err(unavailable)?;
+                Ok(Some((addr, AdminServiceClient::new(channel))))
+            }
+        }
+    }
+
+    fn topic(&self, topic: &TopicName) -> Option<TopicConfig> {
+        self.inner.state.read(|a| a.machine.topic(topic).cloned())
+    }
+
+    async fn propose(&self, command: Command) -> Result<(), Status> {
+        let what = command.to_string();
+        let resp = self
+            .inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| Status::unavailable(format!("{what} was not committed: {e}; retry")))?;
+        match resp.data {
+            Applied::Done => Ok(()),
+            Applied::Failed(e) => Err(command_error(e)),
+            other => Err(Status::internal(format!("unexpected answer to {what}: {other:?}"))),
+        }
+    }
+
+    /// After a forwarded write: waits (bounded) until this node's state satisfies `done`.
+    async fn await_local(&self, done: impl Fn(&Machine) -> bool) {
+        let deadline = Instant::now() + FORWARDED_APPLY_WAIT;
+        let signal = self.inner.state.applied_signal().clone();
+        loop {
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.state.read(|a| done(&a.machine)) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::debug!(node = self.inner.node_id, "forwarded topic change not applied here yet");
+                return;
+            }
+        }
+    }
+
+    /// This node's own status.
+    pub fn node_status(&self) -> pb::NodeStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow_watched();
+        let view = self.inner.log.view();
+        let me = m.membership_config.membership().get_node(&self.inner.node_id).cloned().unwrap_or_default();
+        pb::NodeStatus {
+            group: self.inner.group.clone(),
+            node_id: self.inner.node_id,
+            role: role(m.state) as i32,
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            commit_index: m.local_committed.as_ref().map(|l| l.index()),
+            last_log_index: view.last.map(|(index, _)| index).or(m.last_log_index),
+            last_applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            purged_index: view.purged.map(|p| p.index).or(m.purged.as_ref().map(|l| l.index())),
+            client_endpoint: me.client_addr,
+            raft_endpoint: me.raft_addr,
+        }
+    }
+
+    async fn peer_status(&self, id: NodeId, addr: String) -> Result<pb::NodeStatus, pb::PeerError> {
+        let fail = |message: String| pb::PeerError { node_id: id, message };
+        let channel = self.inner.broker.channel(&addr).map_err(|r| fail(r.message))?;
+        let mut request = Request::new(pb::NodeStatusRequest {});
+        request.set_timeout(PEER_TIMEOUT);
+        let mut client = AdminServiceClient::new(channel);
+        match tokio::time::timeout(PEER_TIMEOUT, client.node_status(request)).await {
+            Err(_) => Err(fail(format!("{addr}: deadline exceeded after {PEER_TIMEOUT:?}"))),
+            Ok(Err(s)) => Err(fail(format!("{addr}: {}", s.message()))),
+            Ok(Ok(resp)) => resp.into_inner().node.ok_or_else(|| fail(format!("{addr}: the answer carried no status"))),
+        }
+    }
+
+    /// Waits until `to` leads (as this node sees it), up to `TRANSFER_WAIT`.
+    async fn await_leader(&self, to: NodeId) -> Result<(), Status> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                if rx.borrow_watched().current_leader == Some(to) {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Status::unavailable("this node is shutting down"));
+                }
+            }
+        };
+        match tokio::time::timeout(TRANSFER_WAIT, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                let now = self.inner.raft.metrics().borrow_watched().current_leader;
+                Err(Status::deadline_exceeded(format!(
+                    "leadership did not move to node {to} within {TRANSFER_WAIT:?} (leader now: {}); check that \
+                     node {to} is up and caught up, then retry",
+                    now.map_or_else(|| "none".to_string(), |l| format!("node {l}"))
+                )))
+            }
+        }
+    }
+
+    /// On the leader: refuses a target that has not acknowledged it lately.
+    fn check_target_live(&self, to: NodeId) -> Result<(), Status> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow_watched();
+        let live = m
+            .heartbeat
+            .as_ref()
+            .and_then(|hb| hb.get(&to))
+            .is_some_and(|last| last.as_ref().is_some_and(|t| t.elapsed() < TARGET_LIVE_WITHIN));
+        if live {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "node {to} has not answered the leader for {TARGET_LIVE_WITHIN:?}; it is down or unreachable, so \
+                 leadership stays where it is"
+            )))
+        }
+    }
+}
+
+/// What a create or update asks for, validated.
+struct TopicChange {
+    topic: TopicName,
+    queue_count: Option<u32>,
+    message_types: Option<BTreeSet<MessageType>>,
+    permission: Option<Permission>,
+}
+
+impl TopicChange {
+    fn parse(name: &str, queues: Option<u32>, types: &[String], perm: Option<u32>) -> Result<Self, Status> {
+        Ok(Self {
+            topic: topic_name(name)?,
+            queue_count: queues.map(queue_count).transpose()?,
+            message_types: if types.is_empty() { None } else { Some(message_types(types)?) },
+            permission: perm.map(permission).transpose()?,
+        })
+    }
+
+    fn apply_to(&self, mut config: TopicConfig) -> TopicConfig {
+        if let Some(n) = self.queue_count {
+            config.queue_count = n;
+        }
+        if let Some(t) = &self.message_types {
+            config.message_types = t.clone();
+        }
+        if let Some(p) = self.permission {
+            config.permission = p;
+        }
+        config
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = request.get_ref();
+        let change = TopicChange::parse(
+            &req.topic,
+            (req.queue_count != 0).then_some(req.queue_count),
+            &req.message_types,
+            (req.perm != 0).then_some(req.perm),
+        )?;
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            let resp =
+                leader.create_topic(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s))?;
+            self.await_local(|m| m.topic(&change.topic).is_some()).await;
+            return Ok(resp);
+        }
+        let _serial = self.inner.writes.lock().await;
+        if self.topic(&change.topic).is_some() {
+            return Err(Status::already_exists(format!(
+                "topic {} already exists; use update to change it",
+                change.topic
+            )));
+        }
+        let config = change.apply_to(TopicConfig::all_types(self.inner.default_queues));
+        self.propose(Command::UpsertTopic { topic: change.topic.clone(), config: config.clone() }).await?;
+        tracing::info!(topic = %change.topic, queues = config.queue_count, "topic created");
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(topic_info(&change.topic, &config)) }))
+    }
+
+    async fn update_topic(
+        &self,
+        request: Request<pb::UpdateTopicRequest>,
+    ) -> Result<Response<pb::UpdateTopicResponse>, Status> {
+        let req = request.get_ref();
+        let change = TopicChange::parse(&req.topic, req.queue_count, &req.message_types, req.perm)?;
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            let resp =
+                leader.update_topic(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s))?;
+            let wanted = resp.get_ref().topic.clone();
+            self.await_local(|m| m.topic(&change.topic).map(|c| topic_info(&change.topic, c)) == wanted).await;
+            return Ok(resp);
+        }
+        let _serial = self.inner.writes.lock().await;
+        let current = self
+            .topic(&change.topic)
+            .ok_or_else(|| Status::not_found(format!("topic {} does not exist; create it first", change.topic)))?;
+        if change.queue_count.is_some_and(|n| n < current.queue_count) {
+            return Err(invalid(format!(
+                "topic {} has {} queues; the queue count can only grow",
+                change.topic, current.queue_count
+            )));
+        }
+        let config = change.apply_to(current);
+        self.propose(Command::UpsertTopic { topic: change.topic.clone(), config: config.clone() }).await?;
+        tracing::info!(topic = %change.topic, queues = config.queue_count, "topic updated");
+        Ok(Response::new(pb::UpdateTopicResponse { topic: Some(topic_info(&change.topic, &config)) }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let req = request.get_ref();
+        let topic = topic_name(&req.topic)?;
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            let resp =
+                leader.delete_topic(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s))?;
+            self.await_local(|m| m.topic(&topic).is_none()).await;
+            return Ok(resp);
+        }
+        let _serial = self.inner.writes.lock().await;
+        self.propose(Command::DeleteTopic { topic: topic.clone() }).await?;
+        tracing::info!(%topic, "topic deleted");
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let topics = self.inner.state.read(|a| a.machine.topics().map(|(n, c)| topic_info(n, c)).collect());
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        Ok(Response::new(pb::NodeStatusResponse { node: Some(Admin::node_status(self)) }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let req = request.get_ref();
+        if !req.group.is_empty() && req.group != self.inner.group {
+            return Err(invalid(format!(
+                "this node belongs to broker group {:?}, not {:?}; ask a node of that group",
+                self.inner.group, req.group
+            )));
+        }
+        let to = req.to_node;
+        let leader = self.inner.broker.leader().await.map_err(unavailable)?;
+        if leader == to {
+            return Ok(Response::new(pb::TransferLeaderResponse {}));
+        }
+        // The leader judges the target: a follower may not have applied the membership yet.
+        if let Some((addr, mut client)) = self.leader_client(&request).await? {
+            let resp =
+                client.transfer_leader(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s))?;
+            self.await_leader(to).await?;
+            return Ok(resp);
+        }
+        let voters: BTreeSet<NodeId> =
+            self.inner.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(invalid(format!(
+                "node {to} is not a voter of group {}; its voters are {voters:?}",
+                self.inner.group
+            )));
+        }
+        self.check_target_live(to)?;
+        tracing::info!(group = %self.inner.group, from = self.inner.node_id, to, "transferring leadership");
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Status::unavailable(format!("raft on node {} has stopped: {e}", self.inner.node_id)))?;
+        self.await_leader(to).await?;
+        Ok(Response::new(pb::TransferLeaderResponse {}))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let members: Vec<(NodeId, String)> = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config.membership().nodes().map(|(id, info)| (*id, info.client_addr.clone())).collect()
+        };
+        let mut nodes = vec![Admin::node_status(self)];
+        let peers = members
+            .into_iter()
+            .filter(|(id, _)| *id != self.inner.node_id)
+            .map(|(id, addr)| self.peer_status(id, addr));
+        let mut unreachable = Vec::new();
+        for answer in futures::future::join_all(peers).await {
+            match answer {
+                Ok(status) => nodes.push(status),
+                Err(e) => unreachable.push(e),
+            }
+        }
+        nodes.sort_by_key(|n| n.node_id);
+        Ok(Response::new(pb::ClusterStatusResponse { nodes, unreachable }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_follow_rocketmq_bits() {
+        assert_eq!(permission(6).ok(), Some(Permission::ReadWrite));
+        assert_eq!(permission(7).ok(), Some(Permission::ReadWrite));
+        assert_eq!(permission(4).ok(), Some(Permission::Read));
+        assert_eq!(permission(2).ok(), Some(Permission::Write));
+        assert_eq!(permission(1).map_err(|s| s.code()).err(), Some(tonic::Code::InvalidArgument));
+        assert_eq!(permission(8).map_err(|s| s.code()).err(), Some(tonic::Code::InvalidArgument));
+    }
+
+    #[test]
+    fn message_types_and_queue_counts_are_checked() {
+        let t = message_types(&["normal".into(), " FIFO ".into()]).expect("valid");
+        assert_eq!(t, [MessageType::Normal, MessageType::Fifo].into_iter().collect());
+        assert_eq!(message_types(&["BULK".into()]).map_err(|s| s.code()).err(), Some(tonic::Code::InvalidArgument));
+        assert!(queue_count(0).is_err());
+        assert!(queue_count(MAX_QUEUES + 1).is_err());
+        assert_eq!(queue_count(MAX_QUEUES).ok(), Some(MAX_QUEUES));
+    }
+
+    #[test]
+    fn topic_info_round_trips_the_config() {
+        let name = TopicName::new("orders").expect("valid");
+        let config = TopicConfig {
+            queue_count: 3,
+            message_types: [MessageType::Fifo].into_iter().collect(),
+            permission: Permission::Read,
+        };
+        let info = topic_info(&name, &config);
+        assert_eq!((info.name.as_str(), info.queue_count, info.perm), ("orders", 3, 4));
+        assert_eq!(info.message_types, vec!["FIFO".to_string()]);
+        let back = TopicChange::parse(&info.name, Some(info.queue_count), &info.message_types, Some(info.perm))
+            .expect("valid")
+            .apply_to(TopicConfig::all_types(1));
+        assert_eq!(back, config);
+    }
+}

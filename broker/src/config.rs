@@ -1,0 +1,398 @@
+//! `broker.toml`: the configuration file of one broker node, its defaults, and its
+//! validation into a [`NodeConfig`]. Every field and default is listed in the README.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raft_log::LogConfig;
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+use crate::raft::NodeInfo;
+use crate::service::ServiceSettings;
+
+/// Largest configuration file read (a config is a few hundred bytes).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most members of one group.
+const MAX_PEERS: usize = 9;
+
+/// When an appended entry counts as durable on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// `fdatasync` before the node acknowledges the append (the default).
+    #[default]
+    Sync,
+    /// Acknowledge after the write, `fdatasync` on an interval: a power loss of a quorum
+    /// can lose the last interval.
+    Async,
+}
+
+/// When a send is acknowledged to the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After a quorum has the entry (the default).
+    #[default]
+    Quorum,
+    /// After the leader alone has it: a failover can lose the tail.
+    Leader,
+}
+
+/// One member of the group as the file names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Node id, ≥ 1, never reused.
+    pub id: u64,
+    /// `host:port` the other members reach its Raft service at.
+    pub raft: String,
+    /// `host:port` clients reach its RocketMQ endpoint at.
+    pub client: String,
+}
+
+fn default_cluster() -> String {
+    "DefaultCluster".into()
+}
+fn default_queues() -> u32 {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_election_timeout_ms() -> u64 {
+    500
+}
+fn default_snapshot_every() -> u64 {
+    100_000
+}
+fn default_keep_after_snapshot() -> u64 {
+    10_000
+}
+fn default_segment_size() -> u64 {
+    1 << 30
+}
+fn default_max_body() -> usize {
+    4 << 20
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+
+/// The file as written; see [`FileConfig::into_node_config`] for the rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Cluster name reported to nameservers.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// The broker group (one Raft group; the "broker name" in routes).
+    pub group: String,
+    /// This node's id; one of `peers`.
+    pub node_id: u64,
+    /// Where the CommitLog and state live (default `data/<group>-<node_id>`).
+    pub data_dir: Option<PathBuf>,
+    /// Address to bind the client service on (default: this node's `client` address).
+    pub listen_client: Option<String>,
+    /// Address to bind the Raft service on (default: this node's `raft` address).
+    pub listen_raft: Option<String>,
+    /// Every member of the group, this node included.
+    pub peers: Vec<PeerConfig>,
+    /// Nameservers to heartbeat to (`host:port`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// `sync` or `async`.
+    #[serde(default)]
+    pub flush: FlushMode,
+    /// With `flush = "async"`: the longest time between two `fdatasync`s.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// `quorum` or `leader`.
+    #[serde(default)]
+    pub ack: AckMode,
+    /// Create unknown topics on first use.
+    #[serde(default = "default_true")]
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic.
+    #[serde(default = "default_queues")]
+    pub default_queues: u32,
+    /// Leader heartbeat interval.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout; the longest is 1.5 times this.
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// Snapshot the state after this many applied entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Entries kept in the Raft log after a snapshot for lagging followers.
+    #[serde(default = "default_keep_after_snapshot")]
+    pub keep_after_snapshot: u64,
+    /// Size of one CommitLog segment file.
+    #[serde(default = "default_segment_size")]
+    pub segment_size_bytes: u64,
+    /// Largest message body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses `path` (at most 1 MiB).
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let read = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > MAX_FILE_BYTES {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: "(file)",
+                message: format!("{len} bytes is larger than the {MAX_FILE_BYTES} a config may have"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses a config's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Checks every field and builds the node's configuration.
+    pub fn into_node_config(self, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        if self.cluster.is_empty() || self.cluster.len() > 127 || !self.cluster.bytes().all(name_byte) {
+            return Err(invalid("cluster", format!("{:?} must be 1-127 characters of [a-zA-Z0-9_-]", self.cluster)));
+        }
+        if self.nameservers.len() > 16 {
+            return Err(invalid("nameservers", format!("{} listed, the limit is 16", self.nameservers.len())));
+        }
+        if self.group.is_empty() || self.group.len() > 127 || !self.group.bytes().all(name_byte) {
+            return Err(invalid("group", format!("{:?} must be 1-127 characters of [a-zA-Z0-9_-]", self.group)));
+        }
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "node ids start at 1".into()));
+        }
+        if self.peers.is_empty() || self.peers.len() > MAX_PEERS {
+            return Err(invalid("peers", format!("a group has 1 to {MAX_PEERS} members, not {}", self.peers.len())));
+        }
+        let mut peers = BTreeMap::new();
+        for p in &self.peers {
+            for (field, addr) in [("peers.raft", &p.raft), ("peers.client", &p.client)] {
+                check_addr(addr).map_err(|m| invalid(field, format!("node {}: {m}", p.id)))?;
+            }
+            if p.id == 0 {
+                return Err(invalid("peers.id", "node ids start at 1".into()));
+            }
+            let info = NodeInfo { raft_addr: p.raft.clone(), client_addr: p.client.clone() };
+            if peers.insert(p.id, info).is_some() {
+                return Err(invalid("peers.id", format!("node {} is listed twice", p.id)));
+            }
+        }
+        if !peers.contains_key(&self.node_id) {
+            return Err(invalid("node_id", format!("node {} is not among the peers", self.node_id)));
+        }
+        for (field, addr) in [("listen_client", &self.listen_client), ("listen_raft", &self.listen_raft)] {
+            if let Some(addr) = addr {
+                check_addr(addr).map_err(|m| invalid(field, m))?;
+            }
+        }
+        for addr in &self.nameservers {
+            check_addr(addr).map_err(|m| invalid("nameservers", m))?;
+        }
+        if self.flush == FlushMode::Async {
+            return Err(invalid("flush", "\"async\" is not available in this version; use \"sync\"".into()));
+        }
+        if self.ack == AckMode::Leader {
+            return Err(invalid("ack", "\"leader\" is not available in this version; use \"quorum\"".into()));
+        }
+        if !(1..=1024).contains(&self.default_queues) {
+            return Err(invalid("default_queues", format!("{} is not within 1-1024", self.default_queues)));
+        }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            return Err(invalid("heartbeat_ms", format!("{} is not within 10-10000", self.heartbeat_ms)));
+        }
+        if self.election_timeout_ms < 3 * self.heartbeat_ms || self.election_timeout_ms > 60_000 {
+            return Err(invalid(
+                "election_timeout_ms",
+                format!(
+                    "{} must be at least 3 heartbeats ({}) and at most 60000",
+                    self.election_timeout_ms,
+                    3 * self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err(invalid("snapshot_every", "must be at least 1".into()));
+        }
+        if !(1 << 20..=1 << 34).contains(&self.segment_size_bytes) {
+            return Err(invalid(
+                "segment_size_bytes",
+                format!("{} is not within 1 MiB-16 GiB", self.segment_size_bytes),
+            ));
+        }
+        if self.max_body_bytes == 0
+            || self.max_body_bytes as u64 > self.segment_size_bytes / 2
+            || self.max_body_bytes > 64 << 20
+        {
+            return Err(invalid(
+                "max_body_bytes",
+                format!("{} must be 1 byte to 64 MiB and at most half a segment", self.max_body_bytes),
+            ));
+        }
+        let data_dir =
+            self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/{}-{}", self.group, self.node_id)));
+        let max_payload = (self.segment_size_bytes / 2).min(u64::from(LogConfig::default().max_payload)) as u32;
+        Ok(NodeConfig {
+            cluster: self.cluster,
+            nameservers: self.nameservers,
+            group: self.group,
+            node_id: self.node_id,
+            peers,
+            data_dir,
+            listen_client: self.listen_client,
+            listen_raft: self.listen_raft,
+            log: LogConfig { segment_size: self.segment_size_bytes, max_payload, ..LogConfig::default() },
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            snapshot_every: self.snapshot_every,
+            keep_after_snapshot: self.keep_after_snapshot,
+            service: ServiceSettings {
+                max_body_bytes: self.max_body_bytes,
+                auto_create_queues: self.auto_create_topics.then_some(self.default_queues),
+                ..ServiceSettings::default()
+            },
+            ..NodeConfig::default()
+        })
+    }
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// `host:port` with a non-empty host and a port 1-65535 (port 0 allowed for tests).
+fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    if host.is_empty() || host.len() > 253 {
+        return Err(format!("{addr:?} has no host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("{addr:?}: {port:?} is not a port number"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+group = "broker-a"
+node_id = 2
+nameservers = ["127.0.0.1:9876"]
+[[peers]]
+id = 1
+raft = "10.0.0.1:9081"
+client = "10.0.0.1:8081"
+[[peers]]
+id = 2
+raft = "10.0.0.2:9081"
+client = "10.0.0.2:8081"
+[[peers]]
+id = 3
+raft = "10.0.0.3:9081"
+client = "10.0.0.3:8081"
+"#;
+
+    fn load(text: &str) -> Result<NodeConfig, ConfigError> {
+        let path = Path::new("broker.toml");
+        FileConfig::parse(text, path)?.into_node_config(path)
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let cfg = load(THREE).expect("valid");
+        assert_eq!(cfg.group, "broker-a");
+        assert_eq!(cfg.node_id, 2);
+        assert_eq!(cfg.peers.len(), 3);
+        assert_eq!(cfg.peers[&2].client_addr, "10.0.0.2:8081");
+        assert_eq!(cfg.data_dir, PathBuf::from("data/broker-a-2"));
+        assert_eq!(cfg.heartbeat, Duration::from_millis(100));
+        assert_eq!(cfg.election_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.log.segment_size, 1 << 30);
+        assert_eq!(cfg.service.max_body_bytes, 4 << 20);
+        assert_eq!(cfg.service.auto_create_queues, Some(8));
+        assert_eq!(cfg.listen_client, None);
+        assert_eq!(cfg.cluster, "DefaultCluster");
+        assert_eq!(cfg.nameservers, vec!["127.0.0.1:9876".to_string()]);
+    }
+
+    fn error_of(text: &str) -> String {
+        load(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let e = error_of(&THREE.replace("node_id = 2", "node_id = 4"));
+        assert!(e.contains("node_id") && e.contains("not among the peers"), "{e}");
+        let e = error_of(&THREE.replace("id = 3", "id = 2"));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = error_of(&THREE.replace("10.0.0.3:8081", "10.0.0.3"));
+        assert!(e.contains("peers.client") && e.contains("not host:port"), "{e}");
+        let e = error_of(&format!("flush = \"sometimes\"\n{THREE}"));
+        assert!(e.contains("broker.toml") && e.contains("flush"), "{e}");
+        let e = error_of(&format!("colour = 1\n{THREE}"));
+        assert!(e.contains("unknown field") && e.contains("colour"), "{e}");
+        let e = error_of(&format!("election_timeout_ms = 200\n{THREE}"));
+        assert!(e.contains("election_timeout_ms"), "{e}");
+        let e = error_of(&format!("group = \"a b\"\n{}", THREE.replace("group = \"broker-a\"", "")));
+        assert!(e.contains("group"), "{e}");
+        let e = error_of(&format!("segment_size_bytes = 4096\n{THREE}"));
+        assert!(e.contains("segment_size_bytes"), "{e}");
+    }
+
+    #[test]
+    fn relaxed_modes_are_refused_until_they_exist() {
+        let e = error_of(&format!("ack = \"leader\"\n{THREE}"));
+        assert!(e.contains("ack") && e.contains("quorum"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let e = FileConfig::load(Path::new("no/such/broker.toml")).expect_err("missing");
+        assert!(e.to_string().contains("no/such/broker.toml"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! CommitLog retention with RocketMQ's semantics: a message stored longer ago than the
+//! reserved time (default 72 h, RocketMQ's `fileReservedTime`) goes with its segment,
+//! consumed or not.
+//!
+//! Age is read from the messages themselves (the store time every ConsumeQueue record
+//! carries), not from file times, so every member deletes the same messages, and a segment
+//! a node copied in yesterday (see [`crate::raft::backfill`]) is as old as its messages. A
+//! segment is deleted when every record in it lies below the first message still within
+//! the reserved time; the log never deletes anything above its purge point, nor its newest
+//! segment. An optional byte limit deletes the oldest purged segments beyond it whatever
+//! their age (RocketMQ's forced clean when the disk fills).
+//!
+//! Queues do not move their minimum offset when their messages go (that needs a Raft
+//! command); reading a deleted message answers "no longer retained".
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raft_log::{Log, RemovedSegment, Retention};
+
+use crate::machine::Machine;
+use crate::machine::types::{Millis, QueueId};
+use crate::raft::state::StateStore;
+
+/// When CommitLog segments are deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// How often retention runs (default 60 s).
+    pub interval: Duration,
+    /// Messages stored longer ago than this are deleted with their segment (default 72 h);
+    /// `None` keeps messages whatever their age.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest purged segments while the CommitLog holds more bytes than this
+    /// (default: no limit).
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(60), max_age: Some(Duration::from_secs(72 * 3600)), max_bytes: None }
+    }
+}
+
+/// The lowest log index any ConsumeQueue references with a message stored at or after
+/// `since` (`None`: no such message).
+pub fn first_index_since(machine: &Machine, since: Millis) -> Option<u64> {
+    let mut lowest: Option<u64> = None;
+    for (topic, config) in machine.topics() {
+        for q in 0..config.queue_count {
+            let Some(queue) = machine.queue(topic, QueueId(q)) else { continue };
+            // Store times only grow along a queue, as do log indexes.
+            if let Some(record) = queue.get(queue.offset_at_time(since)) {
+                lowest = Some(lowest.map_or(record.log_index, |l| l.min(record.log_index)));
+            }
+        }
+    }
+    lowest
+}
+
+fn millis(t: SystemTime) -> Millis {
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Millis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// The retention policy at `now`: segments entirely below the first message within the
+/// reserved time are expired (all of them when no message is); no consumer holds any back.
+pub fn policy(machine: &Machine, now: SystemTime, config: &RetentionConfig) -> Retention {
+    let expired_before = match config.max_age {
+        Some(age) => {
+            let since = millis(now.checked_sub(age).unwrap_or(UNIX_EPOCH));
+            first_index_since(machine, since).unwrap_or(u64::MAX)
+        }
+        None => 0,
+    };
+    Retention { max_age: None, max_bytes: config.max_bytes, expired_before, keep_from: u64::MAX }
+}
+
+/// Runs retention once at `now`; returns the deleted segments.
+pub async fn run_once(
+    log: &Log,
+    state: &StateStore,
+    config: &RetentionConfig,
+    now: SystemTime,
+) -> raft_log::Result<Vec<RemovedSegment>> {
+    let policy = state.read(|a| policy(&a.machine, now, config));
+    let removed = log.retain(policy, now).await?;
+    if !removed.is_empty() {
+        let bytes: u64 = removed.iter().map(|s| s.bytes).sum();
+        let (first, next) = (removed[0].first, removed[removed.len() - 1].next);
+        tracing::info!(segments = removed.len(), first, next, bytes, "retention deleted CommitLog segments");
+    }
+    Ok(removed)
+}
+
+/// Runs retention every `config.interval` until the task is aborted.
+pub fn spawn(log: Log, state: StateStore, config: RetentionConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(e) = run_once(&log, &state, &config, SystemTime::now()).await {
+                tracing::warn!(error = %e, "CommitLog retention failed; retrying at the next interval");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::machine::Command;
+    use crate::machine::types::{StoredMessage, TopicConfig, TopicName};
+
+    fn send(machine: &mut Machine, index: u64, at: i64, queue: u32) {
+        let message = StoredMessage {
+            topic: TopicName::new("t").expect("valid"),
+            queue: QueueId(queue),
+            message_id: format!("m{index}"),
+            tag: None,
+            keys: vec![],
+            message_group: None,
+            properties: BTreeMap::new(),
+            born: Millis(at),
+            deliver_at: None,
+            born_host: "test".into(),
+            body: Bytes::from_static(b"x"),
+            body_gzip: false,
+        };
+        machine.apply(index, &Command::Send { now: Millis(at), auto_create_queues: None, messages: vec![message] });
+    }
+
+    #[test]
+    fn expiry_follows_message_store_times_across_queues() {
+        let mut m = Machine::new("g");
+        let topic = TopicName::new("t").expect("valid");
+        m.apply(1, &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
+        send(&mut m, 10, 1_000, 0);
+        send(&mut m, 20, 5_000, 1);
+        send(&mut m, 30, 9_000, 0);
+        send(&mut m, 40, 9_500, 1);
+        assert_eq!(first_index_since(&m, Millis(0)), Some(10));
+        assert_eq!(first_index_since(&m, Millis(2_000)), Some(20));
+        assert_eq!(first_index_since(&m, Millis(6_000)), Some(30));
+        assert_eq!(first_index_since(&m, Millis(10_000)), None);
+
+        let config = RetentionConfig { max_age: Some(Duration::from_secs(4)), ..RetentionConfig::default() };
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(policy(&m, at(7_000), &config).expired_before, 20, "the message at 1 s is past 4 s");
+        assert_eq!(policy(&m, at(20_000), &config).expired_before, u64::MAX, "every message is past 4 s");
+        let forever = RetentionConfig { max_age: None, max_bytes: Some(1 << 30), ..RetentionConfig::default() };
+        let p = policy(&m, at(20_000), &forever);
+        assert_eq!((p.expired_before, p.max_bytes, p.keep_from), (0, Some(1 << 30), u64::MAX));
+    }
+}

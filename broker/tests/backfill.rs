@@ -1,0 +1,295 @@
+//! A member that catches up through a snapshot copies in the message bodies below it: three
+//! nodes over real gRPC on loopback, small snapshots and segments; a follower stopped (or
+//! never started) while the others snapshot and purge past it comes back, installs a
+//! snapshot, and then serves every message its ConsumeQueues reference from its own
+//! CommitLog, byte for byte. Reads meanwhile fail only with the retryable "still being
+//! copied" error. Retention then deletes expired segments by message store time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
+use broker::machine::{Command, Response};
+use broker::node::{Node, NodeConfig};
+use broker::raft::{NodeId, NodeInfo, TypeConfig};
+use broker::retention::{self, RetentionConfig};
+use bytes::Bytes;
+use openraft::EntryPayload;
+use openraft::async_runtime::watch::WatchReceiver;
+use raft_log::{LogConfig, RaftLogStore};
+
+const TOPIC: &str = "orders";
+const QUEUES: u32 = 4;
+
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+fn configs(dir: &Path) -> anyhow::Result<Vec<NodeConfig>> {
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
+    }
+    Ok((1..=3u64)
+        .map(|id| NodeConfig {
+            group: "g1".into(),
+            node_id: id,
+            peers: peers.clone(),
+            data_dir: dir.join(format!("n{id}")),
+            log: LogConfig { segment_size: 1 << 20, max_payload: 256 << 10, ..LogConfig::default() },
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 50,
+            keep_after_snapshot: 10,
+            // The test runs retention itself, at a chosen time.
+            retention: RetentionConfig { interval: Duration::from_secs(3600), ..RetentionConfig::default() },
+            ..NodeConfig::default()
+        })
+        .collect())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn leader_of(nodes: &[&Node]) -> Option<NodeId> {
+    nodes
+        .iter()
+        .map(|n| n.raft.metrics().borrow_watched().clone())
+        .find(|m| m.current_leader == Some(m.id))
+        .map(|m| m.id)
+}
+
+/// Proposes `cmd` on whichever node claims leadership until one commits it.
+async fn write(nodes: &[&Node], cmd: Command) -> anyhow::Result<(u64, Response)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(id) = leader_of(nodes)
+            && let Some(n) = nodes.iter().find(|n| n.raft.metrics().borrow_watched().id == id)
+        {
+            match n.raft.client_write(cmd.clone()).await {
+                Ok(r) => return Ok((r.log_id.index(), r.data)),
+                Err(e) => anyhow::ensure!(Instant::now() < deadline, "no write committed: {e}"),
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no leader accepted a write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !done() {
+        anyhow::ensure!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Message `i`: 3 KiB body that names it.
+fn message(i: u32) -> StoredMessage {
+    let mut body = format!("message {i} ").into_bytes();
+    body.resize(3 << 10, b'a' + (i % 26) as u8);
+    StoredMessage {
+        topic: TopicName::new(TOPIC).expect("valid"),
+        queue: QueueId(i % QUEUES),
+        message_id: format!("m{i}"),
+        tag: Some("A".into()),
+        keys: vec![],
+        message_group: None,
+        properties: BTreeMap::new(),
+        born: Millis(now_ms()),
+        deliver_at: None,
+        born_host: "test".into(),
+        body: Bytes::from(body),
+        body_gzip: false,
+    }
+}
+
+/// Sends `entries` entries of 4 messages each, numbered from `first`; returns the bodies
+/// by message id.
+async fn send(nodes: &[&Node], first: u32, entries: u32) -> anyhow::Result<BTreeMap<String, Bytes>> {
+    let mut sent = BTreeMap::new();
+    for e in 0..entries {
+        let messages: Vec<StoredMessage> = (0..4).map(|k| message(first + e * 4 + k)).collect();
+        for m in &messages {
+            sent.insert(m.message_id.clone(), m.body.clone());
+        }
+        let (_, r) = write(nodes, Command::Send { now: Millis(now_ms()), auto_create_queues: None, messages }).await?;
+        anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
+    }
+    Ok(sent)
+}
+
+/// What reading every message `node`'s ConsumeQueues reference from its own CommitLog gives.
+enum Reads {
+    /// Every body as sent.
+    All,
+    /// Some entries are still being copied in (the retryable error).
+    Copying(String),
+}
+
+fn read_all(node: &Node, sent: &BTreeMap<String, Bytes>) -> anyhow::Result<Reads> {
+    let topic = TopicName::new(TOPIC)?;
+    let locations: Vec<(u64, u32)> = node.state.read(|a| {
+        (0..QUEUES)
+            .filter_map(|q| a.machine.queue(&topic, QueueId(q)))
+            .flat_map(|queue| (queue.min_offset()..queue.max_offset()).filter_map(|o| queue.get(o).copied()))
+            .map(|r| (r.log_index, r.slot))
+            .collect()
+    });
+    anyhow::ensure!(locations.len() == sent.len(), "{} queue records for {} messages", locations.len(), sent.len());
+    let store = RaftLogStore::<TypeConfig>::new(node.log.clone());
+    for (index, slot) in locations {
+        let entries = match store.retained_entries(index, index + 1) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Reads::Copying(e.to_string())),
+            Err(e) => anyhow::bail!("reading entry {index}: {e} (not the retryable error)"),
+        };
+        let Some(entry) = entries.into_iter().next() else {
+            anyhow::bail!("entry {index} is missing and not marked as being copied in");
+        };
+        let EntryPayload::Normal(Command::Send { messages, .. }) = entry.payload else {
+            anyhow::bail!("entry {index} holds no messages");
+        };
+        let m = messages.get(slot as usize).ok_or_else(|| anyhow::anyhow!("entry {index} has no slot {slot}"))?;
+        anyhow::ensure!(sent.get(&m.message_id) == Some(&m.body), "entry {index} slot {slot}: wrong body");
+    }
+    Ok(Reads::All)
+}
+
+/// Waits until `node` applied what the leader did, then until it reads every message.
+async fn caught_up_and_readable(node: &Node, others: &[&Node], sent: &BTreeMap<String, Bytes>) -> anyhow::Result<()> {
+    // The state machines, not the metrics (which lag behind them).
+    let applied = |n: &Node| n.state.read(|a| a.last_applied.map(|l| l.index()));
+    let target = others.iter().filter_map(|n| applied(n)).max();
+    wait_for("the returning node applies everything", Duration::from_secs(20), || applied(node) >= target).await?;
+    let start = Instant::now();
+    let mut copying = 0;
+    loop {
+        match read_all(node, sent)? {
+            Reads::All => break,
+            Reads::Copying(why) => {
+                copying += 1;
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "still not readable: {why}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("all {} messages readable after {:?} ({copying} retryable refusals)", sent.len(), start.elapsed());
+    wait_for("the backfill is done", Duration::from_secs(5), || {
+        node.backfill.pending().is_none() && node.log.incomplete().is_none()
+    })
+    .await
+}
+
+/// Sends at least `min_entries` entries, and until every running node purged past `past`.
+async fn send_until_purged(
+    nodes: &[&Node],
+    past: u64,
+    first: u32,
+    min_entries: u32,
+) -> anyhow::Result<BTreeMap<String, Bytes>> {
+    let mut sent = BTreeMap::new();
+    let mut next = first;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let purged = |n: &&Node| n.raft.metrics().borrow_watched().purged.is_some_and(|p| p.index() > past + 20);
+    while next < first + min_entries * 4 || !nodes.iter().all(purged) {
+        anyhow::ensure!(Instant::now() < deadline, "the running nodes did not purge past {past}");
+        sent.extend(send(nodes, next, 20).await?);
+        next += 80;
+    }
+    Ok(sent)
+}
+
+async fn start_group(cfgs: &[NodeConfig], which: &[usize]) -> anyhow::Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for &i in which {
+        nodes.push(Node::start(cfgs[i].clone()).await?);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("a leader", Duration::from_secs(10), || leader_of(&all).is_some()).await?;
+    let topic = TopicName::new(TOPIC)?;
+    write(&all, Command::UpsertTopic { topic, config: TopicConfig::all_types(QUEUES) }).await?;
+    Ok(nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_after_the_purge_installs_a_snapshot_and_copies_the_messages_in() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfgs = configs(dir.path())?;
+    let mut nodes = start_group(&cfgs, &[0, 1, 2]).await?;
+    let mut sent = send(&nodes.iter().collect::<Vec<_>>(), 0, 30).await?;
+
+    // Stop a follower; the others go on, snapshot and purge past everything it holds.
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let pos = nodes.iter().position(|n| n.raft.metrics().borrow_watched().id != leader).expect("a follower");
+    let follower = nodes.remove(pos);
+    let id = follower.raft.metrics().borrow_watched().id;
+    let held = follower.log.view().last.map_or(0, |l| l.0);
+    follower.shutdown().await;
+    let rest: Vec<&Node> = nodes.iter().collect();
+    sent.extend(send_until_purged(&rest, held, 1000, 100).await?);
+    let purged = rest.iter().filter_map(|n| n.raft.metrics().borrow_watched().purged).map(|p| p.index()).min();
+    assert!(purged > Some(held), "the others purged past {held}: {purged:?}");
+
+    // Back on its old data: entries up to `held` are local, the rest must come from others.
+    let back = Node::start(cfgs[(id - 1) as usize].clone()).await?;
+    caught_up_and_readable(&back, &rest, &sent).await?;
+    let snapshot = back.raft.metrics().borrow_watched().snapshot.map(|s| s.index());
+    assert!(snapshot >= purged, "it caught up through a snapshot at or past {purged:?}: {snapshot:?}");
+    let view = back.log.view();
+    assert!(view.first.is_some_and(|f| f <= 1), "its old records are still there: {view:?}");
+
+    // It also takes new messages normally afterwards.
+    let mut all: Vec<&Node> = nodes.iter().collect();
+    all.push(&back);
+    sent.extend(send(&all, 5000, 5).await?);
+    caught_up_and_readable(&back, &rest, &sent).await?;
+    back.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_first_started_after_the_purge_gets_every_retained_message_then_retention_applies()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfgs = configs(dir.path())?;
+    // Node 3 is in the group from the start but has never run.
+    let nodes = start_group(&cfgs, &[0, 1]).await?;
+    let rest: Vec<&Node> = nodes.iter().collect();
+    // About 3.5 MiB of messages: several 1 MiB segments.
+    let sent = send_until_purged(&rest, 0, 0, 300).await?;
+
+    let fresh = Node::start(cfgs[2].clone()).await?;
+    caught_up_and_readable(&fresh, &rest, &sent).await?;
+    let snapshot = fresh.raft.metrics().borrow_watched().snapshot.map(|s| s.index());
+    assert!(snapshot.is_some_and(|s| s > 20), "it caught up through a snapshot: {snapshot:?}");
+    let segments = fresh.log.segment_ranges();
+    assert!(segments.len() >= 3, "the copy spans several 1 MiB segments: {segments:?}");
+
+    // Three days on, every message is past the reserved time: purged segments go (all but
+    // the newest), and those messages are no longer retained.
+    let later = SystemTime::now() + Duration::from_secs(73 * 3600);
+    let removed = retention::run_once(&fresh.log, &fresh.state, &RetentionConfig::default(), later).await?;
+    assert!(!removed.is_empty(), "expired segments are deleted");
+    let purge = fresh.log.view().purged.map(|p| p.index).expect("purged");
+    assert!(removed.iter().all(|s| s.next <= purge + 1), "never past the purge point: {removed:?}");
+    let first = fresh.log.view().first.expect("the newest segments stay");
+    assert!(first > removed[0].first, "first index {first}");
+    let store = RaftLogStore::<TypeConfig>::new(fresh.log.clone());
+    assert!(store.retained_entries(removed[0].first, removed[0].first + 1)?.is_empty(), "gone");
+    // Not before the reserved time: nothing more goes now.
+    let now = retention::run_once(&fresh.log, &fresh.state, &RetentionConfig::default(), SystemTime::now()).await?;
+    assert!(now.is_empty(), "{now:?}");
+    fresh.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}

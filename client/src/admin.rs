@@ -1,0 +1,194 @@
+//! The admin client: topics, node and cluster status and leader transfer over
+//! `raftmq.admin.v1.AdminService`, and topic routes over the RocketMQ `QueryRoute`.
+//! Calls go to the given endpoints in turn until one answers (any node serves them).
+
+use std::future::Future;
+use std::time::Duration;
+
+use raftmq_proto::admin::v1 as pb;
+use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
+use raftmq_proto::namesrv::v1::TopicInfo;
+use tonic::transport::Channel;
+
+use crate::Error;
+use crate::conn::{ClientOptions, Conn, Retry};
+use crate::route::{TopicRoute, query_route};
+
+/// The status of every member of a group, as one node gathered it.
+pub type ClusterStatus = pb::ClusterStatusResponse;
+
+/// How long a leader transfer may take before the call gives up (the broker waits 5 s).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A topic to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name (`[%|a-zA-Z0-9_-]`, at most 127 characters).
+    pub name: String,
+    /// Number of queues; None = the broker's default.
+    pub queue_count: Option<u32>,
+    /// Accepted message types ("NORMAL", "FIFO", "DELAY", "TRANSACTION"); empty = all.
+    pub message_types: Vec<String>,
+    /// RocketMQ permission bits (4 = read, 2 = write); None = read and write.
+    pub perm: Option<u32>,
+}
+
+impl TopicSpec {
+    /// A topic with the broker's defaults.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), ..Self::default() }
+    }
+
+    /// Sets the queue count.
+    pub fn with_queues(mut self, n: u32) -> Self {
+        self.queue_count = Some(n);
+        self
+    }
+}
+
+/// A change to a topic: only the fields that are set change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicUpdate {
+    /// Topic name.
+    pub name: String,
+    /// New queue count (queues can only grow).
+    pub queue_count: Option<u32>,
+    /// New message types; empty = unchanged.
+    pub message_types: Vec<String>,
+    /// New permission bits.
+    pub perm: Option<u32>,
+}
+
+/// Administers a broker group.
+#[derive(Debug)]
+pub struct Admin {
+    conn: Conn,
+}
+
+impl Admin {
+    /// An admin client for the endpoints `host:port;host:port` with default options.
+    pub fn new(endpoints: &str) -> Result<Self, Error> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// An admin client with these options.
+    pub fn with_options(endpoints: &str, options: ClientOptions) -> Result<Self, Error> {
+        Ok(Self { conn: Conn::new(endpoints, options)? })
+    }
+
+    /// Calls `f` on the endpoints in turn until one answers or a final error comes back.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        operation: &'static str,
+        timeout: Option<Duration>,
+        body: Req,
+        f: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(AdminServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let extra = timeout.unwrap_or_default();
+        let mut retry = Retry::new(operation, &self.conn.options, extra);
+        loop {
+            let endpoint = self.conn.seed(retry.attempt()).to_string();
+            let t = retry.timeout(timeout);
+            let result = match self.conn.channel(&endpoint) {
+                Ok(channel) => {
+                    let request = self.conn.request(body.clone(), t);
+                    self.conn.call(operation, &endpoint, t, f(AdminServiceClient::new(channel), request)).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) => retry.failed(e).await?,
+            }
+        }
+    }
+
+    /// Creates a topic; ALREADY_EXISTS if it exists.
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo, Error> {
+        let body = pb::CreateTopicRequest {
+            topic: spec.name,
+            queue_count: spec.queue_count.unwrap_or(0),
+            message_types: spec.message_types,
+            perm: spec.perm.unwrap_or(0),
+        };
+        let resp = self.call("create topic", None, body, |mut c, r| async move { c.create_topic(r).await }).await?;
+        resp.topic.ok_or_else(|| Error::protocol("create topic", "", "the answer carried no topic"))
+    }
+
+    /// Changes a topic; NOT_FOUND if it does not exist.
+    pub async fn update_topic(&self, update: TopicUpdate) -> Result<TopicInfo, Error> {
+        let body = pb::UpdateTopicRequest {
+            topic: update.name,
+            queue_count: update.queue_count,
+            message_types: update.message_types,
+            perm: update.perm,
+        };
+        let resp = self.call("update topic", None, body, |mut c, r| async move { c.update_topic(r).await }).await?;
+        resp.topic.ok_or_else(|| Error::protocol("update topic", "", "the answer carried no topic"))
+    }
+
+    /// Deletes a topic with its queues and consumer state; NOT_FOUND if it does not exist.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let body = pb::DeleteTopicRequest { topic: name.to_string() };
+        self.call("delete topic", None, body, |mut c, r| async move { c.delete_topic(r).await }).await?;
+        Ok(())
+    }
+
+    /// The topics of the group, as the answering node has applied them.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, Error> {
+        let resp =
+            self.call("list topics", None, pb::ListTopicsRequest {}, |mut c, r| async move { c.list_topics(r).await });
+        Ok(resp.await?.topics)
+    }
+
+    /// The Raft and log status of the first node that answers.
+    pub async fn node_status(&self) -> Result<pb::NodeStatus, Error> {
+        let resp = self
+            .call("node status", None, pb::NodeStatusRequest {}, |mut c, r| async move { c.node_status(r).await })
+            .await?;
+        resp.node.ok_or_else(|| Error::protocol("node status", "", "the answer carried no status"))
+    }
+
+    /// Every member's status, gathered by the first node that answers; members that did
+    /// not answer it are listed as unreachable.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        self.call(
+            "cluster status",
+            None,
+            pb::ClusterStatusRequest {},
+            |mut c, r| async move { c.cluster_status(r).await },
+        )
+        .await
+    }
+
+    /// Moves the leadership of `group` (empty: the answering node's group) to node `to`,
+    /// returning once it moved.
+    pub async fn transfer_leader(&self, group: &str, to: u64) -> Result<(), Error> {
+        let body = pb::TransferLeaderRequest { group: group.to_string(), to_node: to };
+        self.call(
+            "transfer leader",
+            Some(TRANSFER_TIMEOUT),
+            body,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The route of a topic (its queues and the endpoints serving them, leader first).
+    pub async fn route(&self, topic: &str) -> Result<TopicRoute, Error> {
+        let mut retry = Retry::new("query route", &self.conn.options, Duration::ZERO);
+        loop {
+            let endpoint = self.conn.seed(retry.attempt()).to_string();
+            match query_route(&self.conn, &endpoint, topic, retry.timeout(None)).await {
+                Ok(route) => return Ok(route),
+                Err(e) => retry.failed(e).await?,
+            }
+        }
+    }
+}

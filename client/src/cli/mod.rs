@@ -1,0 +1,6 @@
+//! The `mqadmin` commands and their output.
+
+pub mod bench;
+pub mod cluster;
+pub mod table;
+pub mod topic;

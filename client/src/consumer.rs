@@ -1,0 +1,244 @@
+//! The simple consumer: receives (pops) messages for a consumer group with long polling,
+//! acks them and changes how long they stay invisible. Calls go to the route's leader
+//! endpoint; on a transport failure or a leader change they are retried elsewhere.
+
+use std::time::Duration;
+
+use raftmq_proto::rocketmq::v2 as pb;
+use raftmq_proto::rocketmq::v2::receive_message_response::Content;
+
+use crate::conn::{ClientOptions, Conn, Retry};
+use crate::message::incoming;
+use crate::route::{RouteCache, target};
+use crate::{Error, ReceivedMessage};
+
+/// Most messages one receive asks for (the broker may cap it lower).
+pub const MAX_RECEIVE: u32 = 1024;
+/// Longest long-polling wait a receive may ask for.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+
+/// A consumer of one topic for one consumer group, taking messages that match a tag
+/// filter (`*`, or `TagA||TagB`).
+#[derive(Debug)]
+pub struct SimpleConsumer {
+    conn: Conn,
+    routes: RouteCache,
+    group: String,
+    topic: String,
+    filter: String,
+}
+
+fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource { resource_namespace: String::new(), name: name.to_string() })
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl SimpleConsumer {
+    /// A consumer for the endpoints `host:port;host:port` with default options.
+    pub fn new(endpoints: &str, group: &str, topic: &str, filter: &str) -> Result<Self, Error> {
+        Self::with_options(endpoints, group, topic, filter, ClientOptions::default())
+    }
+
+    /// A consumer with these options.
+    pub fn with_options(
+        endpoints: &str,
+        group: &str,
+        topic: &str,
+        filter: &str,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        for (what, v) in [("group", group), ("topic", topic)] {
+            if v.trim().is_empty() {
+                return Err(Error::InvalidArgument(format!("the {what} is empty")));
+            }
+        }
+        let filter = if filter.trim().is_empty() { "*" } else { filter.trim() };
+        Ok(Self {
+            conn: Conn::new(endpoints, options)?,
+            routes: RouteCache::default(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            filter: filter.to_string(),
+        })
+    }
+
+    /// Takes up to `max` messages, which stay invisible to the group for
+    /// `invisible_duration` unless acked. Waits up to `long_poll_timeout` for messages to
+    /// arrive; none by then is an empty answer, not an error.
+    pub async fn receive(
+        &self,
+        max: u32,
+        invisible_duration: Duration,
+        long_poll_timeout: Duration,
+    ) -> Result<Vec<ReceivedMessage>, Error> {
+        if max == 0 || max > MAX_RECEIVE {
+            return Err(Error::InvalidArgument(format!("receive asks for 1..={MAX_RECEIVE} messages, not {max}")));
+        }
+        if long_poll_timeout > MAX_LONG_POLL {
+            return Err(Error::InvalidArgument(format!("long polling is limited to {MAX_LONG_POLL:?}")));
+        }
+        let mut retry = Retry::new("receive", &self.conn.options, long_poll_timeout);
+        loop {
+            match self.try_receive(max, invisible_duration, long_poll_timeout, &retry).await {
+                Ok(messages) => return Ok(messages),
+                Err(e) => {
+                    self.routes.forget(&self.topic);
+                    retry.failed(e).await?;
+                }
+            }
+        }
+    }
+
+    async fn try_receive(
+        &self,
+        max: u32,
+        invisible: Duration,
+        long_poll: Duration,
+        retry: &Retry,
+    ) -> Result<Vec<ReceivedMessage>, Error> {
+        const OP: &str = "receive";
+        let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
+        let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+        let queue = route.queues.first().ok_or_else(|| Error::protocol(OP, &endpoint, "the route has no queue"))?;
+        let body = pb::ReceiveMessageRequest {
+            group: resource(&self.group),
+            message_queue: Some(pb::MessageQueue {
+                topic: resource(&self.topic),
+                id: i32::try_from(queue.id).unwrap_or_default(),
+                permission: queue.permission as i32,
+                broker: Some(pb::Broker { name: queue.broker.clone(), id: 0, endpoints: None }),
+                accept_message_types: queue.message_types.iter().map(|t| *t as i32).collect(),
+            }),
+            filter_expression: Some(pb::FilterExpression {
+                r#type: pb::FilterType::Tag as i32,
+                expression: self.filter.clone(),
+            }),
+            batch_size: i32::try_from(max).unwrap_or(i32::MAX),
+            invisible_duration: Some(duration(invisible)),
+            auto_renew: false,
+            long_polling_timeout: Some(duration(long_poll)),
+            attempt_id: None,
+        };
+        // The broker answers before the deadline it is given; leave it room past the poll.
+        let timeout = long_poll + retry.timeout(None);
+        let mut client = self.conn.messaging(&endpoint)?;
+        let read = async {
+            let mut stream = client.receive_message(self.conn.request(body, timeout)).await?.into_inner();
+            let mut items = Vec::new();
+            while let Some(item) = stream.message().await? {
+                if items.len() > max as usize + 2 {
+                    break;
+                }
+                items.push(item);
+            }
+            Ok(tonic::Response::new(items))
+        };
+        let items = self.conn.call(OP, &endpoint, timeout, read).await?;
+        let mut messages = Vec::new();
+        let mut status = None;
+        for item in items {
+            match item.content {
+                Some(Content::Status(s)) => status = Some(s),
+                Some(Content::Message(m)) => messages.push(incoming(OP, &endpoint, m)?),
+                Some(Content::DeliveryTimestamp(_)) | None => {}
+            }
+        }
+        match status.as_ref().map(|s| pb::Code::try_from(s.code)) {
+            Some(Ok(pb::Code::Ok)) => {}
+            Some(Ok(pb::Code::MessageNotFound)) if messages.is_empty() => return Ok(Vec::new()),
+            _ => return Err(Error::broker(OP, &endpoint, status.as_ref())),
+        }
+        if messages.len() > max as usize {
+            return Err(Error::protocol(OP, &endpoint, format!("{} messages for a receive of {max}", messages.len())));
+        }
+        Ok(messages)
+    }
+
+    /// Acknowledges a received message: the group will not see it again.
+    pub async fn ack(&self, message: &ReceivedMessage) -> Result<(), Error> {
+        const OP: &str = "ack";
+        let mut retry = Retry::new(OP, &self.conn.options, Duration::ZERO);
+        loop {
+            let attempt = async {
+                let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
+                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let body = pb::AckMessageRequest {
+                    group: resource(&self.group),
+                    topic: resource(&message.topic),
+                    entries: vec![pb::AckMessageEntry {
+                        message_id: message.message_id.clone(),
+                        receipt_handle: message.receipt_handle.clone(),
+                        lite_topic: None,
+                    }],
+                };
+                let timeout = retry.timeout(None);
+                let mut client = self.conn.messaging(&endpoint)?;
+                let resp = self
+                    .conn
+                    .call(OP, &endpoint, timeout, client.ack_message(self.conn.request(body, timeout)))
+                    .await?;
+                match resp.status.as_ref().map(|s| s.code) {
+                    Some(c) if c == pb::Code::Ok as i32 => Ok(()),
+                    _ => Err(Error::broker(OP, &endpoint, resp.status.as_ref())),
+                }
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.routes.forget(&self.topic);
+                    retry.failed(e).await?;
+                }
+            }
+        }
+    }
+
+    /// Makes a received message invisible for `invisible_duration` from now; its receipt
+    /// handle changes (the old one no longer works), so `message` is updated.
+    pub async fn change_invisible_duration(
+        &self,
+        message: &mut ReceivedMessage,
+        invisible_duration: Duration,
+    ) -> Result<(), Error> {
+        const OP: &str = "change invisible duration";
+        let mut retry = Retry::new(OP, &self.conn.options, Duration::ZERO);
+        loop {
+            let attempt = async {
+                let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
+                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let body = pb::ChangeInvisibleDurationRequest {
+                    group: resource(&self.group),
+                    topic: resource(&message.topic),
+                    receipt_handle: message.receipt_handle.clone(),
+                    invisible_duration: Some(duration(invisible_duration)),
+                    message_id: message.message_id.clone(),
+                    lite_topic: None,
+                    suspend: None,
+                };
+                let timeout = retry.timeout(None);
+                let mut client = self.conn.messaging(&endpoint)?;
+                let call = client.change_invisible_duration(self.conn.request(body, timeout));
+                let resp = self.conn.call(OP, &endpoint, timeout, call).await?;
+                match resp.status.as_ref().map(|s| s.code) {
+                    Some(c) if c == pb::Code::Ok as i32 => Ok(resp.receipt_handle),
+                    _ => Err(Error::broker(OP, &endpoint, resp.status.as_ref())),
+                }
+            };
+            match attempt.await {
+                Ok(handle) => {
+                    message.receipt_handle = handle;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.routes.forget(&self.topic);
+                    retry.failed(e).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Messages as the application sees them, their wire form, message ids and body digests.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use raftmq_proto::rocketmq::v2 as pb;
+
+use crate::Error;
+use crate::conn::random_u64;
+
+/// A message to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The body (must not be empty).
+    pub body: Bytes,
+    /// Tag, for consumers' filters.
+    pub tag: Option<String>,
+    /// Keys, for lookup.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: HashMap<String, String>,
+    /// FIFO message group: messages of one group go to one queue, in order.
+    pub message_group: Option<String>,
+}
+
+impl Message {
+    /// A message with this body and nothing else.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+
+    /// Sets the tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Adds a key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    /// Adds a user property.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the FIFO message group.
+    pub fn with_message_group(mut self, group: impl Into<String>) -> Self {
+        self.message_group = Some(group.into());
+        self
+    }
+}
+
+/// What the broker answered for one sent message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The message id (made by this client).
+    pub message_id: String,
+    /// The queue it went to.
+    pub queue_id: u32,
+    /// Its offset in that queue.
+    pub offset: u64,
+}
+
+/// A message taken by a [`crate::SimpleConsumer`]; ack it with its receipt handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// Message id.
+    pub message_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Queue.
+    pub queue_id: u32,
+    /// Offset in the queue.
+    pub offset: u64,
+    /// Body, as the producer sent it (checked against the broker's CRC32 digest).
+    pub body: Bytes,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Keys.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: HashMap<String, String>,
+    /// Receipt handle: acks and invisibility changes name the delivery with it.
+    pub receipt_handle: String,
+    /// How many times the message was delivered, this time included.
+    pub delivery_attempt: u32,
+}
+
+/// Body digest as the RocketMQ clients compute it: CRC32, 8 upper-case hex digits.
+pub(crate) fn crc32_digest(body: &[u8]) -> pb::Digest {
+    pb::Digest { r#type: pb::DigestType::Crc32 as i32, checksum: format!("{:08X}", crc32fast::hash(body)) }
+}
+
+/// A fresh message id: RocketMQ 5's shape, 34 upper-case hex digits starting with "01",
+/// here a per-process random prefix and a counter, so ids never repeat.
+pub(crate) fn next_message_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(random_u64);
+    format!("01{prefix:016X}{:016X}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// FNV-1a, as the broker hashes message groups onto queues.
+pub(crate) fn group_hash(group: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn now() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// The wire form of `m` for `topic`, going to `queue_id`, with id `message_id`.
+pub(crate) fn outgoing(topic: &str, m: &Message, queue_id: u32, message_id: String) -> pb::Message {
+    let message_type = if m.message_group.is_some() { pb::MessageType::Fifo } else { pb::MessageType::Normal };
+    pb::Message {
+        topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.to_string() }),
+        user_properties: m.properties.clone(),
+        system_properties: Some(pb::SystemProperties {
+            tag: m.tag.clone(),
+            keys: m.keys.clone(),
+            message_id,
+            body_digest: Some(crc32_digest(&m.body)),
+            body_encoding: pb::Encoding::Identity as i32,
+            message_type: message_type as i32,
+            born_timestamp: Some(now()),
+            queue_id: i32::try_from(queue_id).unwrap_or(i32::MAX),
+            message_group: m.message_group.clone(),
+            ..Default::default()
+        }),
+        body: m.body.clone(),
+    }
+}
+
+/// A delivered message, its body checked against the digest the broker sent.
+pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
+    let sys = m.system_properties.unwrap_or_default();
+    if let Some(d) = &sys.body_digest
+        && d.r#type == pb::DigestType::Crc32 as i32
+    {
+        let computed = crc32_digest(&m.body).checksum;
+        if !computed.eq_ignore_ascii_case(d.checksum.trim()) {
+            return Err(Error::protocol(
+                operation,
+                endpoint,
+                format!("message {} is corrupted: body CRC32 {computed}, digest {}", sys.message_id, d.checksum),
+            ));
+        }
+    }
+    let receipt_handle = sys.receipt_handle.ok_or_else(|| {
+        Error::protocol(operation, endpoint, format!("message {} has no receipt handle", sys.message_id))
+    })?;
+    Ok(ReceivedMessage {
+        message_id: sys.message_id,
+        topic: m.topic.map(|t| t.name).unwrap_or_default(),
+        queue_id: u32::try_from(sys.queue_id).unwrap_or_default(),
+        offset: sys.queue_offset.and_then(|o| u64::try_from(o).ok()).unwrap_or_default(),
+        body: m.body,
+        tag: sys.tag,
+        keys: sys.keys,
+        properties: m.user_properties,
+        receipt_handle,
+        delivery_attempt: sys.delivery_attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_unique_and_shaped_like_rocketmqs() {
+        let a = next_message_id();
+        let b = next_message_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 34);
+        assert!(a.starts_with("01") && a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(a[..18], b[..18], "one prefix per process");
+    }
+
+    #[test]
+    fn digests_and_round_trip() {
+        assert_eq!(crc32_digest(b"hello").checksum, "3610A686");
+        let m = Message::new("hello").with_tag("A").with_key("k").with_property("p", "v");
+        let mut wire = outgoing("t", &m, 3, "id1".into());
+        let sys = wire.system_properties.get_or_insert_with(Default::default);
+        sys.receipt_handle = Some("r".into());
+        sys.queue_offset = Some(7);
+        let got = incoming("receive", "h:1", wire.clone()).expect("intact");
+        assert_eq!((got.body, got.tag, got.queue_id, got.offset), (m.body.clone(), m.tag.clone(), 3, 7));
+        assert_eq!((got.keys, got.properties), (m.keys.clone(), m.properties.clone()));
+        wire.body = Bytes::from_static(b"hellO");
+        assert!(matches!(incoming("receive", "h:1", wire), Err(Error::Protocol { .. })));
+    }
+
+    #[test]
+    fn group_hash_is_fnv1a() {
+        assert_eq!(group_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(group_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,142 @@
+//! The producer: sends messages to a topic's queues (round robin, or by message group),
+//! at the leader the route names; on a transport failure or a leader change it asks for the
+//! route again and retries elsewhere with a short backoff, until its deadline.
+
+use std::time::Duration;
+
+use raftmq_proto::rocketmq::v2 as pb;
+
+use crate::conn::{ClientOptions, Conn, Retry};
+use crate::message::{group_hash, next_message_id, outgoing};
+use crate::route::{RouteCache, TopicRoute, target};
+use crate::{Error, Message, SendReceipt};
+
+/// Most messages in one [`Producer::send_batch`] (the broker's limit per request).
+pub const MAX_BATCH: usize = 1024;
+
+/// Sends messages. Cheap to share: wrap it in an `Arc` and send from many tasks.
+#[derive(Debug)]
+pub struct Producer {
+    conn: Conn,
+    routes: RouteCache,
+}
+
+impl Producer {
+    /// A producer for the endpoints `host:port;host:port` with default options.
+    pub fn new(endpoints: &str) -> Result<Self, Error> {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A producer with these options.
+    pub fn with_options(endpoints: &str, options: ClientOptions) -> Result<Self, Error> {
+        Ok(Self { conn: Conn::new(endpoints, options)?, routes: RouteCache::default() })
+    }
+
+    /// Sends one message to `topic` and returns once the broker group committed it.
+    pub async fn send(&self, topic: &str, message: Message) -> Result<SendReceipt, Error> {
+        let mut receipts = self.send_batch(topic, vec![message]).await?;
+        receipts.pop().ok_or_else(|| Error::protocol("send", "", "the broker answered no result"))
+    }
+
+    /// Sends messages to `topic` in one request (one queue, unless they carry message
+    /// groups); the receipts are in the order of `messages`.
+    pub async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<SendReceipt>, Error> {
+        if topic.trim().is_empty() {
+            return Err(Error::InvalidArgument("the topic is empty".into()));
+        }
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!("a batch holds 1..={MAX_BATCH} messages")));
+        }
+        if let Some(i) = messages.iter().position(|m| m.body.is_empty()) {
+            return Err(Error::InvalidArgument(format!("message {i} has an empty body")));
+        }
+        // Ids are made once: a retried message keeps its id.
+        let ids: Vec<String> = messages.iter().map(|_| next_message_id()).collect();
+        let pick = self.conn.pick();
+        let mut retry = Retry::new("send", &self.conn.options, Duration::ZERO);
+        loop {
+            match self.try_send(topic, &messages, &ids, pick, &retry).await {
+                Ok(receipts) => return Ok(receipts),
+                Err(e) => {
+                    self.routes.forget(topic);
+                    retry.failed(e).await?;
+                }
+            }
+        }
+    }
+
+    /// One attempt: route, then one SendMessage call.
+    async fn try_send(
+        &self,
+        topic: &str,
+        messages: &[Message],
+        ids: &[String],
+        pick: usize,
+        retry: &Retry,
+    ) -> Result<Vec<SendReceipt>, Error> {
+        const OP: &str = "send";
+        let timeout = retry.timeout(None);
+        let route = self.routes.route(&self.conn, topic, retry.attempt(), timeout).await?;
+        let queue = pick_queue(&route, pick)?;
+        let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+        let placed: Vec<u32> = messages
+            .iter()
+            .map(|m| match &m.message_group {
+                Some(g) => (group_hash(g) % route.queues.len() as u64) as u32,
+                None => queue,
+            })
+            .collect();
+        let body = pb::SendMessageRequest {
+            messages: messages
+                .iter()
+                .zip(ids)
+                .zip(&placed)
+                .map(|((m, id), q)| outgoing(topic, m, *q, id.clone()))
+                .collect(),
+        };
+        let mut client = self.conn.messaging(&endpoint)?;
+        let resp =
+            self.conn.call(OP, &endpoint, timeout, client.send_message(self.conn.request(body, timeout))).await?;
+        let ok = pb::Code::Ok as i32;
+        let code = |s: Option<&pb::Status>| s.map(|s| s.code);
+        let top = code(resp.status.as_ref());
+        if top != Some(ok) {
+            // All refused alike: the request's status says why (and whether to retry).
+            if resp.entries.iter().all(|e| code(e.status.as_ref()) == top) {
+                return Err(Error::broker(OP, &endpoint, resp.status.as_ref()));
+            }
+            // Some were stored: name the first refused one; a retry would duplicate the rest.
+            let i = resp.entries.iter().position(|e| code(e.status.as_ref()) != Some(ok)).unwrap_or_default();
+            let e = Error::broker(OP, &endpoint, resp.entries.get(i).and_then(|e| e.status.as_ref()));
+            return Err(Error::protocol(
+                OP,
+                &endpoint,
+                format!("message {i} of {} was refused, others were stored: {e}", messages.len()),
+            ));
+        }
+        if resp.entries.len() != messages.len() {
+            return Err(Error::protocol(
+                OP,
+                &endpoint,
+                format!("{} results for {} messages", resp.entries.len(), messages.len()),
+            ));
+        }
+        resp.entries
+            .into_iter()
+            .zip(placed)
+            .map(|(e, queue_id)| {
+                let offset = u64::try_from(e.offset)
+                    .map_err(|_| Error::protocol(OP, &endpoint, format!("negative offset {}", e.offset)))?;
+                Ok(SendReceipt { message_id: e.message_id, queue_id, offset })
+            })
+            .collect()
+    }
+}
+
+fn pick_queue(route: &TopicRoute, pick: usize) -> Result<u32, Error> {
+    let writable = route.writable_queues();
+    if writable.is_empty() {
+        return Err(Error::InvalidArgument(format!("topic {} has no writable queue", route.topic)));
+    }
+    Ok(writable[pick % writable.len()].id)
+}

@@ -1,0 +1,113 @@
+//! A three-node broker group in the test process, on free loopback ports, with real files.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use broker::node::{Node, NodeConfig};
+use broker::raft::{NodeId, NodeInfo};
+use broker::service::ServiceSettings;
+use openraft::async_runtime::watch::WatchReceiver;
+use raft_log::LogConfig;
+
+/// The group's name.
+pub const GROUP: &str = "g1";
+
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// A running group; `nodes[i]` is node `i + 1` until it is stopped.
+pub struct Group {
+    pub nodes: Vec<Option<Node>>,
+    pub client_addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Group {
+    /// Starts three nodes; `auto_create` creates unknown topics with that many queues.
+    pub async fn start(auto_create: Option<u32>) -> anyhow::Result<Group> {
+        let dir = tempfile::tempdir()?;
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
+        }
+        let mut nodes = Vec::new();
+        for id in 1..=3u64 {
+            let cfg = NodeConfig {
+                group: GROUP.into(),
+                node_id: id,
+                peers: peers.clone(),
+                data_dir: dir.path().join(format!("n{id}")),
+                log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
+                heartbeat: Duration::from_millis(100),
+                election_timeout: Duration::from_millis(500),
+                snapshot_every: 10_000,
+                keep_after_snapshot: 1_000,
+                service: ServiceSettings { auto_create_queues: auto_create, ..ServiceSettings::default() },
+                ..NodeConfig::default()
+            };
+            nodes.push(Some(Node::start(cfg).await?));
+        }
+        let client_addrs = peers.values().map(|p| p.client_addr.clone()).collect();
+        let group = Group { nodes, client_addrs, _dir: dir };
+        group.leader(Duration::from_secs(10)).await?;
+        Ok(group)
+    }
+
+    /// Every node's client endpoint, `a;b;c`.
+    pub fn endpoints(&self) -> String {
+        self.client_addrs.join(";")
+    }
+
+    /// The client endpoint of node `id`.
+    pub fn endpoint(&self, id: NodeId) -> String {
+        self.client_addrs[(id - 1) as usize].clone()
+    }
+
+    /// Node `id`, if running.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get((id - 1) as usize).and_then(Option::as_ref)
+    }
+
+    /// The leader every running node agrees on, waiting up to `deadline`.
+    pub async fn leader(&self, deadline: Duration) -> anyhow::Result<NodeId> {
+        let start = Instant::now();
+        loop {
+            let seen: Vec<Option<NodeId>> =
+                self.nodes.iter().flatten().map(|n| n.raft.metrics().borrow_watched().current_leader).collect();
+            if let Some(Some(l)) = seen.first()
+                && seen.iter().all(|s| *s == Some(*l))
+                && self.node(*l).is_some()
+            {
+                return Ok(*l);
+            }
+            anyhow::ensure!(start.elapsed() < deadline, "no agreed leader within {deadline:?}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A running node other than the leader and `not`.
+    pub async fn follower(&self, not: Option<NodeId>) -> anyhow::Result<NodeId> {
+        let leader = self.leader(Duration::from_secs(5)).await?;
+        (1..=3u64)
+            .find(|id| *id != leader && Some(*id) != not && self.node(*id).is_some())
+            .ok_or_else(|| anyhow::anyhow!("no follower running"))
+    }
+
+    /// Stops node `id`.
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut((id - 1) as usize).and_then(Option::take) {
+            n.shutdown().await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in 1..=3 {
+            self.stop(id).await;
+        }
+    }
+}
