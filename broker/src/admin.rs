@@ -150,6 +150,16 @@ fn command_error(e: CommandError) -> Status {
 }
 
 /// A leader's answer passed on by a follower; transport failures say where they happened.
+impl Admin {
+    /// Waits until this leader's state machine has applied everything committed before now,
+    /// so checks against the topic table do not read a new leader's stale state.
+    async fn linearize(&self) -> Result<(), Status> {
+        self.inner.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| {
+            Status::unavailable(format!("cannot confirm the leadership of node {}: {e}; retry", self.inner.node_id))
+        })
+    }
+}
+
 fn forwarded_error(addr: &str, s: Status) -> Status {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
@@ -379,6 +389,7 @@ impl AdminService for Admin {
             return Ok(resp);
         }
         let _serial = self.inner.writes.lock().await;
+        self.linearize().await?;
         if self.topic(&change.topic).is_some() {
             return Err(Status::already_exists(format!(
                 "topic {} already exists; use update to change it",
@@ -405,6 +416,7 @@ impl AdminService for Admin {
             return Ok(resp);
         }
         let _serial = self.inner.writes.lock().await;
+        self.linearize().await?;
         let current = self
             .topic(&change.topic)
             .ok_or_else(|| Status::not_found(format!("topic {} does not exist; create it first", change.topic)))?;
@@ -433,6 +445,7 @@ impl AdminService for Admin {
             return Ok(resp);
         }
         let _serial = self.inner.writes.lock().await;
+        self.linearize().await?;
         self.propose(Command::DeleteTopic { topic: topic.clone() }).await?;
         tracing::info!(%topic, "topic deleted");
         Ok(Response::new(pb::DeleteTopicResponse {}))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raft_log::LogConfig;
+use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
@@ -16,6 +16,9 @@ use crate::service::ServiceSettings;
 const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most members of one group.
 const MAX_PEERS: usize = 9;
+/// Room a message's properties, keys and names may take beside its body in a log entry
+/// (the wire limits allow about 25 KiB).
+const MESSAGE_METADATA_BYTES: u64 = 64 << 10;
 
 /// When an appended entry counts as durable on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -24,8 +27,12 @@ pub enum FlushMode {
     /// `fdatasync` before the node acknowledges the append (the default).
     #[default]
     Sync,
-    /// Acknowledge after the write, `fdatasync` on an interval: a power loss of a quorum
-    /// can lose the last interval.
+    /// Acknowledge after the write (to the page cache), `fdatasync` at most
+    /// `flush_interval_ms` later (sooner when idle, and always before a vote, truncation or
+    /// purge is saved). A node that loses power meanwhile comes back without the entries of
+    /// that interval; when that leaves fewer than a quorum holding one (always, when a
+    /// quorum loses power at once) an acknowledged send is lost. A crash of the process
+    /// alone loses nothing.
     Async,
 }
 
@@ -36,7 +43,8 @@ pub enum AckMode {
     /// After a quorum has the entry (the default).
     #[default]
     Quorum,
-    /// After the leader alone has it: a failover can lose the tail.
+    /// After the leader alone has it durably: a failover can lose the tail, and the send
+    /// receipt's offset is -1 (assigned only when the entry is applied).
     Leader,
 }
 
@@ -108,7 +116,8 @@ pub struct FileConfig {
     /// `sync` or `async`.
     #[serde(default)]
     pub flush: FlushMode,
-    /// With `flush = "async"`: the longest time between two `fdatasync`s.
+    /// With `flush = "async"`: the longest an acknowledged append stays unsynced
+    /// (1-60000 ms).
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// `quorum` or `leader`.
@@ -234,11 +243,8 @@ impl FileConfig {
         for addr in &self.nameservers {
             check_addr(addr).map_err(|m| invalid("nameservers", m))?;
         }
-        if self.flush == FlushMode::Async {
-            return Err(invalid("flush", "\"async\" is not available in this version; use \"sync\"".into()));
-        }
-        if self.ack == AckMode::Leader {
-            return Err(invalid("ack", "\"leader\" is not available in this version; use \"quorum\"".into()));
+        if !(1..=60_000).contains(&self.flush_interval_ms) {
+            return Err(invalid("flush_interval_ms", format!("{} is not within 1-60000", self.flush_interval_ms)));
         }
         if !(1..=1024).contains(&self.default_queues) {
             return Err(invalid("default_queues", format!("{} is not within 1-1024", self.default_queues)));
@@ -265,18 +271,26 @@ impl FileConfig {
                 format!("{} is not within 1 MiB-16 GiB", self.segment_size_bytes),
             ));
         }
-        if self.max_body_bytes == 0
-            || self.max_body_bytes as u64 > self.segment_size_bytes / 2
-            || self.max_body_bytes > 64 << 20
-        {
+        // A log entry holds at most half a segment (and 64 MiB); one message with all its
+        // metadata must fit one entry.
+        let entry_room = (self.segment_size_bytes / 2).min(64 << 20).saturating_sub(MESSAGE_METADATA_BYTES);
+        if self.max_body_bytes == 0 || self.max_body_bytes as u64 > entry_room {
             return Err(invalid(
                 "max_body_bytes",
-                format!("{} must be 1 byte to 64 MiB and at most half a segment", self.max_body_bytes),
+                format!(
+                    "{} must be at least 1 and at most {entry_room} (half a segment, at most 64 MiB, less \
+                     {MESSAGE_METADATA_BYTES} for a message's properties and keys); raise segment_size_bytes or lower it",
+                    self.max_body_bytes
+                ),
             ));
         }
         let data_dir =
             self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/{}-{}", self.group, self.node_id)));
         let max_payload = (self.segment_size_bytes / 2).min(u64::from(LogConfig::default().max_payload)) as u32;
+        let sync = match self.flush {
+            FlushMode::Sync => SyncPolicy::EveryBatch,
+            FlushMode::Async => SyncPolicy::Interval(Duration::from_millis(self.flush_interval_ms)),
+        };
         Ok(NodeConfig {
             cluster: self.cluster,
             nameservers: self.nameservers,
@@ -286,7 +300,7 @@ impl FileConfig {
             data_dir,
             listen_client: self.listen_client,
             listen_raft: self.listen_raft,
-            log: LogConfig { segment_size: self.segment_size_bytes, max_payload, ..LogConfig::default() },
+            log: LogConfig { segment_size: self.segment_size_bytes, max_payload, sync, ..LogConfig::default() },
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
@@ -294,6 +308,7 @@ impl FileConfig {
             service: ServiceSettings {
                 max_body_bytes: self.max_body_bytes,
                 auto_create_queues: self.auto_create_topics.then_some(self.default_queues),
+                ack: self.ack,
                 ..ServiceSettings::default()
             },
             ..NodeConfig::default()
@@ -353,6 +368,7 @@ client = "10.0.0.3:8081"
         assert_eq!(cfg.heartbeat, Duration::from_millis(100));
         assert_eq!(cfg.election_timeout, Duration::from_millis(500));
         assert_eq!(cfg.log.segment_size, 1 << 30);
+        assert_eq!(cfg.log.sync, SyncPolicy::EveryBatch);
         assert_eq!(cfg.service.max_body_bytes, 4 << 20);
         assert_eq!(cfg.service.auto_create_queues, Some(8));
         assert_eq!(cfg.listen_client, None);
@@ -385,9 +401,25 @@ client = "10.0.0.3:8081"
     }
 
     #[test]
-    fn relaxed_modes_are_refused_until_they_exist() {
-        let e = error_of(&format!("ack = \"leader\"\n{THREE}"));
-        assert!(e.contains("ack") && e.contains("quorum"), "{e}");
+    fn ack_leader_reaches_the_service() {
+        assert_eq!(load(THREE).expect("valid").service.ack, AckMode::Quorum);
+        let cfg = load(&format!("ack = \"leader\"\n{THREE}")).expect("ack = leader is accepted");
+        assert_eq!(cfg.service.ack, AckMode::Leader);
+    }
+
+    #[test]
+    fn async_flush_syncs_on_the_given_interval() {
+        let cfg = load(&format!("flush = \"async\"\nflush_interval_ms = 250\n{THREE}")).expect("valid");
+        assert_eq!(cfg.log.sync, SyncPolicy::Interval(Duration::from_millis(250)));
+        cfg.log.validate().expect("the log accepts what the file accepts");
+        let cfg = load(&format!("flush = \"async\"\n{THREE}")).expect("valid");
+        assert_eq!(cfg.log.sync, SyncPolicy::Interval(Duration::from_secs(1)), "1000 ms by default");
+        for bad in [0, 60_001] {
+            let e = error_of(&format!("flush = \"async\"\nflush_interval_ms = {bad}\n{THREE}"));
+            assert!(e.contains("flush_interval_ms") && e.contains("1-60000"), "{e}");
+        }
+        let cfg = load(&format!("flush = \"sync\"\nflush_interval_ms = 60000\n{THREE}")).expect("valid");
+        assert_eq!(cfg.log.sync, SyncPolicy::EveryBatch, "the interval only matters with async");
     }
 
     #[test]

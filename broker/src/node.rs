@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tonic::service::Routes;
 
 use crate::admin::{Admin, DEFAULT_QUEUES};
+use crate::raft::ack::{AckLogStore, DEFAULT_WAITERS, FlushWaiters};
 use crate::raft::backfill::Backfill;
 use crate::raft::network::Network;
 use crate::raft::service::RaftRpc;
@@ -177,15 +178,11 @@ impl Node {
             .map_err(StartError::State)?
             .with_backfill(backfill.clone());
         let config = Arc::new(raft_config(&cfg)?);
-        let raft = Raft::new(
-            cfg.node_id,
-            config,
-            Network::new(&cfg.group),
-            RaftLogStore::<TypeConfig>::new(log.clone()),
-            state.clone(),
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        // The store tells `ack = "leader"` proposers when the leader's write is durable.
+        let store = AckLogStore::new(RaftLogStore::<TypeConfig>::new(log.clone()), FlushWaiters::new(DEFAULT_WAITERS));
+        let raft = Raft::new(cfg.node_id, config, Network::new(&cfg.group), store.clone(), state.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone());
         let (raft_addr, raft_stop, raft_server) = serve(
@@ -193,9 +190,8 @@ impl Node {
             Routes::new(RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)),
         )
         .await?;
-        let store = RaftLogStore::<TypeConfig>::new(log.clone());
         let broker =
-            Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, cfg.service.clone(), view);
+            Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, service_settings(&cfg), view);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
         let admin = Admin::new(
@@ -272,7 +268,17 @@ impl Node {
             server.abort();
             let _ = server.await;
         }
+        // With flush = "async" this syncs what the interval had not yet covered.
+        if let Err(e) = self.log.shutdown().await {
+            tracing::warn!(error = %e, "CommitLog shutdown");
+        }
     }
+}
+
+/// The client service's settings, bounded by what the CommitLog can hold in one entry.
+fn service_settings(cfg: &NodeConfig) -> ServiceSettings {
+    let max_entry_bytes = cfg.service.max_entry_bytes.min(cfg.log.max_payload as usize);
+    ServiceSettings { max_entry_bytes, ..cfg.service.clone() }
 }
 
 type Served = (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);

@@ -10,8 +10,11 @@
 //! segment. An optional byte limit deletes the oldest purged segments beyond it whatever
 //! their age (RocketMQ's forced clean when the disk fills).
 //!
-//! Queues do not move their minimum offset when their messages go (that needs a Raft
-//! command); reading a deleted message answers "no longer retained".
+//! A message a queue still holds at its minimum offset is never deleted (DESIGN: files go
+//! once "no longer needed by any consume queue's minimum"). Queues do not yet move their
+//! minimum offset by age (that needs a Raft command that trims them on every member), so
+//! until then retention deletes only segments below every queue's first message: entries
+//! of deleted topics and of pops, acks and other commands.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,7 +74,22 @@ pub fn policy(machine: &Machine, now: SystemTime, config: &RetentionConfig) -> R
         }
         None => 0,
     };
-    Retention { max_age: None, max_bytes: config.max_bytes, expired_before, keep_from: u64::MAX }
+    let keep_from = first_index_referenced(machine).unwrap_or(u64::MAX);
+    Retention { max_age: None, max_bytes: config.max_bytes, expired_before, keep_from }
+}
+
+/// The lowest log index any ConsumeQueue still references at its minimum offset: those
+/// messages may still be delivered, so the segment holding them stays (`None`: no queue
+/// holds a message).
+pub fn first_index_referenced(machine: &Machine) -> Option<u64> {
+    machine
+        .topics()
+        .flat_map(|(topic, config)| {
+            (0..config.queue_count)
+                .filter_map(move |q| machine.queue(topic, QueueId(q)))
+                .filter_map(|queue| queue.get(queue.min_offset()).map(|r| r.log_index))
+        })
+        .min()
 }
 
 /// Runs retention once at `now`; returns the deleted segments.
@@ -131,7 +149,10 @@ mod tests {
             body: Bytes::from_static(b"x"),
             body_gzip: false,
         };
-        machine.apply(index, &Command::Send { now: Millis(at), auto_create_queues: None, messages: vec![message] });
+        machine.apply(
+            index,
+            &Command::Send { now: Millis(at), auto_create_queues: None, messages: vec![message], proposal: None },
+        );
     }
 
     #[test]
@@ -154,6 +175,10 @@ mod tests {
         assert_eq!(policy(&m, at(20_000), &config).expired_before, u64::MAX, "every message is past 4 s");
         let forever = RetentionConfig { max_age: None, max_bytes: Some(1 << 30), ..RetentionConfig::default() };
         let p = policy(&m, at(20_000), &forever);
-        assert_eq!((p.expired_before, p.max_bytes, p.keep_from), (0, Some(1 << 30), u64::MAX));
+        // The queues still start at their first messages: nothing from index 10 on may go.
+        assert_eq!((p.expired_before, p.max_bytes, p.keep_from), (0, Some(1 << 30), 10));
+        assert_eq!(policy(&m, at(20_000), &config).keep_from, 10);
+        assert_eq!(first_index_referenced(&m), Some(10));
+        assert_eq!(first_index_referenced(&Machine::new("empty")), None);
     }
 }

@@ -4,38 +4,23 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
 use broker::machine::{Command, Response};
 use broker::node::{Node, NodeConfig};
-use broker::raft::{NodeId, NodeInfo};
+use broker::raft::NodeId;
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 
-fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
-
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
-    let mut peers = BTreeMap::new();
-    for id in 1..=3u64 {
-        peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
-    }
-    Ok((1..=3u64)
-        .map(|id| NodeConfig {
-            group: "g1".into(),
-            node_id: id,
-            peers: peers.clone(),
-            data_dir: dir.join(format!("n{id}")),
-            log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
-            snapshot_every: 1000,
-            keep_after_snapshot: 100,
-            ..NodeConfig::default()
-        })
-        .collect())
+    common::three_nodes(dir, "g1", |c| NodeConfig {
+        log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
+        snapshot_every: 1000,
+        keep_after_snapshot: 100,
+        ..c
+    })
 }
 
 async fn wait_leader(nodes: &[&Node], not: Option<NodeId>, deadline: Duration) -> anyhow::Result<NodeId> {
@@ -124,7 +109,12 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     assert_eq!(r.data, Response::Done);
     let r = write_until_served(
         &all,
-        Command::Send { now: Millis(10), auto_create_queues: None, messages: (0..8).map(message).collect() },
+        Command::Send {
+            now: Millis(10),
+            auto_create_queues: None,
+            messages: (0..8).map(message).collect(),
+            proposal: None,
+        },
         Duration::from_secs(5),
     )
     .await?;
@@ -155,7 +145,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     // retry on "forward to leader" until a write commits, and count failover up to that point.
     let r = write_until_served(
         &rest,
-        Command::Send { now: Millis(20), auto_create_queues: None, messages: vec![message(1)] },
+        Command::Send { now: Millis(20), auto_create_queues: None, messages: vec![message(1)], proposal: None },
         Duration::from_secs(5),
     )
     .await?;

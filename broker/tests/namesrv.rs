@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::node::{Node, NodeConfig};
-use broker::raft::{NodeId, NodeInfo};
+use broker::raft::NodeId;
 use broker::service::ServiceSettings;
 use raft_log::LogConfig;
 use raftmq_proto::namesrv::v1::name_service_client::NameServiceClient;
@@ -25,10 +25,7 @@ const BEAT_EVERY: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(15);
 const QUEUES: u32 = 4;
 
-fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
+mod common;
 
 /// An in-process nameserver on its own runtime, so stopping it ends every connection at once,
 /// as a crash would.
@@ -86,24 +83,14 @@ impl Drop for NameSrv {
 }
 
 fn configs(dir: &std::path::Path, nameservers: &[String]) -> anyhow::Result<Vec<NodeConfig>> {
-    let mut peers = BTreeMap::new();
-    for id in 1..=3u64 {
-        peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
-    }
-    Ok((1..=3u64)
-        .map(|id| NodeConfig {
-            group: "broker-a".into(),
-            node_id: id,
-            peers: peers.clone(),
-            data_dir: dir.join(format!("n{id}")),
-            log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
-            service: ServiceSettings { auto_create_queues: Some(QUEUES), ..ServiceSettings::default() },
-            cluster: "TestCluster".into(),
-            nameservers: nameservers.to_vec(),
-            namesrv_heartbeat: BEAT_EVERY,
-            ..NodeConfig::default()
-        })
-        .collect())
+    common::three_nodes(dir, "broker-a", |c| NodeConfig {
+        log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
+        service: ServiceSettings { auto_create_queues: Some(QUEUES), ..ServiceSettings::default() },
+        cluster: "TestCluster".into(),
+        nameservers: nameservers.to_vec(),
+        namesrv_heartbeat: BEAT_EVERY,
+        ..c
+    })
 }
 
 async fn start_nodes(dir: &std::path::Path, nameservers: &[String]) -> anyhow::Result<Vec<Node>> {

@@ -140,14 +140,18 @@ impl Error {
     /// failures, timeouts, a node without a leader or one that is stepping down.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Rpc { code, .. } => matches!(
-                code,
-                tonic::Code::Unavailable
-                    | tonic::Code::Unknown
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Aborted
-                    | tonic::Code::DeadlineExceeded
-            ),
+            Error::Rpc { code, message, .. } => {
+                matches!(
+                    code,
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Aborted
+                        | tonic::Code::DeadlineExceeded
+                )
+                // A connection the server closed (GOAWAY) mid-call: the node is stopping.
+                || (*code == tonic::Code::Internal && message.contains("h2 protocol error"))
+            }
             Error::Broker { code, .. } => matches!(
                 code,
                 Code::InternalServerError
@@ -189,5 +193,8 @@ mod tests {
         assert!(!Error::broker("send", "h:1", Some(&status(Code::IllegalTopic))).is_retryable());
         assert!(Error::rpc("send", "h:1", &tonic::Status::unavailable("connection refused")).is_retryable());
         assert!(!Error::broker("send", "h:1", None).is_retryable());
+        let goaway = tonic::Status::internal("h2 protocol error: connection error received: not a result of an error");
+        assert!(Error::rpc("send", "h:1", &goaway).is_retryable(), "a stopping node's GOAWAY");
+        assert!(!Error::rpc("send", "h:1", &tonic::Status::internal("decode failed")).is_retryable());
     }
 }

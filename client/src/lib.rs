@@ -18,7 +18,7 @@
 //!
 //! let producer = Producer::new("127.0.0.1:8081;127.0.0.1:8082;127.0.0.1:8083")?;
 //! let receipt = producer.send("orders", Message::new("hello").with_tag("created")).await?;
-//! println!("stored at queue {} offset {}", receipt.queue_id, receipt.offset);
+//! println!("stored at queue {} offset {:?}", receipt.queue_id, receipt.offset);
 //!
 //! let consumer = SimpleConsumer::new("127.0.0.1:8081", "billing", "orders", "created")?;
 //! for m in consumer.receive(16, Duration::from_secs(30), Duration::from_secs(5)).await? {

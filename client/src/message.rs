@@ -63,8 +63,9 @@ pub struct SendReceipt {
     pub message_id: String,
     /// The queue it went to.
     pub queue_id: u32,
-    /// Its offset in that queue.
-    pub offset: u64,
+    /// Its offset in that queue; `None` when the group acknowledges sends before applying
+    /// them (`ack = "leader"`), so no offset is assigned yet.
+    pub offset: Option<u64>,
 }
 
 /// A message taken by a [`crate::SimpleConsumer`]; ack it with its receipt handle.
@@ -143,7 +144,24 @@ pub(crate) fn outgoing(topic: &str, m: &Message, queue_id: u32, message_id: Stri
     }
 }
 
-/// A delivered message, its body checked against the digest the broker sent.
+/// Largest body a gzip-encoded body may expand to.
+pub const MAX_INFLATED_BODY: usize = 64 << 20;
+
+/// Inflates a gzip body (producers of the official clients compress larger bodies), at most
+/// [`MAX_INFLATED_BODY`] bytes.
+fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let limit = MAX_INFLATED_BODY as u64 + 1;
+    flate2::read::GzDecoder::new(body).take(limit).read_to_end(&mut out).map_err(|e| e.to_string())?;
+    if out.len() > MAX_INFLATED_BODY {
+        return Err(format!("it inflates to more than {MAX_INFLATED_BODY} bytes"));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A delivered message, its body checked against the digest the broker sent (the digest
+/// covers the body as sent, before inflating).
 pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
     let sys = m.system_properties.unwrap_or_default();
     if let Some(d) = &sys.body_digest
@@ -158,6 +176,18 @@ pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) 
             ));
         }
     }
+    let body = match pb::Encoding::try_from(sys.body_encoding) {
+        Ok(pb::Encoding::Identity | pb::Encoding::Unspecified) => m.body,
+        Ok(pb::Encoding::Gzip) => gunzip(&m.body)
+            .map_err(|e| Error::protocol(operation, endpoint, format!("message {}: gzip body: {e}", sys.message_id)))?,
+        Err(_) => {
+            return Err(Error::protocol(
+                operation,
+                endpoint,
+                format!("message {} has an unknown body encoding {}", sys.message_id, sys.body_encoding),
+            ));
+        }
+    };
     let receipt_handle = sys.receipt_handle.ok_or_else(|| {
         Error::protocol(operation, endpoint, format!("message {} has no receipt handle", sys.message_id))
     })?;
@@ -166,7 +196,7 @@ pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) 
         topic: m.topic.map(|t| t.name).unwrap_or_default(),
         queue_id: u32::try_from(sys.queue_id).unwrap_or_default(),
         offset: sys.queue_offset.and_then(|o| u64::try_from(o).ok()).unwrap_or_default(),
-        body: m.body,
+        body,
         tag: sys.tag,
         keys: sys.keys,
         properties: m.user_properties,
@@ -178,6 +208,35 @@ pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivered(body: Bytes, encoding: i32) -> pb::Message {
+        pb::Message {
+            system_properties: Some(pb::SystemProperties {
+                message_id: "m1".into(),
+                receipt_handle: Some("r".into()),
+                body_encoding: encoding,
+                ..Default::default()
+            }),
+            body,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated_and_bad_ones_refused() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"hello hello hello").expect("in memory");
+        let packed = Bytes::from(gz.finish().expect("in memory"));
+        let m = incoming("receive", "e", delivered(packed, pb::Encoding::Gzip as i32)).expect("valid gzip");
+        assert_eq!(&m.body[..], b"hello hello hello");
+        let plain = incoming("receive", "e", delivered(Bytes::from("x"), pb::Encoding::Identity as i32)).expect("ok");
+        assert_eq!(&plain.body[..], b"x");
+        let e = incoming("receive", "e", delivered(Bytes::from("not gzip"), pb::Encoding::Gzip as i32));
+        assert!(e.expect_err("corrupt").to_string().contains("gzip body"));
+        let e = incoming("receive", "e", delivered(Bytes::from("x"), 7));
+        assert!(e.expect_err("unknown").to_string().contains("unknown body encoding"));
+    }
 
     #[test]
     fn message_ids_are_unique_and_shaped_like_rocketmqs() {

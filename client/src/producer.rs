@@ -125,8 +125,11 @@ impl Producer {
             .into_iter()
             .zip(placed)
             .map(|(e, queue_id)| {
-                let offset = u64::try_from(e.offset)
-                    .map_err(|_| Error::protocol(OP, &endpoint, format!("negative offset {}", e.offset)))?;
+                // -1: acknowledged before the offset was assigned (ack = "leader").
+                let offset = match e.offset {
+                    -1 => None,
+                    o => Some(u64::try_from(o).map_err(|_| Error::protocol(OP, &endpoint, format!("offset {o}")))?),
+                };
                 Ok(SendReceipt { message_id: e.message_id, queue_id, offset })
             })
             .collect()

@@ -25,7 +25,7 @@ fn text(out: &Output) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqadmin_prints_the_cluster_table_and_manages_topics() -> anyhow::Result<()> {
     let group = Group::start(Some(8)).await?;
-    let leader = group.leader(Duration::from_secs(5)).await?;
+    let leader = group.settled(Duration::from_secs(5)).await?;
     let endpoints = group.endpoints();
 
     let out = mqadmin(&["--endpoints", &endpoints, "cluster", "list"]).await?;

@@ -7,6 +7,11 @@
 //! meta file. Reads through this adapter never return purged entries; [`Log::read`] does,
 //! while retention keeps them. Only [`RaftLogStore::retained_entries`] heeds the log's
 //! incomplete mark ([`Log::set_incomplete`]); openraft's own reads do not.
+//!
+//! openraft's `IOFlushed` for an append is the log's append callback: after the fdatasync
+//! under [`crate::SyncPolicy::EveryBatch`], once written under
+//! [`crate::SyncPolicy::Interval`] (so openraft counts an entry as persisted while a power
+//! loss could still take it). Votes, truncations and purges are durable either way.
 
 use std::fmt::Debug;
 use std::io;

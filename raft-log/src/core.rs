@@ -42,6 +42,29 @@ pub struct LogConfig {
     pub queue_depth: usize,
     /// How often a changed committed log id is written to the meta file (default 1 s).
     pub committed_interval: Duration,
+    /// When appended records are made durable relative to reporting them (default
+    /// [`SyncPolicy::EveryBatch`]).
+    pub sync: SyncPolicy,
+}
+
+/// Longest [`SyncPolicy::Interval`] accepted.
+pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When the writer `fdatasync`s appended records, and so what an append's callback means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Each batch of appends is written and fdatasynced before its callbacks run: a
+    /// reported append survives any crash.
+    #[default]
+    EveryBatch,
+    /// Callbacks run once a batch is written (in the page cache: readable, in order, not yet
+    /// durable). The writer fdatasyncs when the oldest unsynced write is this old, when no
+    /// request has come for a moment (the smaller of this and 1 ms), before every vote,
+    /// truncation, purge, backfill or meta write (which stay durable on return), on
+    /// [`crate::Log::flush`] and when the log shuts down. A crash of the machine (not of the
+    /// process) can lose up to this much of the reported appends; what survives is still a
+    /// prefix of what was written. Between 1 ms and [`MAX_SYNC_INTERVAL`].
+    Interval(Duration),
 }
 
 impl Default for LogConfig {
@@ -55,6 +78,7 @@ impl Default for LogConfig {
             max_batch_bytes: 16 << 20,
             queue_depth: 1024,
             committed_interval: Duration::from_secs(1),
+            sync: SyncPolicy::EveryBatch,
         }
     }
 }
@@ -77,6 +101,14 @@ impl LogConfig {
         }
         if self.max_batch_records == 0 || self.max_batch_bytes == 0 || self.queue_depth == 0 {
             return Err(LogError::Invalid("batch limits and queue depth must be positive".into()));
+        }
+        if let SyncPolicy::Interval(every) = self.sync
+            && !(Duration::from_millis(1)..=MAX_SYNC_INTERVAL).contains(&every)
+        {
+            return Err(LogError::Invalid(format!(
+                "sync interval {every:?} is out of range; give 1 ms to {} s",
+                MAX_SYNC_INTERVAL.as_secs()
+            )));
         }
         Ok(())
     }
@@ -390,6 +422,11 @@ impl LogCore {
     /// Marks the active segment synced after the caller synced [`Self::active_file`].
     pub fn mark_synced(&mut self) {
         self.dirty = false;
+    }
+
+    /// Whether records were written since the last `fdatasync` (they may not survive a crash).
+    pub fn has_unsynced(&self) -> bool {
+        self.dirty
     }
 
     /// `fdatasync` of everything written.

@@ -3,9 +3,10 @@
 //! Records (a checksummed header plus an opaque payload) live in preallocated segment
 //! files named by their first Raft index, each with a fixed-width index file mapping an
 //! index to its byte position. One writer thread owns the files and makes each batch of
-//! appends durable with a single `fdatasync` before reporting it. On open, a torn tail is
-//! cut back to the last valid record; damage anywhere else is an error naming the file and
-//! offset. [`RaftLogStore`] adapts the log to openraft's `RaftLogStorage`.
+//! appends durable with a single `fdatasync` before reporting it, or, under
+//! [`SyncPolicy::Interval`], reports it once written and fsyncs on an interval. On open, a
+//! torn tail is cut back to the last valid record; damage anywhere else is an error naming
+//! the file and offset. [`RaftLogStore`] adapts the log to openraft's `RaftLogStorage`.
 //!
 //! The crate knows nothing of gRPC or of messages: payloads are bytes.
 
@@ -20,7 +21,9 @@ pub mod record;
 mod segment;
 
 pub use crate::adapter::RaftLogStore;
-pub use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention};
+pub use crate::core::{
+    Backfilled, LogConfig, LogCore, MAX_SYNC_INTERVAL, OpenReport, RemovedSegment, Retention, SyncPolicy,
+};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{Log, LogView, OnDurable};
 pub use crate::meta::{MAX_META_FIELD, MetaState, Purged};

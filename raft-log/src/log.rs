@@ -1,8 +1,11 @@
 //! [`Log`]: the concurrent front of the engine. One writer thread owns the files; callers
-//! queue appends (bounded), which the writer gathers into batches made durable with one
-//! `fdatasync` each, then reports through each append's callback. Vote, purge, truncation
-//! and the installing of backfilled segments go through the same queue, so no write is ever
+//! queue appends (bounded), which the writer gathers into batches, writes, and reports
+//! through each append's callback: after the batch's one `fdatasync`, or, under
+//! [`SyncPolicy::Interval`], before it (syncing later). Vote, purge, truncation and the
+//! installing of backfilled segments go through the same queue, so no write is ever
 //! reordered with another.
+
+mod writer;
 
 use std::ops::Range;
 use std::path::Path;
@@ -13,14 +16,16 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
+use self::writer::Writer;
 use crate::cache::TailCache;
-use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention, StagedBackfill};
+use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention, StagedBackfill, SyncPolicy};
 use crate::error::{LogError, Result};
 use crate::fs::Fs;
 use crate::meta::Purged;
 use crate::record::Record;
 
-/// Called once the appended records are durable, or with the error that stopped the log.
+/// Called once the appended records are durable (under [`SyncPolicy::Interval`]: once they
+/// are written, in order, not yet fsynced), or with the error that stopped the log.
 pub type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
 
 enum Op {
@@ -32,6 +37,7 @@ enum Op {
     Retain { policy: Retention, now: SystemTime, done: oneshot::Sender<Result<Vec<RemovedSegment>>> },
     Backfill { staged: StagedBackfill, done: oneshot::Sender<Result<Backfilled>> },
     Flush { done: oneshot::Sender<Result<()>> },
+    Shutdown { done: oneshot::Sender<Result<()>> },
 }
 
 /// A point-in-time view of the log's extent.
@@ -41,7 +47,10 @@ pub struct LogView {
     pub first: Option<u64>,
     /// Last appended index and its term (appended means readable, maybe not durable).
     pub last: Option<(u64, u64)>,
-    /// Last index known durable.
+    /// Last index written to the files (reported to its appender under
+    /// [`SyncPolicy::Interval`]; maybe not durable).
+    pub written: Option<u64>,
+    /// Last index known durable: fdatasynced, or found on disk when the log was opened.
     pub durable: Option<u64>,
     /// The purge point.
     pub purged: Option<Purged>,
@@ -57,7 +66,9 @@ struct Mem {
     purged: Option<u64>,
     /// Last appended record (queued or written).
     last: Option<(u64, u64)>,
+    /// Last record written to the files.
     written: Option<u64>,
+    /// Last record fdatasynced; only ever moved by a sync.
     durable: Option<u64>,
     /// Committed id as last given, saved to the meta file lazily.
     committed: Option<Bytes>,
@@ -105,6 +116,9 @@ pub struct Log {
     submit: Arc<tokio::sync::Mutex<()>>,
     /// One backfill at a time (staged file names are per first index).
     backfill: Arc<tokio::sync::Mutex<()>>,
+    /// The writer thread, woken after each request under [`SyncPolicy::Interval`] (it
+    /// waits with a timeout then, which the queue's receiver cannot).
+    writer: std::thread::Thread,
 }
 
 impl Log {
@@ -130,8 +144,15 @@ impl Log {
         };
         let shared = Arc::new(Shared { core: RwLock::new(core), mem: RwLock::new(mem), config: config.clone() });
         let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer { shared: shared.clone(), rx, committed_saved_at: Instant::now(), pending_committed: None };
-        std::thread::Builder::new()
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            committed_saved_at: Instant::now(),
+            pending_committed: None,
+            unsynced_since: None,
+            last_busy: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io("spawn writer thread", dir, e))?;
@@ -140,6 +161,7 @@ impl Log {
             tx,
             submit: Arc::new(tokio::sync::Mutex::new(())),
             backfill: Arc::new(tokio::sync::Mutex::new(())),
+            writer: thread.thread().clone(),
         };
         Ok((log, report))
     }
@@ -156,6 +178,7 @@ impl Log {
         LogView {
             first: core.first_index().or(mem.cache.first_index()),
             last: mem.last,
+            written: mem.written,
             durable: mem.durable,
             purged: core.meta().purged.clone(),
         }
@@ -177,8 +200,9 @@ impl Log {
     }
 
     /// Queues `records` after the last index. They are readable when this returns and
-    /// `on_durable` runs on the writer thread once they are fsynced. Waits while the
-    /// writer's queue is full.
+    /// `on_durable` runs on the writer thread once they are fsynced (under
+    /// [`SyncPolicy::Interval`]: once they are written). Waits while the writer's queue is
+    /// full.
     pub async fn append(&self, records: Vec<Record>, on_durable: OnDurable) -> Result<()> {
         if records.is_empty() {
             on_durable(Ok(()));
@@ -227,7 +251,11 @@ impl Log {
     }
 
     async fn send(&self, op: Op) -> Result<()> {
-        self.tx.send(op).await.map_err(|_| LogError::Stopped("the writer thread ended".into()))
+        self.tx.send(op).await.map_err(|_| LogError::Stopped("the writer thread ended".into()))?;
+        if let SyncPolicy::Interval(_) = self.shared.config.sync {
+            self.writer.unpark();
+        }
+        Ok(())
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
@@ -318,6 +346,19 @@ impl Log {
         self.call(|done| Op::Flush { done }).await
     }
 
+    /// Makes everything queued so far durable, then stops the writer: every later request,
+    /// through any clone, fails with [`LogError::Stopped`]. When this returns the writer
+    /// thread no longer touches the files. (Dropping the last clone also syncs and stops the writer, without
+    /// waiting for it.) An error is the one that stopped the log, or that of the last sync.
+    pub async fn shutdown(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let _order = self.submit.lock().await;
+            self.send(Op::Shutdown { done: tx }).await?;
+        }
+        rx.await.map_err(|_| LogError::Stopped("the writer thread ended".into()))?
+    }
+
     /// Reads the records present in `from..to` (purged ones included while their segment
     /// is retained). A record missing in the middle of the range is an error, and so is a
     /// range that touches records marked incomplete ([`Log::set_incomplete`]).
@@ -362,222 +403,5 @@ impl Log {
             return Err(LogError::Invalid(format!("records {}..{} are missing", gap[0].index + 1, gap[1].index)));
         }
         Ok(out)
-    }
-}
-
-struct Writer {
-    shared: Arc<Shared>,
-    rx: mpsc::Receiver<Op>,
-    committed_saved_at: Instant,
-    /// Committed id received in queue order, not yet written.
-    pending_committed: Option<Option<Bytes>>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut carried: Option<Op> = None;
-        loop {
-            let op = match carried.take() {
-                Some(op) => op,
-                None => match self.rx.try_recv() {
-                    Ok(op) => op,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        // Idle: a good moment to save the committed id.
-                        // Errors stop the log; the next op reports them.
-                        let _ = self.save_committed(true);
-                        match self.rx.blocking_recv() {
-                            Some(op) => op,
-                            None => break,
-                        }
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                },
-            };
-            match op {
-                Op::Append { records, done } => carried = self.append_batch(records, done),
-                other => self.handle(other),
-            }
-            let _ = self.save_committed(false);
-        }
-        let _ = self.save_committed(true);
-    }
-
-    fn fail(&self, err: &LogError) -> String {
-        let mut mem = self.shared.mem.write();
-        let why = err.to_string();
-        tracing::error!(error = %why, "raft log stopped after an IO error");
-        mem.failed.get_or_insert(why).clone()
-    }
-
-    fn stopped(&self) -> Option<LogError> {
-        self.shared.mem.read().failed.clone().map(LogError::Stopped)
-    }
-
-    /// Gathers queued appends (up to the batch limits), writes them, syncs once, and
-    /// reports. Returns a non-append op that ended the batch.
-    fn append_batch(&mut self, first: Vec<Record>, done: OnDurable) -> Option<Op> {
-        let config = &self.shared.config;
-        let mut bytes: usize = first.iter().map(|r| r.payload.len()).sum();
-        let mut records = first;
-        let mut callbacks = vec![done];
-        let mut carried = None;
-        while records.len() < config.max_batch_records && bytes < config.max_batch_bytes {
-            match self.rx.try_recv() {
-                Ok(Op::Append { records: more, done }) => {
-                    bytes += more.iter().map(|r| r.payload.len()).sum::<usize>();
-                    records.extend(more);
-                    callbacks.push(done);
-                }
-                Ok(other) => {
-                    carried = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let result = self.write_and_sync(&records);
-        let result = match result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(&e)),
-        };
-        for cb in callbacks {
-            cb(result.clone().map_err(LogError::Stopped));
-        }
-        carried
-    }
-
-    fn write_and_sync(&self, records: &[Record]) -> Result<()> {
-        if let Some(e) = self.stopped() {
-            return Err(e);
-        }
-        let last = records.last().map(|r| r.index);
-        let file = {
-            // Only the files are locked while the batch is written: appenders and tail
-            // readers work on `mem` meanwhile.
-            let mut core = self.shared.core.write();
-            core.append(records)?;
-            let file = core.active_file();
-            drop(core);
-            let mut mem = self.shared.mem.write();
-            mem.written = last;
-            mem.cache.evict(last);
-            file
-        };
-        // fdatasync without holding the lock: readers go on meanwhile. Only this thread
-        // changes the files, so the active segment cannot change under us.
-        if let Some(file) = file {
-            file.sync_data().map_err(|e| LogError::io("fdatasync", self.shared.core.read().dir(), e))?;
-        }
-        self.shared.core.write().mark_synced();
-        self.shared.mem.write().durable = last;
-        Ok(())
-    }
-
-    fn handle(&mut self, op: Op) {
-        fn reply<T>(done: oneshot::Sender<Result<T>>, r: Result<T>) {
-            drop(done.send(r));
-        }
-        if let Some(e) = self.stopped() {
-            match op {
-                Op::Append { done, .. } => done(Err(e)),
-                Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } | Op::Flush { done } => {
-                    reply(done, Err(e))
-                }
-                Op::Retain { done, .. } => reply(done, Err(e)),
-                Op::Backfill { done, .. } => reply(done, Err(e)),
-                Op::Committed { .. } => {}
-            }
-            return;
-        }
-        let mut core = self.shared.core.write();
-        match op {
-            Op::Append { .. } => unreachable!("appends are batched by the caller"),
-            Op::Truncate { last_kept, done } => {
-                let r = core.truncate_after(last_kept);
-                if r.is_ok() {
-                    let last = core.last_index().map(|i| (i, core.last_term()));
-                    let mut mem = self.shared.mem.write();
-                    mem.cache.truncate_after(last_kept);
-                    mem.last = last;
-                    mem.written = last.map(|l| l.0);
-                    mem.durable = mem.written;
-                }
-                drop(core);
-                reply(done, self.check(r));
-            }
-            Op::Purge { index, id, done } => {
-                let r = core.purge(index, id);
-                if r.is_ok() {
-                    let mut mem = self.shared.mem.write();
-                    mem.purged = Some(index);
-                    if mem.last.is_none_or(|l| l.0 <= index) {
-                        mem.cache.clear();
-                    }
-                }
-                drop(core);
-                reply(done, self.check(r));
-            }
-            Op::Vote { vote, done } => {
-                let r = core.save_vote(vote);
-                drop(core);
-                reply(done, self.check(r));
-            }
-            Op::Committed { committed } => self.pending_committed = Some(committed),
-            Op::Retain { policy, now, done } => {
-                let r = core.retain(policy, now);
-                drop(core);
-                reply(done, self.check(r));
-            }
-            Op::Backfill { staged, done } => {
-                let r = core.install_backfill(staged);
-                if let Ok(done) = &r {
-                    let purged = core.meta().purged.as_ref().map(|p| p.index);
-                    let last = core.last_index().map(|i| (i, core.last_term()));
-                    let mut mem = self.shared.mem.write();
-                    if let (Some(p), false) = (purged, done.removed.is_empty()) {
-                        mem.cache.drop_through(p);
-                    }
-                    // With no record past the purge point, the backfilled ones are the last.
-                    if mem.last.is_none_or(|l| purged.is_some_and(|p| l.0 <= p)) {
-                        mem.last = last;
-                        mem.written = last.map(|l| l.0);
-                        mem.durable = mem.written;
-                    }
-                }
-                drop(core);
-                reply(done, self.check(r));
-            }
-            Op::Flush { done } => {
-                let r = core.sync();
-                drop(core);
-                let r = self.check(r).and_then(|()| self.save_committed(true));
-                reply(done, r);
-            }
-        }
-    }
-
-    fn check<T>(&self, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r
-            && !matches!(e, LogError::Invalid(_))
-        {
-            self.fail(e);
-        }
-        r
-    }
-
-    fn save_committed(&mut self, force: bool) -> Result<()> {
-        if self.pending_committed.is_none() {
-            return Ok(());
-        }
-        if !force && self.committed_saved_at.elapsed() < self.shared.config.committed_interval {
-            return Ok(());
-        }
-        self.shared.mem.read().check_running()?;
-        let mut core = self.shared.core.write();
-        let committed = self.pending_committed.take().expect("checked above");
-        let r = core.save_committed(committed);
-        drop(core);
-        self.committed_saved_at = Instant::now();
-        self.check(r)
     }
 }

@@ -3,14 +3,18 @@
 //! random point (inside an operation or inside recovery too), then a reopen that must find
 //! a prefix of what was written holding every durable entry, every record below the purge
 //! point it held, the backfilled records whole segment by segment (a prefix of the batch),
-//! and the vote and purge point of the last completed call.
+//! and the vote and purge point of the last completed call. The same operations also run
+//! through [`raft_log::Log`] under each [`SyncPolicy`] (see `log_mode`).
 
+#[path = "crash/log_mode.rs"]
+mod log_mode;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -19,7 +23,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError};
 use raft_log::fs::Fs;
-use raft_log::{LogCore, LogError, Purged, Record};
+use raft_log::{LogCore, LogError, Purged, Record, SyncPolicy};
 use support::simfs::SimFs;
 use support::{MAX_PAYLOAD, record, small_config};
 
@@ -320,6 +324,22 @@ struct RoundRun {
     marks: Vec<u64>,
 }
 
+/// What runs the operations.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// [`LogCore`] on the test thread: appends are durable after the next sync.
+    Core,
+    /// [`raft_log::Log`] with its writer thread under this policy.
+    Log(SyncPolicy),
+}
+
+fn run_ops_in(mode: Mode, fs: &SimFs, model: &Model, g: &mut Gen, ops: &[OpSpec], trace: &mut Vec<String>) -> RoundRun {
+    match mode {
+        Mode::Core => run_ops(fs, model, g, ops, trace),
+        Mode::Log(sync) => log_mode::run_ops(fs, model, g, ops, trace, sync),
+    }
+}
+
 fn run_ops(fs: &SimFs, model: &Model, g: &mut Gen, ops: &[OpSpec], trace: &mut Vec<String>) -> RoundRun {
     let mut run = RoundRun { before: model.clone(), failed: None, error: None, marks: vec![fs.mutations()] };
     let mut core = match open(fs) {
@@ -469,6 +489,7 @@ fn check_recovered(core: &LogCore, run: &RoundRun, trace: &[String]) -> Result<M
 /// with a crash armed at a chosen one of them, the crash, and the checks after reopening.
 /// Returns the reopened log.
 fn round(
+    mode: Mode,
     fs: &SimFs,
     model: &mut Model,
     g: &mut Gen,
@@ -482,7 +503,7 @@ fn round(
     }
     let dry = fs.fork();
     let mut dry_trace = Vec::new();
-    let dry_run = run_ops(&dry, model, &mut g.clone(), &spec.ops, &mut dry_trace);
+    let dry_run = run_ops_in(mode, &dry, model, &mut g.clone(), &spec.ops, &mut dry_trace);
     if let Some(e) = dry_run.error {
         return Err(failure(&dry_trace, format!("without a crash the operation failed: {e}")));
     }
@@ -493,12 +514,11 @@ fn round(
     let calls = usize::try_from(marks[unit + 1] - marks[unit]).expect("call count fits usize");
     let crash_at = marks[unit] - marks[0] + spec.crash_offset.index(calls + 1) as u64;
     fs.crash_after_ops(crash_at, spec.tear_seed);
-    let run = run_ops(fs, model, g, &spec.ops, trace);
-    if let Some(e) = &run.error {
-        let from_crash = matches!(e, LogError::Io { source, .. } if source.to_string() == "simulated crash");
-        if !fs.crashed() || !from_crash {
-            return Err(failure(trace, format!("error not caused by the crash: {e}")));
-        }
+    let run = run_ops_in(mode, fs, model, g, &spec.ops, trace);
+    if let Some(e) = &run.error
+        && (!fs.crashed() || !log_mode::from_crash(e))
+    {
+        return Err(failure(trace, format!("error not caused by the crash: {e}")));
     }
     let pending = fs.pending_ops();
     let keep = match &spec.keep {
@@ -525,7 +545,7 @@ fn round(
     Ok(core)
 }
 
-fn run_case(rounds: &[RoundSpec], fixed_size: Option<usize>) -> Result<(), TestCaseError> {
+fn run_case(mode: Mode, rounds: &[RoundSpec], fixed_size: Option<usize>) -> Result<(), TestCaseError> {
     let fs = SimFs::new();
     let mut model = Model::default();
     let mut g = Gen { fixed_size, ..Gen::default() };
@@ -534,7 +554,7 @@ fn run_case(rounds: &[RoundSpec], fixed_size: Option<usize>) -> Result<(), TestC
     for (i, spec) in rounds.iter().enumerate() {
         trace.push(format!("--- round {i}"));
         drop(core.take());
-        core = Some(round(&fs, &mut model, &mut g, spec, &mut trace)?);
+        core = Some(round(mode, &fs, &mut model, &mut g, spec, &mut trace)?);
     }
     let Some(mut core) = core else { return Ok(()) };
     // The recovered log takes appends and serves them, also after another reopen.
@@ -616,7 +636,24 @@ proptest! {
         rounds in vec(round_spec(), 1..=3),
         fixed_size in proptest::option::weighted(0.3, 0usize..4000),
     ) {
-        run_case(&rounds, fixed_size)?;
+        run_case(Mode::Core, &rounds, fixed_size)?;
+    }
+
+    #[test]
+    fn through_the_writer_every_reported_append_survives_a_crash(
+        rounds in vec(round_spec(), 1..=3),
+        fixed_size in proptest::option::weighted(0.3, 0usize..4000),
+    ) {
+        run_case(Mode::Log(SyncPolicy::EveryBatch), &rounds, fixed_size)?;
+    }
+
+    #[test]
+    fn with_interval_sync_a_crash_leaves_a_prefix_holding_everything_flushed(
+        rounds in vec(round_spec(), 1..=3),
+        fixed_size in proptest::option::weighted(0.3, 0usize..4000),
+        interval_ms in prop_oneof![Just(1u64), Just(20), Just(60_000)],
+    ) {
+        run_case(Mode::Log(SyncPolicy::Interval(Duration::from_millis(interval_ms))), &rounds, fixed_size)?;
     }
 }
 

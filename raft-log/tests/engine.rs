@@ -1,12 +1,15 @@
 //! Behaviour of the engine over real files: segment roll-over, truncation across segments,
-//! purge past the end, retention, and the concurrent `Log` front.
+//! purge past the end, retention, and the concurrent `Log` front under both sync policies.
 
+use std::io::{self, IoSlice};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use raft_log::fs::RealFs;
-use raft_log::{Log, LogConfig, LogCore, LogError, Record, Retention};
+use raft_log::fs::{FileIo, Fs, RealFs};
+use raft_log::{Log, LogConfig, LogCore, LogError, Record, Retention, SyncPolicy};
 
 fn config() -> LogConfig {
     LogConfig { segment_size: 64 << 10, max_payload: 16 << 10, ..LogConfig::default() }
@@ -17,7 +20,7 @@ fn rec(index: u64, term: u64, len: usize) -> Record {
     Record { index, term, payload: Bytes::from(payload) }
 }
 
-fn open(dir: &std::path::Path) -> anyhow::Result<LogCore> {
+fn open(dir: &Path) -> anyhow::Result<LogCore> {
     Ok(LogCore::open(Arc::new(RealFs), dir, config())?.0)
 }
 
@@ -175,4 +178,181 @@ async fn a_second_open_of_a_truncated_log_sees_the_same_records() -> anyhow::Res
     assert_eq!(got.len(), 70);
     assert_eq!(got[50], rec(51, 2, 10));
     Ok(())
+}
+
+/// Real files that count their `fdatasync`s.
+#[derive(Debug, Default, Clone)]
+struct CountingFs {
+    syncs: Arc<AtomicU64>,
+}
+
+impl CountingFs {
+    fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Arc<dyn FileIo>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl FileIo for CountingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+        self.inner.write_vectored_at(bufs, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl Fs for CountingFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(path)
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FileIo>> {
+        Ok(Arc::new(CountingFile { inner: RealFs.open(path, create)?, syncs: self.syncs.clone() }))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        RealFs.list_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        RealFs.sync_dir(path)
+    }
+    fn modified(&self, path: &Path) -> io::Result<SystemTime> {
+        RealFs.modified(path)
+    }
+}
+
+fn interval_config(every: Duration) -> LogConfig {
+    LogConfig { sync: SyncPolicy::Interval(every), ..config() }
+}
+
+/// Polls `cond` until it holds; fails after `limit`.
+async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        anyhow::ensure!(Instant::now() < deadline, "gave up after {limit:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// What an append's callback saw when it ran.
+#[derive(Debug)]
+struct Report {
+    ok: bool,
+    syncs: u64,
+    written: Option<u64>,
+    durable: Option<u64>,
+}
+
+/// Appends `records` and returns what the callback saw, without waiting for durability.
+async fn append_and_report(log: &Log, fs: &CountingFs, records: Vec<Record>) -> anyhow::Result<Report> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (seen_log, seen_fs) = (log.clone(), fs.clone());
+    log.append(
+        records,
+        Box::new(move |r| {
+            let view = seen_log.view();
+            let report = Report { ok: r.is_ok(), syncs: seen_fs.syncs(), written: view.written, durable: view.durable };
+            drop(tx.send(report));
+        }),
+    )
+    .await?;
+    Ok(tokio::time::timeout(Duration::from_secs(30), rx).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_reports_appends_only_after_their_sync() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = CountingFs::default();
+    let (log, _) = Log::open_with(Arc::new(fs.clone()), dir.path(), config())?;
+    log.append_durable(vec![rec(1, 1, 100)]).await?;
+    let before = fs.syncs();
+    let report = append_and_report(&log, &fs, (2..=20).map(|i| rec(i, 1, 100)).collect()).await?;
+    assert!(report.ok);
+    assert!(report.syncs > before, "the batch was fsynced before its callback ran: {report:?}");
+    assert_eq!((report.written, report.durable), (Some(20), Some(20)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_sync_reports_appends_before_their_sync_and_syncs_them_soon_after() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = CountingFs::default();
+    let (log, _) = Log::open_with(Arc::new(fs.clone()), dir.path(), interval_config(Duration::from_millis(50)))?;
+    // The first append creates the segment (which syncs its header): get that out of the way.
+    log.append_durable(vec![rec(1, 1, 100)]).await?;
+    log.flush().await?;
+    assert_eq!(log.view().durable, Some(1));
+    let before = fs.syncs();
+    let report = append_and_report(&log, &fs, (2..=20).map(|i| rec(i, 1, 100)).collect()).await?;
+    assert!(report.ok);
+    assert_eq!(report.syncs, before, "the callback ran before any fdatasync of the batch: {report:?}");
+    assert_eq!((report.written, report.durable), (Some(20), Some(1)), "written, not yet durable");
+    assert_eq!(log.read(2, 21)?.len(), 19, "reported records are readable");
+    // Nothing more comes: the writer syncs on its own (idle, or at the latest the interval).
+    wait_until(Duration::from_secs(10), "the batch is durable", || log.view().durable == Some(20)).await?;
+    assert!(fs.syncs() > before, "durable only through an fdatasync");
+    drop(log);
+    let (log, report) = Log::open(dir.path(), config())?;
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(log.read(1, 100)?, (1..=20).map(|i| rec(i, 1, 100)).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_sync_makes_reported_appends_durable_before_a_vote_truncation_or_shutdown() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = CountingFs::default();
+    let (log, _) = Log::open_with(Arc::new(fs.clone()), dir.path(), interval_config(Duration::from_secs(60)))?;
+    log.append_durable((1..=10).map(|i| rec(i, 1, 100)).collect()).await?;
+    log.save_vote(Bytes::from_static(b"vote-1")).await?;
+    assert_eq!(log.view().durable, Some(10), "a saved vote follows every earlier append to disk");
+    log.append_durable((11..=30).map(|i| rec(i, 2, 100)).collect()).await?;
+    log.truncate_after(Some(25)).await?;
+    assert_eq!(log.view().durable, Some(25));
+    log.append_durable((26..=40).map(|i| rec(i, 3, 100)).collect()).await?;
+    log.shutdown().await?;
+    let view = log.view();
+    assert_eq!((view.written, view.durable), (Some(40), Some(40)), "shutdown syncs what was written");
+    let err = log.append_durable(vec![rec(41, 3, 10)]).await.expect_err("the log is shut down");
+    assert!(matches!(err, LogError::Stopped(_)), "got {err}");
+    drop(log);
+    let (log, _) = Log::open(dir.path(), config())?;
+    assert_eq!(log.view().last, Some((40, 3)));
+    assert_eq!(log.vote(), Some(Bytes::from_static(b"vote-1")));
+    Ok(())
+}
+
+#[test]
+fn a_sync_interval_out_of_range_is_refused() {
+    for every in [Duration::ZERO, Duration::from_micros(999), raft_log::MAX_SYNC_INTERVAL + Duration::from_millis(1)] {
+        let err = interval_config(every).validate().expect_err("out of range");
+        assert!(err.to_string().contains("sync interval"), "{err}");
+    }
+    interval_config(Duration::from_millis(1)).validate().expect("1 ms is allowed");
+    interval_config(raft_log::MAX_SYNC_INTERVAL).validate().expect("the maximum is allowed");
 }

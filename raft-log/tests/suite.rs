@@ -14,7 +14,7 @@ use openraft::storage::{
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, OptionalSend, StorageError};
-use raft_log::{Log, LogConfig, RaftLogStore};
+use raft_log::{Log, LogConfig, RaftLogStore, SyncPolicy};
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
@@ -110,12 +110,13 @@ fn small_config() -> LogConfig {
     LogConfig { segment_size: 64 << 10, max_payload: 32 << 10, ..LogConfig::default() }
 }
 
-struct Builder;
+/// Builds stores whose log syncs under this policy.
+struct Builder(SyncPolicy);
 
 impl StoreBuilder<Types, RaftLogStore<Types>, SharedMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, RaftLogStore<Types>, SharedMachine), StorageError<Types>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
-        let (log, _) = Log::open(dir.path(), small_config())
+        let (log, _) = Log::open(dir.path(), LogConfig { sync: self.0, ..small_config() })
             .map_err(|e| StorageError::read(openraft::errors::ErrorSource::from_error(&e)))?;
         Ok((dir, RaftLogStore::new(log), SharedMachine::default()))
     }
@@ -123,7 +124,14 @@ impl StoreBuilder<Types, RaftLogStore<Types>, SharedMachine, TempDir> for Builde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_passes() -> anyhow::Result<()> {
-    Suite::test_all(Builder).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Suite::test_all(Builder(SyncPolicy::EveryBatch)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_suite_passes_with_interval_sync() -> anyhow::Result<()> {
+    let policy = SyncPolicy::Interval(std::time::Duration::from_millis(50));
+    Suite::test_all(Builder(policy)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

@@ -37,7 +37,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             snapshot_every: 100_000,
             keep_after_snapshot: 10_000,
-            segment_size_bytes: 8 << 20,
+            segment_size_bytes: 16 << 20,
             election_timeout_ms: 500,
             auto_create_topics: true,
             max_body_bytes: 4 << 20,
@@ -78,10 +78,21 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A loopback address with a port nobody listens on right now.
+/// A loopback address with a port nobody listens on right now, never the same twice in
+/// this process (a port handed out and released could otherwise be handed out again to a
+/// test running beside this one before its node binds it).
 pub fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let mut seen = HANDED_OUT.lock().map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        if !seen.contains(&addr.port()) {
+            seen.push(addr.port());
+            return Ok(addr.to_string());
+        }
+    }
+    anyhow::bail!("no fresh loopback port after 64 tries")
 }
 
 /// Waits until `check` returns `Some`, polling every 20 ms, or fails after `deadline`.

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,6 +60,11 @@ pub struct Received {
     pub redelivered_after_ack: Vec<(u32, u64)>,
     /// Deliveries in all.
     pub deliveries: u64,
+    /// Receives that failed after the client's retries (reported, not fatal: a failover
+    /// makes some).
+    pub receive_errors: u64,
+    /// The last such failure.
+    pub last_receive_error: Option<String>,
 }
 
 /// Runs `producers` tasks, each sending `per_producer` messages (or until `stop` is set when
@@ -113,17 +118,19 @@ pub async fn consume(
     let consumer = Arc::new(SimpleConsumer::with_options(endpoints, group, topic, "*", patient())?);
     let received = Arc::new(Mutex::new(Received::default()));
     let done = Arc::new(done);
-    let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..consumers {
-        let (consumer, received, stop, done, errors) =
-            (consumer.clone(), received.clone(), stop.clone(), done.clone(), errors.clone());
+        let (consumer, received, stop, done) = (consumer.clone(), received.clone(), stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) && !done(&*received.lock().await) {
                 let batch = match consumer.receive(32, Duration::from_secs(20), Duration::from_millis(500)).await {
                     Ok(b) => b,
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        let mut r = received.lock().await;
+                        r.receive_errors += 1;
+                        r.last_receive_error = Some(e.to_string());
+                        drop(r);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
@@ -149,16 +156,40 @@ pub async fn consume(
     Ok(Arc::try_unwrap(received).map_err(|_| anyhow::anyhow!("consumer tasks still hold the record"))?.into_inner())
 }
 
+/// [`consume`] that gives up after `deadline` (then returns what it received so far).
+pub async fn consume_within(
+    endpoints: &str,
+    group: &str,
+    topic: &str,
+    consumers: u32,
+    deadline: Duration,
+    done: impl Fn(&Received) -> bool + Send + Sync + 'static,
+) -> anyhow::Result<Received> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let received = consume(endpoints, group, topic, consumers, stop, done).await;
+    watchdog.abort();
+    received
+}
+
 /// Every acknowledged send was delivered with its exact body; nothing was delivered again
 /// after its ack was confirmed.
 pub fn check(sent: &Sent, received: &Received) -> anyhow::Result<()> {
     let missing: Vec<&String> = sent.acked.keys().filter(|id| !received.delivered.contains_key(*id)).collect();
     anyhow::ensure!(
         missing.is_empty(),
-        "{} of {} acknowledged messages were never received, e.g. {:?}",
+        "{} of {} acknowledged messages were never received, e.g. {:?} ({} receives failed, the last with {:?})",
         missing.len(),
         sent.acked.len(),
-        &missing[..missing.len().min(5)]
+        &missing[..missing.len().min(5)],
+        received.receive_errors,
+        received.last_receive_error,
     );
     for (id, b) in &sent.acked {
         anyhow::ensure!(received.delivered.get(id) == Some(b), "message {id} came back with a different body");

@@ -52,6 +52,7 @@ async fn bad_requests_get_clear_errors_and_touch_nothing() -> anyhow::Result<()>
     let endpoints = cluster.endpoints().join(";");
     Admin::with_options(&endpoints, patient())?.create_topic(TopicSpec::new("orders").with_queues(2)).await?;
     let before = cluster.status(leader).await.and_then(|s| s.last_log_index);
+    anyhow::ensure!(before.is_some(), "the leader did not report its last log index");
 
     // Against a follower too: bad input is refused before anything is forwarded.
     for id in 1..=3 {
@@ -120,5 +121,25 @@ async fn bad_requests_get_clear_errors_and_touch_nothing() -> anyhow::Result<()>
     for id in 1..=3 {
         anyhow::ensure!(cluster.status(id).await.is_some(), "node {id} stopped answering");
     }
+
+    // Bodies of exactly the limit, six at once: together they exceed what one log entry
+    // holds (half a 16 MiB segment), so group commit must split them, not stop Raft.
+    let sends = (0..6u8).map(|i| {
+        let endpoint = cluster.endpoint(leader);
+        async move {
+            let mut c = MessagingServiceClient::connect(format!("http://{endpoint}")).await?;
+            let mut m = message("orders", Bytes::from(vec![b'a' + i; 4 << 20]), None);
+            if let Some(sys) = m.system_properties.as_mut() {
+                sys.message_id = format!("01BADINPUT00000000000000000000F{i}");
+            }
+            send(&mut c, m).await
+        }
+    });
+    for (i, r) in futures::future::join_all(sends).await.into_iter().enumerate() {
+        let (code, text) = r?;
+        anyhow::ensure!(code == Code::Ok as i32, "4 MiB send {i}: code {code} ({text})");
+    }
+    let leader_after = cluster.wait_leader(Duration::from_secs(5)).await?;
+    anyhow::ensure!(leader_after == leader, "the leader changed from {leader} to {leader_after} under large sends");
     Ok(())
 }

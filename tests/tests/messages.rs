@@ -26,18 +26,11 @@ async fn ten_thousand_messages_across_eight_queues() -> anyhow::Result<()> {
     assert_eq!(sent.queues.len(), 8, "sends reached queues {:?}", sent.queues);
 
     let want = sent.acked.len();
-    let consumer_stop = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let stop = consumer_stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(180)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        })
-    };
     let received =
-        workload::consume(&endpoints, "orders-group", "orders", 4, consumer_stop, move |r| r.acked.len() >= want)
-            .await?;
-    watchdog.abort();
+        workload::consume_within(&endpoints, "orders-group", "orders", 4, Duration::from_secs(180), move |r| {
+            r.acked.len() >= want
+        })
+        .await?;
     workload::check(&sent, &received)?;
     assert_eq!(received.acked.len(), 10_000, "acked {} of 10000", received.acked.len());
 

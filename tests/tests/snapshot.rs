@@ -50,7 +50,11 @@ async fn lagging_node_catches_up_through_a_snapshot_and_serves_every_message() -
 
     // It returns, catches up through the snapshot, and takes over the leadership.
     cluster.restart(lagging)?;
-    let leader_last = cluster.status(leader).await.and_then(|s| s.last_log_index).unwrap_or_default();
+    let leader_last = cluster
+        .status(leader)
+        .await
+        .and_then(|s| s.last_log_index)
+        .ok_or_else(|| anyhow::anyhow!("the leader did not report its last log index"))?;
     wait_for("the returned node applied everything", Duration::from_secs(60), || async {
         cluster.status(lagging).await?.last_applied_index.filter(|a| *a >= leader_last)
     })
@@ -63,18 +67,15 @@ async fn lagging_node_catches_up_through_a_snapshot_and_serves_every_message() -
     // A new consumer group starts at the first retained offset and is served by the new
     // leader, which reads the bodies from its own CommitLog.
     let want = sent.acked.len();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(120)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        })
-    };
-    let received =
-        workload::consume(&cluster.endpoint(lagging), "audit", "orders", 2, stop, move |r| r.delivered.len() >= want)
-            .await?;
-    watchdog.abort();
+    let received = workload::consume_within(
+        &cluster.endpoint(lagging),
+        "audit",
+        "orders",
+        2,
+        Duration::from_secs(120),
+        move |r| r.delivered.len() >= want,
+    )
+    .await?;
     workload::check(&sent, &received).map_err(|e| cluster.explain(e))?;
     eprintln!(
         "node {lagging} was down from log index {down_at}; after catching up and leading it served all {want} messages"

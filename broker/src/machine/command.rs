@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use super::receipt::Receipt;
 use super::types::{GroupName, Millis, QueueId, QueueOffset, StoredMessage, TagFilter, TopicConfig, TopicName};
 
+/// Marks the entry of one proposal, unique within the proposing node's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProposalId(pub u64);
+
 /// One replicated command. Time is a field: apply never reads a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -28,6 +32,9 @@ pub enum Command {
         auto_create_queues: Option<u32>,
         /// The messages, each with its queue chosen.
         messages: Vec<StoredMessage>,
+        /// Set by a proposer that answers once the leader's own write is durable
+        /// (`ack = "leader"`), to recognise its entry; apply ignores it.
+        proposal: Option<ProposalId>,
     },
     /// Takes up to `max` visible messages for a consumer group and hides them.
     Pop {

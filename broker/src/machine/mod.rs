@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::command::{Command, CommandError, Popped, Response, Sent};
+pub use self::command::{Command, CommandError, Popped, ProposalId, Response, Sent};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
 use self::types::{GroupName, Millis, QueueId, QueueOffset, TagFilter, TopicConfig, TopicName, tag_hash};
@@ -173,7 +173,7 @@ impl Machine {
                 self.offsets.retain(|(_, t, _), _| t != topic);
                 Response::Done
             }
-            Command::Send { now, auto_create_queues, messages } => {
+            Command::Send { now, auto_create_queues, messages, .. } => {
                 Response::Sent(self.send(log_index, *now, *auto_create_queues, messages))
             }
             Command::Pop { now, group, topic, queue, max, invisible_ms, filter } => {

@@ -76,6 +76,7 @@ fn send_assigns_consecutive_offsets_per_queue() {
                 msg("t", 0, None, "c"),
                 msg("t", 5, None, "d"),
             ],
+            proposal: None,
         },
     );
     let Response::Sent(results) = r else { panic!("expected Sent") };
@@ -90,8 +91,12 @@ fn send_assigns_consecutive_offsets_per_queue() {
 #[test]
 fn unknown_topic_fails_unless_auto_create() {
     let mut m = Machine::new("g1");
-    let send =
-        |auto| Command::Send { now: Millis(1), auto_create_queues: auto, messages: vec![msg("new", 3, None, "x")] };
+    let send = |auto| Command::Send {
+        now: Millis(1),
+        auto_create_queues: auto,
+        messages: vec![msg("new", 3, None, "x")],
+        proposal: None,
+    };
     let Response::Sent(r) = m.apply(1, &send(None)) else { panic!() };
     assert_eq!(r, vec![Err(CommandError::TopicNotFound("new".into()))]);
     let Response::Sent(r) = m.apply(2, &send(Some(8))) else { panic!() };
@@ -104,7 +109,7 @@ fn popped_messages_are_invisible_until_timeout_and_acked_ones_never_return() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 1);
     let messages = (0..5).map(|i| msg("t", 0, None, &i.to_string())).collect();
-    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages });
+    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
     let first = pop(&mut m, 10, "cg", "t", 3, "*");
     assert_eq!(first.iter().map(|p| p.offset.0).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert!(first.iter().all(|p| p.attempt == 1 && p.visible_at == Millis(1010)));
@@ -131,7 +136,7 @@ fn tag_filter_skips_other_tags_for_the_group() {
         msg("t", 0, None, "3"),
         msg("t", 0, Some("A"), "4"),
     ];
-    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages });
+    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
     let got = pop(&mut m, 10, "cg", "t", 10, "A");
     assert_eq!(got.iter().map(|p| p.slot).collect::<Vec<_>>(), vec![0, 3]);
     ack(&mut m, "cg", "t", got.iter().map(|p| p.receipt.clone()).collect());
@@ -142,7 +147,15 @@ fn tag_filter_skips_other_tags_for_the_group() {
 fn change_invisible_extends_and_replaces_the_receipt() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 1);
-    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages: vec![msg("t", 0, None, "x")] });
+    m.apply(
+        2,
+        &Command::Send {
+            now: Millis(0),
+            auto_create_queues: None,
+            messages: vec![msg("t", 0, None, "x")],
+            proposal: None,
+        },
+    );
     let p = pop(&mut m, 0, "cg", "t", 1, "*").remove(0);
     let cmd = |receipt: Receipt| Command::ChangeInvisible {
         now: Millis(500),
@@ -210,7 +223,7 @@ proptest! {
             match op {
                 Op::Send(n) => {
                     let messages = (0..n).map(|i| msg("t", (sent as u32 + i) % 3, None, "b")).collect();
-                    m.apply(index, &Command::Send { now: Millis(now), auto_create_queues: None, messages });
+                    m.apply(index, &Command::Send { now: Millis(now), auto_create_queues: None, messages, proposal: None });
                     sent += u64::from(n);
                 }
                 Op::Pop(n) => {

@@ -1,6 +1,7 @@
 //! openraft wiring: the type configuration, the state machine adapter, (to come) the Raft
 //! network over gRPC.
 
+pub mod ack;
 pub mod backfill;
 pub mod codec;
 pub mod network;

@@ -129,11 +129,13 @@ impl NetStreamAppend<TypeConfig> for Connection {
     }
 }
 
-impl NetVote<TypeConfig> for Connection {
-    async fn vote(
+impl Connection {
+    /// A vote or (with `pre_vote`) a Pre-Vote request over the `Vote` RPC.
+    async fn send_vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
+        pre_vote: bool,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client()?;
         let payload = encode(&rpc).map_err(network_err)?;
@@ -141,11 +143,21 @@ impl NetVote<TypeConfig> for Connection {
             group: self.group.clone(),
             target_node: self.target,
             payload,
-            pre_vote: false,
+            pre_vote,
         });
         req.set_timeout(option.hard_ttl());
         let resp = client.vote(req).await.map_err(status_err)?.into_inner();
-        decode(&resp.payload, "vote response").map_err(network_err)
+        decode(&resp.payload, if pre_vote { "pre-vote response" } else { "vote response" }).map_err(network_err)
+    }
+}
+
+impl NetVote<TypeConfig> for Connection {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send_vote(rpc, option, false).await
     }
 
     /// A real Pre-Vote (openraft would count an unimplemented one as granted): a follower
@@ -155,17 +167,7 @@ impl NetVote<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let payload = encode(&rpc).map_err(network_err)?;
-        let mut req = tonic::Request::new(pb::VoteRequest {
-            group: self.group.clone(),
-            target_node: self.target,
-            payload,
-            pre_vote: true,
-        });
-        req.set_timeout(option.hard_ttl());
-        let resp = client.vote(req).await.map_err(status_err)?.into_inner();
-        decode(&resp.payload, "pre-vote response").map_err(network_err)
+        self.send_vote(rpc, option, true).await
     }
 }
 

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use raft_log::Log;
 use raftmq_proto::raft::v1 as pb;
@@ -13,8 +14,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec::{decode, encode};
 use super::{NodeId, Raft, TypeConfig};
 
-/// Most records in one `SegmentChunk`.
-const SEGMENT_CHUNK_RECORDS: u64 = 256;
+/// Records read from the log at a time for `ReadSegment` (an entry holds up to one
+/// group-commit batch, about 8 MiB).
+const SEGMENT_READ_RECORDS: u64 = 16;
+/// Most payload bytes in one `SegmentChunk` (a larger single record goes alone).
+const SEGMENT_CHUNK_BYTES: usize = 16 << 20;
 /// Most snapshot bytes accepted in one install.
 const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
 
@@ -175,26 +179,80 @@ impl RaftService for RaftRpc {
         if req.from_index > req.to_index {
             return Err(bad(format!("range {}..{} is reversed", req.from_index, req.to_index)));
         }
+        // Only committed records are the same on every member: a stale member may still hold
+        // records of an overwritten term. Refuse rather than serve past our commit point.
+        let committed = self.raft.metrics().borrow_watched().local_committed.map(|l| l.index());
+        if req.to_index > req.from_index && committed.is_none_or(|c| req.to_index - 1 > c) {
+            return Err(Status::failed_precondition(format!(
+                "records {}..{} are not all committed on node {} (committed through {committed:?}); ask another member",
+                req.from_index, req.to_index, self.node
+            )));
+        }
         let log = self.log.clone();
-        let ranges = (req.from_index..req.to_index).step_by(SEGMENT_CHUNK_RECORDS as usize).map(move |from| {
-            let to = (from + SEGMENT_CHUNK_RECORDS).min(req.to_index);
+        let ranges = (req.from_index..req.to_index).step_by(SEGMENT_READ_RECORDS as usize).map(move |from| {
+            let to = (from + SEGMENT_READ_RECORDS).min(req.to_index);
             (from, to)
         });
-        let output = futures::stream::iter(ranges).then(move |(from, to)| {
-            let log = log.clone();
-            async move {
-                let records = tokio::task::spawn_blocking(move || log.read(from, to))
-                    .await
-                    .map_err(|e| Status::internal(format!("log reader task: {e}")))?
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                Ok(pb::SegmentChunk {
-                    records: records
-                        .into_iter()
-                        .map(|r| pb::LogRecord { index: r.index, term: r.term, payload: r.payload })
-                        .collect(),
-                })
-            }
-        });
+        let output = futures::stream::iter(ranges)
+            .then(move |(from, to)| {
+                let log = log.clone();
+                async move {
+                    let records = tokio::task::spawn_blocking(move || log.read(from, to))
+                        .await
+                        .map_err(|e| Status::internal(format!("log reader task: {e}")))?
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    Ok(chunks(records))
+                }
+            })
+            .map(|read: Result<Vec<pb::SegmentChunk>, Status>| match read {
+                Ok(chunks) => futures::stream::iter(chunks.into_iter().map(Ok)).left_stream(),
+                Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+            })
+            .flatten();
         Ok(Response::new(Box::pin(output)))
+    }
+}
+
+/// Splits records into chunks of at most [`SEGMENT_CHUNK_BYTES`] of payload each.
+fn chunks(records: Vec<raft_log::Record>) -> Vec<pb::SegmentChunk> {
+    let mut out = Vec::new();
+    let mut current = pb::SegmentChunk { records: Vec::new() };
+    let mut bytes = 0;
+    for r in records {
+        if !current.records.is_empty() && bytes + r.payload.len() > SEGMENT_CHUNK_BYTES {
+            out.push(std::mem::replace(&mut current, pb::SegmentChunk { records: Vec::new() }));
+            bytes = 0;
+        }
+        bytes += r.payload.len();
+        current.records.push(pb::LogRecord { index: r.index, term: r.term, payload: r.payload });
+    }
+    if !current.records.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn record(index: u64, len: usize) -> raft_log::Record {
+        raft_log::Record { index, term: 1, payload: Bytes::from(vec![0u8; len]) }
+    }
+
+    #[test]
+    fn chunks_stay_under_the_byte_limit_and_keep_order() {
+        let big = SEGMENT_CHUNK_BYTES / 3 + 1;
+        let out = chunks((1..=7).map(|i| record(i, big)).collect());
+        let sizes: Vec<usize> = out.iter().map(|c| c.records.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 1]);
+        let indexes: Vec<u64> = out.iter().flat_map(|c| c.records.iter().map(|r| r.index)).collect();
+        assert_eq!(indexes, (1..=7).collect::<Vec<_>>());
+        // A record larger than the limit travels alone.
+        let out = chunks(vec![record(1, 1), record(2, SEGMENT_CHUNK_BYTES + 1), record(3, 1)]);
+        assert_eq!(out.iter().map(|c| c.records.len()).collect::<Vec<_>>(), [1, 1, 1]);
+        assert!(chunks(Vec::new()).is_empty());
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 use futures::Stream;
 use openraft::async_runtime::watch::WatchReceiver;
 use parking_lot::Mutex;
-use raft_log::RaftLogStore;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingService;
@@ -31,10 +30,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use self::namesrv_view::RouteView;
-use self::proposer::Proposer;
+use self::proposer::{Ack, Proposer};
 use self::status::Refusal;
+use crate::config::AckMode;
+use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
-use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
+use crate::raft::{NodeId, NodeInfo, Raft};
 
 /// Metadata key marking a call forwarded by a follower.
 const FORWARDED: &str = "x-raftmq-forwarded";
@@ -56,6 +57,12 @@ pub struct ServiceSettings {
     pub max_long_polling_ms: u64,
     /// Most messages one receive returns (default 32).
     pub max_receive_batch: u32,
+    /// Largest log entry the CommitLog takes (its `max_payload`): group commit keeps each
+    /// entry below it and refuses a send that alone would not fit.
+    pub max_entry_bytes: usize,
+    /// When a send is answered: after commit (`Quorum`, the default), or once the leader's own
+    /// write is durable (`Leader`: the receipt's offset is -1, a failover can lose the tail).
+    pub ack: AckMode,
 }
 
 impl Default for ServiceSettings {
@@ -67,6 +74,8 @@ impl Default for ServiceSettings {
             invisible_range_ms: (1_000, 12 * 3600 * 1000),
             max_long_polling_ms: 30_000,
             max_receive_batch: 32,
+            max_entry_bytes: raft_log::LogConfig::default().max_payload as usize,
+            ack: AckMode::Quorum,
         }
     }
 }
@@ -82,7 +91,7 @@ struct Inner {
     node_id: NodeId,
     raft: Raft,
     state: StateStore,
-    store: RaftLogStore<TypeConfig>,
+    store: AckLogStore,
     proposer: Proposer,
     settings: ServiceSettings,
     channels: Mutex<HashMap<String, Channel>>,
@@ -109,11 +118,18 @@ impl Broker {
         node_id: NodeId,
         raft: Raft,
         state: StateStore,
-        store: RaftLogStore<TypeConfig>,
+        store: AckLogStore,
         settings: ServiceSettings,
         view: RouteView,
     ) -> Self {
-        let proposer = Proposer::start(raft.clone(), proposer::BatchLimits::default(), settings.auto_create_queues);
+        let ack = match settings.ack {
+            AckMode::Quorum => Ack::Quorum,
+            AckMode::Leader => Ack::Leader(store.waiters().clone()),
+        };
+        let defaults = proposer::BatchLimits::default();
+        let max_bytes = defaults.max_bytes.min(settings.max_entry_bytes.saturating_sub(proposer::ENTRY_OVERHEAD_BYTES));
+        let limits = proposer::BatchLimits { max_bytes, ..defaults };
+        let proposer = Proposer::start(raft.clone(), limits, settings.auto_create_queues, ack);
         Self {
             inner: Arc::new(Inner {
                 group: group.to_string(),

@@ -1,30 +1,46 @@
 //! Group commit: concurrent sends are gathered into one Raft entry (bounded by message
 //! count, bytes and a short linger) so one fsync and one replication round cover them all.
-//! Each send is answered only when its entry is committed and applied.
+//!
+//! With `ack = "quorum"` each send is answered when its entry is committed and applied, with
+//! the queue offsets apply assigned. With `ack = "leader"` it is answered as soon as the
+//! leader's own write of the entry is durable ([`FlushWaiters`]), before any follower has it:
+//! the offsets are not known yet (apply assigns them after commit), so they are `None`, and
+//! a failover before commit can lose the entry. The entry is still followed to its end, and
+//! the acknowledged entries not yet applied are bounded too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use openraft::type_config::alias::OneshotReceiverOf;
+use raftmq_proto::rocketmq::v2::Code;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::status::Refusal;
-use crate::machine::types::{Millis, StoredMessage};
-use crate::machine::{Command, CommandError, Response, Sent};
-use crate::raft::Raft;
+use crate::machine::types::{Millis, QueueId, QueueOffset, StoredMessage};
+use crate::machine::{Command, CommandError, Response};
+use crate::raft::ack::FlushWaiters;
+use crate::raft::{Raft, TypeConfig};
 
 /// Bounds of one batch.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     /// Most messages in one entry.
     pub max_messages: usize,
-    /// Most body bytes in one entry.
+    /// Most message bytes (bodies and their metadata, [`stored_bytes`]) in one entry. One
+    /// send larger than this is refused: an entry the CommitLog cannot hold would stop Raft.
     pub max_bytes: usize,
     /// How long the first send of a batch waits for company.
     pub linger: Duration,
-    /// Most entries being replicated at once.
+    /// Most entries being written at once whose sends are not answered yet.
     pub max_in_flight: usize,
     /// Sends waiting to be batched; more wait for room (back-pressure).
     pub queue: usize,
+    /// `ack = "leader"`: most entries answered but not yet applied (no quorum: sends wait).
+    pub max_unapplied: usize,
+    /// `ack = "leader"`: how long a send waits for the leader's write before it fails.
+    pub flush_timeout: Duration,
 }
 
 impl Default for BatchLimits {
@@ -35,12 +51,54 @@ impl Default for BatchLimits {
             linger: Duration::from_micros(200),
             max_in_flight: 4,
             queue: 4096,
+            max_unapplied: 32,
+            flush_timeout: Duration::from_secs(10),
         }
     }
 }
 
+/// When sends are answered.
+#[derive(Debug, Clone)]
+pub enum Ack {
+    /// After commit and apply, with the queue offsets.
+    Quorum,
+    /// After the leader's durable write, told by these waiters; no offsets.
+    Leader(Arc<FlushWaiters>),
+}
+
+/// One message the group accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Queue.
+    pub queue: QueueId,
+    /// Its offset in the queue; `None` when the send was answered before apply assigned it
+    /// (`ack = "leader"`).
+    pub offset: Option<QueueOffset>,
+}
+
 /// The outcome of one send request: one result per message, in order.
-pub type SendOutcome = Result<Vec<Result<Sent, CommandError>>, Refusal>;
+pub type SendOutcome = Result<Vec<Result<Accepted, CommandError>>, Refusal>;
+
+/// Bytes an entry may need beyond its messages' [`stored_bytes`] (the command's own fields).
+pub const ENTRY_OVERHEAD_BYTES: usize = 4 << 10;
+
+/// An upper bound of what `m` takes in an encoded log entry: its body, every string it
+/// carries, and a few bytes of length prefix each.
+pub fn stored_bytes(m: &StoredMessage) -> usize {
+    const PER_FIELD: usize = 10;
+    let strings = m.topic.as_str().len()
+        + m.message_id.len()
+        + m.tag.as_ref().map_or(0, String::len)
+        + m.keys.iter().map(|k| k.len() + PER_FIELD).sum::<usize>()
+        + m.message_group.as_ref().map_or(0, String::len)
+        + m.properties.iter().map(|(k, v)| k.len() + v.len() + 2 * PER_FIELD).sum::<usize>()
+        + m.born_host.len();
+    m.body.len() + strings + 16 * PER_FIELD
+}
+
+fn job_bytes(job: &Job) -> usize {
+    job.messages.iter().map(stored_bytes).sum()
+}
 
 struct Job {
     messages: Vec<StoredMessage>,
@@ -59,14 +117,14 @@ pub fn now_ms() -> Millis {
 }
 
 impl Proposer {
-    /// Starts the batching task for `raft`.
-    pub fn start(raft: Raft, limits: BatchLimits, auto_create_queues: Option<u32>) -> Self {
+    /// Starts the batching task for `raft`, answering sends as `ack` says.
+    pub fn start(raft: Raft, limits: BatchLimits, auto_create_queues: Option<u32>, ack: Ack) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue);
-        tokio::spawn(run(raft, rx, limits, auto_create_queues));
+        tokio::spawn(run(raft, rx, limits, auto_create_queues, ack));
         Self { tx }
     }
 
-    /// Appends `messages` through Raft; resolves when committed and applied.
+    /// Appends `messages` through Raft; resolves when they count as stored.
     pub async fn send(&self, messages: Vec<StoredMessage>) -> SendOutcome {
         let (done, rx) = oneshot::channel();
         self.tx.send(Job { messages, done }).await.map_err(|_| Refusal::unavailable("the broker is shutting down"))?;
@@ -74,12 +132,33 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, auto_create: Option<u32>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, auto_create: Option<u32>, ack: Ack) {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-    while let Some(first) = rx.recv().await {
+    let unapplied = Arc::new(Semaphore::new(limits.max_unapplied));
+    // A send that did not fit the previous entry starts the next one.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut bytes = job_bytes(&first);
+        if bytes > limits.max_bytes {
+            let refusal = Refusal::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "the request's messages take {bytes} bytes, more than one log entry holds ({}); send fewer or smaller messages",
+                    limits.max_bytes
+                ),
+            );
+            let _ = first.done.send(Err(refusal));
+            continue;
+        }
         let mut jobs = vec![first];
         let mut count = jobs[0].messages.len();
-        let mut bytes: usize = jobs[0].messages.iter().map(|m| m.body.len()).sum();
         let deadline = tokio::time::Instant::now() + limits.linger;
         while count < limits.max_messages && bytes < limits.max_bytes {
             let next = match rx.try_recv() {
@@ -89,50 +168,190 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, auto_
                     _ => break,
                 },
             };
+            let next_bytes = job_bytes(&next);
+            if bytes + next_bytes > limits.max_bytes || count + next.messages.len() > limits.max_messages {
+                carried = Some(next);
+                break;
+            }
             count += next.messages.len();
-            bytes += next.messages.iter().map(|m| m.body.len()).sum::<usize>();
+            bytes += next_bytes;
             jobs.push(next);
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            commit(raft, jobs, auto_create).await;
-        });
+        let batch = Batch::new(jobs, auto_create);
+        match &ack {
+            Ack::Quorum => {
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    batch.commit(raft).await;
+                });
+            }
+            Ack::Leader(waiters) => {
+                let Ok(unapplied) = unapplied.clone().acquire_owned().await else { return };
+                let waiters = waiters.clone();
+                let timeout = limits.flush_timeout;
+                tokio::spawn(batch.ack_on_leader_write(raft, waiters, timeout, permit, unapplied));
+            }
+        }
     }
 }
 
-async fn commit(raft: Raft, jobs: Vec<Job>, auto_create: Option<u32>) {
-    let sizes: Vec<usize> = jobs.iter().map(|j| j.messages.len()).collect();
-    let mut dones = Vec::with_capacity(jobs.len());
-    let mut messages = Vec::with_capacity(sizes.iter().sum());
-    for job in jobs {
-        messages.extend(job.messages);
-        dones.push(job.done);
+/// The sends of one entry.
+struct Batch {
+    command: Command,
+    /// Messages per send, in order.
+    sizes: Vec<usize>,
+    dones: Vec<oneshot::Sender<SendOutcome>>,
+    /// Each message's queue, in order.
+    queues: Vec<QueueId>,
+}
+
+impl Batch {
+    fn new(jobs: Vec<Job>, auto_create_queues: Option<u32>) -> Self {
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.messages.len()).collect();
+        let mut dones = Vec::with_capacity(jobs.len());
+        let mut messages = Vec::with_capacity(sizes.iter().sum());
+        for job in jobs {
+            messages.extend(job.messages);
+            dones.push(job.done);
+        }
+        let queues = messages.iter().map(|m| m.queue).collect();
+        let command = Command::Send { now: now_ms(), auto_create_queues, messages, proposal: None };
+        Self { command, sizes, dones, queues }
     }
-    let command = Command::Send { now: now_ms(), auto_create_queues: auto_create, messages };
-    let result = raft.client_write(command).await;
-    match result {
-        Ok(resp) => match resp.data {
-            Response::Sent(results) => {
-                let mut results = results.into_iter();
-                for (done, n) in dones.into_iter().zip(sizes) {
-                    let _ = done.send(Ok(results.by_ref().take(n).collect()));
-                }
-            }
-            other => {
-                let refusal = Refusal::unavailable(format!("unexpected state machine answer to a send: {other:?}"));
-                for done in dones {
-                    let _ = done.send(Err(refusal.clone()));
-                }
-            }
-        },
-        Err(e) => {
+
+    /// `ack = "quorum"`: proposes, waits for commit and apply, answers with the offsets.
+    async fn commit(self, raft: Raft) {
+        let result = raft.client_write(self.command).await;
+        match result {
+            Ok(resp) => answer_applied(self.dones, &self.sizes, resp.data),
             // Not the leader any more, or the node is stopping: nothing was acknowledged.
-            let refusal = Refusal::unavailable(format!("send not committed: {e}"));
-            for done in dones {
-                let _ = done.send(Err(refusal.clone()));
+            Err(e) => refuse(self.dones, &Refusal::unavailable(format!("send not committed: {e}"))),
+        }
+    }
+
+    /// `ack = "leader"`: proposes in this node's current term and answers once the entry is
+    /// durable in this node's log while it still leads in that term (or once it is applied,
+    /// if that comes first). `answering` is released with the answer; `unapplied` when the
+    /// entry is applied or lost.
+    async fn ack_on_leader_write(
+        mut self,
+        raft: Raft,
+        waiters: Arc<FlushWaiters>,
+        timeout: Duration,
+        answering: OwnedSemaphorePermit,
+        unapplied: OwnedSemaphorePermit,
+    ) {
+        let leader = match raft.as_leader() {
+            Ok(l) => l.to_committed_leader_id(),
+            Err(e) => return refuse(self.dones, &Refusal::unavailable(format!("send not written: {e}"))),
+        };
+        let mut flush = match waiters.register() {
+            Ok(w) => w,
+            Err(e) => return refuse(self.dones, &Refusal::unavailable(e.to_string())),
+        };
+        if let Command::Send { proposal, .. } = &mut self.command {
+            *proposal = Some(flush.id());
+        }
+        let (responder, mut applied) = ProgressResponder::complete_only();
+        // Appended only if this node still leads in the term read above.
+        if let Err(e) = raft.write(self.command).with_leader(leader).responder(responder).await {
+            return refuse(self.dones, &Refusal::unavailable(format!("send not written: {e}")));
+        }
+        let acknowledged = tokio::select! {
+            result = &mut applied => {
+                match result {
+                    Ok(Ok(resp)) => answer_applied(self.dones, &self.sizes, resp.data),
+                    Ok(Err(e)) => refuse(self.dones, &Refusal::unavailable(format!("send not written: {e}"))),
+                    Err(_) => refuse(self.dones, &Refusal::unavailable("the broker is shutting down")),
+                }
+                return;
+            }
+            flushed = flush.wait(timeout) => match flushed {
+                Ok(log_id) if log_id.leader_id == leader
+                    && raft.as_leader().is_ok_and(|l| l.to_committed_leader_id() == leader) =>
+                {
+                    let accepted = self.queues.iter().map(|&queue| Ok(Accepted { queue, offset: None })).collect();
+                    split_answer(self.dones, &self.sizes, accepted);
+                    true
+                }
+                Ok(log_id) => {
+                    refuse(self.dones, &Refusal::unavailable(format!(
+                        "leadership moved before entry {log_id} was durable on the leader; the send may or may \
+                         not be stored, retry"
+                    )));
+                    false
+                }
+                Err(e) => {
+                    refuse(self.dones, &Refusal::unavailable(format!("send not acknowledged: {e}")));
+                    false
+                }
+            },
+        };
+        drop(flush);
+        drop(answering);
+        follow(applied, self.queues.len(), acknowledged).await;
+        drop(unapplied);
+    }
+}
+
+/// Waits for an entry answered before commit to be applied, and says so if acknowledged
+/// messages never are.
+async fn follow(
+    applied: OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>,
+    messages: usize,
+    acknowledged: bool,
+) {
+    match applied.await {
+        Ok(Ok(resp)) if acknowledged => {
+            if let Response::Sent(results) = &resp.data {
+                let refused = results.iter().filter(|r| r.is_err()).count();
+                if refused > 0 {
+                    tracing::warn!(
+                        log_id = %resp.log_id,
+                        refused,
+                        "acknowledged messages were refused when applied (topic or queue gone)"
+                    );
+                }
             }
         }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if acknowledged => {
+            tracing::warn!(error = %e, messages, "acknowledged messages were lost before commit")
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, messages, "refused messages were not committed"),
+        Err(e) => tracing::info!(error = %e, messages, acknowledged, "stopped following messages sent before commit"),
+    }
+}
+
+/// Answers each send with its share of the state machine's results.
+fn answer_applied(dones: Vec<oneshot::Sender<SendOutcome>>, sizes: &[usize], data: Response) {
+    match data {
+        Response::Sent(results) => {
+            let accepted = results
+                .into_iter()
+                .map(|r| r.map(|sent| Accepted { queue: sent.queue, offset: Some(sent.offset) }))
+                .collect();
+            split_answer(dones, sizes, accepted);
+        }
+        other => refuse(dones, &Refusal::unavailable(format!("unexpected state machine answer to a send: {other:?}"))),
+    }
+}
+
+fn split_answer(
+    dones: Vec<oneshot::Sender<SendOutcome>>,
+    sizes: &[usize],
+    results: Vec<Result<Accepted, CommandError>>,
+) {
+    let mut results = results.into_iter();
+    for (done, &n) in dones.into_iter().zip(sizes) {
+        let _ = done.send(Ok(results.by_ref().take(n).collect()));
+    }
+}
+
+fn refuse(dones: Vec<oneshot::Sender<SendOutcome>>, refusal: &Refusal) {
+    for done in dones {
+        let _ = done.send(Err(refusal.clone()));
     }
 }

@@ -87,7 +87,8 @@ impl Broker {
                             status: Some(status::ok()),
                             message_id: id,
                             transaction_id: String::new(),
-                            offset: sent.offset.0 as i64,
+                            // -1: answered before apply assigned the offset (`ack = "leader"`).
+                            offset: sent.offset.map_or(-1, |o| o.0 as i64),
                             recall_handle: String::new(),
                         },
                         Some(Err(e)) => pb::SendResultEntry {

@@ -14,9 +14,21 @@ use raft_log::LogConfig;
 /// The group's name.
 pub const GROUP: &str = "g1";
 
-fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
+/// A loopback address with a port nobody listens on right now, never the same twice in
+/// this process (a port handed out and released could otherwise be handed out again to a
+/// test running beside this one before its node binds it).
+pub fn free_addr() -> anyhow::Result<String> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let mut seen = HANDED_OUT.lock().map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        if !seen.contains(&addr.port()) {
+            seen.push(addr.port());
+            return Ok(addr.to_string());
+        }
+    }
+    anyhow::bail!("no fresh loopback port after 64 tries")
 }
 
 /// A running group; `nodes[i]` is node `i + 1` until it is stopped.
@@ -85,6 +97,22 @@ impl Group {
                 return Ok(*l);
             }
             anyhow::ensure!(start.elapsed() < deadline, "no agreed leader within {deadline:?}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every running node is a voter that knows the leader (a node that has not
+    /// yet received the membership reports itself a learner).
+    pub async fn settled(&self, deadline: Duration) -> anyhow::Result<NodeId> {
+        let start = Instant::now();
+        loop {
+            let leader = self.leader(deadline).await?;
+            let states: Vec<openraft::ServerState> =
+                self.nodes.iter().flatten().map(|n| n.raft.metrics().borrow_watched().state).collect();
+            if states.iter().all(|s| matches!(s, openraft::ServerState::Leader | openraft::ServerState::Follower)) {
+                return Ok(leader);
+            }
+            anyhow::ensure!(start.elapsed() < deadline, "members not settled within {deadline:?}: {states:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
