@@ -81,10 +81,12 @@ async fn dev(data_dir: PathBuf, client_port: u16, raft_port: u16, namesrv_port: 
         let _ = namesrv_stopped.await;
     }));
     let mut nodes = Vec::new();
-    for cfg in dev_configs(&data_dir, client_port, raft_port, &namesrv_addr.to_string()) {
+    // Node 1 initializes the group: start it last, so its first election finds the others
+    // listening.
+    for cfg in dev_configs(&data_dir, client_port, raft_port, &namesrv_addr.to_string()).into_iter().rev() {
         let id = cfg.node_id;
         let node = Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id}: {e}"))?;
-        nodes.push(node);
+        nodes.insert(0, node);
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
     println!("raftmq dev: broker group \"broker-a\" with 3 nodes, data under {}", data_dir.display());
