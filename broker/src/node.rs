@@ -232,7 +232,7 @@ impl Node {
                 .map_err(|e| StartError::Config(e.to_string()))?;
         let tasks = vec![
             backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
-            retention::spawn(log.clone(), state.clone(), cfg.retention.clone()),
+            retention::spawn(raft.clone(), log.clone(), state.clone(), cfg.retention.clone()),
         ];
         Ok(Node {
             raft,

@@ -260,11 +260,12 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     let segments = fresh.log.segment_ranges();
     assert!(segments.len() >= 3, "the copy spans several 1 MiB segments: {segments:?}");
 
-    // Three days on every message is past the reserved time, but the queues still start at
-    // their first messages (a queue's minimum moves only by a trim command, not built yet):
+    // Three days on every message is past the reserved time, but on this follower the queues
+    // still start at their first messages (only the leader trims them, through the log):
     // retention must not delete anything a queue references, and never past the purge point.
     let later = SystemTime::now() + Duration::from_secs(73 * 3600);
-    let removed = retention::run_once(&fresh.log, &fresh.state, &RetentionConfig::default(), later).await?;
+    let removed =
+        retention::run_once(&fresh.raft, &fresh.log, &fresh.state, &RetentionConfig::default(), later).await?;
     let keep = fresh.state.read(|a| retention::first_index_referenced(&a.machine)).expect("queues hold messages");
     let purge = fresh.log.view().purged.map(|p| p.index).expect("purged");
     assert!(removed.iter().all(|s| s.next <= keep && s.next <= purge + 1), "{removed:?} (keep from {keep})");

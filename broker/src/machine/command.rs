@@ -86,6 +86,14 @@ pub enum Command {
         /// Next offset to consume.
         offset: QueueOffset,
     },
+    /// Retention: every queue drops its records stored in log entries below
+    /// `before_log_index` and its minimum offset moves past them; consumer state below the
+    /// new minimum goes too (the leader proposes it when those messages are past the
+    /// reserved time).
+    TrimQueues {
+        /// First log index whose messages stay.
+        before_log_index: u64,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -100,6 +108,7 @@ impl std::fmt::Display for Command {
             Command::CommitOffset { group, topic, queue, offset } => {
                 write!(f, "commit-offset {group} {topic} q{} @{}", queue.0, offset.0)
             }
+            Command::TrimQueues { before_log_index } => write!(f, "trim-queues before={before_log_index}"),
         }
     }
 }

@@ -63,6 +63,18 @@ impl Queue {
         offset.checked_sub(self.base).and_then(|i| self.records.get(i as usize))
     }
 
+    /// Drops the records held in log entries below `before_log_index` (they lead the
+    /// queue: log indexes grow along it); returns the new minimum offset.
+    fn trim_before(&mut self, before_log_index: u64) -> u64 {
+        let n = self.records.partition_point(|r| r.log_index < before_log_index);
+        self.records.drain(..n);
+        self.base += n as u64;
+        if self.records.is_empty() {
+            self.records.shrink_to_fit();
+        }
+        self.base
+    }
+
     /// First offset whose store time is at or after `at` (`max_offset` if none).
     pub fn offset_at_time(&self, at: Millis) -> u64 {
         self.base + self.records.partition_point(|r| r.stored < at) as u64
@@ -122,9 +134,10 @@ impl Machine {
         self.topics.get(topic).and_then(|t| t.queues.get(queue.0 as usize))
     }
 
-    /// A pull consumer's committed offset.
+    /// A pull consumer's committed offset (never below the queue's minimum offset).
     pub fn committed_offset(&self, group: &GroupName, topic: &TopicName, queue: QueueId) -> Option<QueueOffset> {
-        self.offsets.get(&(group.clone(), topic.clone(), queue)).copied()
+        let min = self.queue(topic, queue).map_or(0, Queue::min_offset);
+        self.offsets.get(&(group.clone(), topic.clone(), queue)).map(|o| QueueOffset(o.0.max(min)))
     }
 
     /// Pop state of a group on a queue.
@@ -197,6 +210,33 @@ impl Machine {
                 }
                 self.offsets.insert((group.clone(), topic.clone(), *queue), *offset);
                 Response::Done
+            }
+            Command::TrimQueues { before_log_index } => {
+                self.trim_queues(*before_log_index);
+                Response::Done
+            }
+        }
+    }
+
+    /// Moves every queue's minimum offset past its records below `before_log_index`, and
+    /// the pop state and committed offsets behind it up to it.
+    fn trim_queues(&mut self, before_log_index: u64) {
+        let mut mins: BTreeMap<(&TopicName, QueueId), u64> = BTreeMap::new();
+        for (name, topic) in &mut self.topics {
+            for (i, queue) in topic.queues.iter_mut().enumerate() {
+                if queue.get(queue.min_offset()).is_some_and(|r| r.log_index < before_log_index) {
+                    mins.insert((name, QueueId(i as u32)), queue.trim_before(before_log_index));
+                }
+            }
+        }
+        for ((_, topic, queue), state) in &mut self.pops {
+            if let Some(&min) = mins.get(&(topic, *queue)) {
+                state.trim_below(min);
+            }
+        }
+        for ((_, topic, queue), offset) in &mut self.offsets {
+            if let Some(&min) = mins.get(&(topic, *queue)) {
+                offset.0 = offset.0.max(min);
             }
         }
     }

@@ -88,7 +88,7 @@ impl PopState {
     /// Acknowledges `offset` delivered by `pop_id`.
     pub fn ack(&mut self, offset: u64, pop_id: u64) -> Result<(), String> {
         if offset < self.ack_offset || self.acked.contains(&offset) {
-            return Err(format!("offset {offset} is already acknowledged"));
+            return Err(format!("offset {offset} is already acknowledged or was deleted by retention"));
         }
         let Some(inf) = self.inflight.get(&offset) else {
             return Err(format!("offset {offset} was never delivered to this group"));

@@ -264,3 +264,160 @@ proptest! {
         prop_assert_eq!(back, m);
     }
 }
+
+#[test]
+fn trim_moves_minimums_pop_state_and_committed_offsets() {
+    let mut m = Machine::new("g1");
+    create(&mut m, "t", 2);
+    for (index, queue) in [(10, 0), (11, 1), (12, 0), (13, 0), (14, 1)] {
+        let messages = vec![msg("t", queue, None, "x")];
+        m.apply(index, &Command::Send { now: Millis(5), auto_create_queues: None, messages, proposal: None });
+    }
+    let held = pop(&mut m, 0, "cg", "t", 10, "*");
+    assert_eq!(held.len(), 5);
+    let commit = |q, offset| Command::CommitOffset {
+        group: group("pull"),
+        topic: topic("t"),
+        queue: QueueId(q),
+        offset: QueueOffset(offset),
+    };
+    m.apply(15, &commit(0, 0));
+    m.apply(16, &commit(1, 2));
+
+    assert_eq!(m.apply(17, &Command::TrimQueues { before_log_index: 13 }), Response::Done);
+    let q0 = m.queue(&topic("t"), QueueId(0)).expect("queue");
+    let q1 = m.queue(&topic("t"), QueueId(1)).expect("queue");
+    assert_eq!((q0.min_offset(), q0.max_offset()), (2, 3), "q0 kept only index 13");
+    assert_eq!((q1.min_offset(), q1.max_offset()), (1, 2), "q1 kept only index 14");
+    assert_eq!(q0.get(1), None);
+    assert_eq!(m.committed_offset(&group("pull"), &topic("t"), QueueId(0)), Some(QueueOffset(2)));
+    assert_eq!(m.committed_offset(&group("pull"), &topic("t"), QueueId(1)), Some(QueueOffset(2)), "ahead stays");
+    let state = m.pop_state(&group("cg"), &topic("t"), QueueId(0)).expect("popped before");
+    assert_eq!((state.ack_offset, state.next_fresh, state.inflight_count()), (2, 3, 1));
+
+    // Receipts of trimmed messages fail cleanly; the kept ones still work.
+    for p in &held {
+        let result = ack(&mut m, "cg", "t", vec![p.receipt.clone()]).remove(0);
+        if p.log_index < 13 {
+            assert!(matches!(result, Err(CommandError::InvalidReceipt(_))), "{p:?}: {result:?}");
+            let change = Command::ChangeInvisible {
+                now: Millis(0),
+                group: group("cg"),
+                topic: topic("t"),
+                receipt: p.receipt.clone(),
+                invisible_ms: 10,
+            };
+            assert!(matches!(m.apply(18, &change), Response::Failed(CommandError::InvalidReceipt(_))));
+        } else {
+            assert_eq!(result, Ok(()), "{p:?}");
+        }
+    }
+    // A new group starts at the new minimums; a trim below them changes nothing.
+    let fresh: Vec<u64> = pop(&mut m, 0, "new", "t", 10, "*").iter().map(|p| p.log_index).collect();
+    assert_eq!(fresh.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([13, 14]));
+    let before = m.clone();
+    m.apply(19, &Command::TrimQueues { before_log_index: 12 });
+    assert_eq!(m, before);
+}
+
+#[derive(Debug, Clone)]
+enum TrimOp {
+    Send(u32),
+    Pop(u32),
+    AckSome(prop::sample::Index),
+    Advance(u64),
+    Trim(prop::sample::Index),
+}
+
+fn trim_op() -> impl Strategy<Value = TrimOp> {
+    prop_oneof![
+        (1u32..20).prop_map(TrimOp::Send),
+        (1u32..20).prop_map(TrimOp::Pop),
+        any::<prop::sample::Index>().prop_map(TrimOp::AckSome),
+        (0u64..3000).prop_map(TrimOp::Advance),
+        any::<prop::sample::Index>().prop_map(TrimOp::Trim),
+    ]
+}
+
+proptest! {
+    /// Trims interleaved with sends, pops and acks: minimum offsets move past every trimmed
+    /// record and never back, maximum offsets stay, pops never return a trimmed message,
+    /// acks of trimmed receipts are refused, and everything kept is still delivered.
+    #[test]
+    fn trim_invariants(ops in prop::collection::vec(trim_op(), 1..80)) {
+        let mut m = Machine::new("g1");
+        create(&mut m, "t", 3);
+        let (mut now, mut index, mut trimmed_before) = (0i64, 10u64, 0u64);
+        let mut sent: Vec<(u32, u64, u64)> = Vec::new(); // queue, offset, log index
+        let mut held: Vec<Popped> = Vec::new();
+        let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
+        let bounds = |m: &Machine| -> Vec<(u64, u64)> {
+            (0..3).map(|q| m.queue(&topic("t"), QueueId(q)).map_or((0, 0), |x| (x.min_offset(), x.max_offset()))).collect()
+        };
+        for op in ops {
+            index += 1;
+            match op {
+                TrimOp::Send(n) => {
+                    let messages: Vec<_> = (0..n).map(|i| msg("t", (index as u32 + i) % 3, None, "b")).collect();
+                    let Response::Sent(results) =
+                        m.apply(index, &Command::Send { now: Millis(now), auto_create_queues: None, messages, proposal: None })
+                    else { panic!("send failed") };
+                    for r in results {
+                        let s = r.expect("queue exists");
+                        sent.push((s.queue.0, s.offset.0, index));
+                    }
+                }
+                TrimOp::Pop(n) => {
+                    for p in pop(&mut m, now, "cg", "t", n, "*") {
+                        prop_assert!(p.log_index >= trimmed_before, "trimmed message delivered: {p:?}");
+                        let key = (p.queue.0, p.offset.0);
+                        prop_assert!(!acked.contains(&key), "acked message {key:?} delivered again");
+                        held.retain(|h| (h.queue.0, h.offset.0) != key);
+                        held.push(p);
+                    }
+                }
+                TrimOp::AckSome(i) => {
+                    if !held.is_empty() {
+                        let p = held.remove(i.index(held.len()));
+                        let r = ack(&mut m, "cg", "t", vec![p.receipt.clone()]).remove(0);
+                        if p.log_index < trimmed_before {
+                            prop_assert!(matches!(r, Err(CommandError::InvalidReceipt(_))), "{:?}", r);
+                        } else {
+                            prop_assert_eq!(r, Ok(()));
+                            prop_assert!(acked.insert((p.queue.0, p.offset.0)));
+                        }
+                    }
+                }
+                TrimOp::Advance(ms) => now += ms as i64,
+                TrimOp::Trim(i) => {
+                    let before = 10 + i.index((index - 10) as usize + 1) as u64;
+                    let old = bounds(&m);
+                    prop_assert_eq!(m.apply(index, &Command::TrimQueues { before_log_index: before }), Response::Done);
+                    let new = bounds(&m);
+                    for q in 0..3 {
+                        prop_assert!(new[q].0 >= old[q].0, "minimum went back");
+                        prop_assert_eq!(new[q].1, old[q].1, "maximum changed");
+                    }
+                    trimmed_before = trimmed_before.max(before);
+                }
+            }
+            for &(q, offset, log_index) in &sent {
+                let min = bounds(&m)[q as usize].0;
+                prop_assert_eq!(log_index < trimmed_before, offset < min, "q{} offset {} at {}", q, offset, log_index);
+            }
+        }
+        // Drain: every kept message not acked yet is delivered once invisibility ends.
+        loop {
+            now += 10_000;
+            let got = pop(&mut m, now, "cg", "t", MAX_POP_BATCH, "*");
+            if got.is_empty() { break; }
+            for p in got {
+                prop_assert!(p.log_index >= trimmed_before);
+                prop_assert!(acked.insert((p.queue.0, p.offset.0)), "acked message delivered again");
+                prop_assert_eq!(&ack(&mut m, "cg", "t", vec![p.receipt])[0], &Ok(()));
+            }
+        }
+        let kept = sent.iter().filter(|s| s.2 >= trimmed_before).count();
+        prop_assert_eq!(acked.iter().filter(|k| sent.iter().any(|s| (s.0, s.1) == **k && s.2 >= trimmed_before)).count(), kept);
+    }
+}
