@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
@@ -35,42 +35,14 @@ fn configs(dir: &Path) -> anyhow::Result<Vec<NodeConfig>> {
     })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn leader_of(nodes: &[&Node]) -> Option<NodeId> {
-    nodes
-        .iter()
-        .map(|n| n.raft.metrics().borrow_watched().clone())
-        .find(|m| m.current_leader == Some(m.id))
-        .map(|m| m.id)
-}
-
 /// Proposes `cmd` on whichever node claims leadership until one commits it.
 async fn write(nodes: &[&Node], cmd: Command) -> anyhow::Result<(u64, Response)> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(id) = leader_of(nodes)
-            && let Some(n) = nodes.iter().find(|n| n.raft.metrics().borrow_watched().id == id)
-        {
-            match n.raft.client_write(cmd.clone()).await {
-                Ok(r) => return Ok((r.log_id.index(), r.data)),
-                Err(e) => anyhow::ensure!(Instant::now() < deadline, "no write committed: {e}"),
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no leader accepted a write");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let r = common::write_until_served(nodes, cmd, Duration::from_secs(10)).await?;
+    Ok((r.log_id.index(), r.data))
 }
 
-async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !done() {
-        anyhow::ensure!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+fn leader_id(nodes: &[&Node]) -> Option<NodeId> {
+    common::leader_of(nodes).map(|n| n.raft.metrics().borrow_watched().id)
 }
 
 /// Message `i`: 3 KiB body that names it.
@@ -85,7 +57,7 @@ fn message(i: u32) -> StoredMessage {
         keys: vec![],
         message_group: None,
         properties: BTreeMap::new(),
-        born: Millis(now_ms()),
+        born: Millis(common::now_ms()),
         deliver_at: None,
         born_host: "test".into(),
         body: Bytes::from(body),
@@ -102,9 +74,11 @@ async fn send(nodes: &[&Node], first: u32, entries: u32) -> anyhow::Result<BTree
         for m in &messages {
             sent.insert(m.message_id.clone(), m.body.clone());
         }
-        let (_, r) =
-            write(nodes, Command::Send { now: Millis(now_ms()), auto_create_queues: None, messages, proposal: None })
-                .await?;
+        let (_, r) = write(
+            nodes,
+            Command::Send { now: Millis(common::now_ms()), auto_create_queues: None, messages, proposal: None },
+        )
+        .await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }
     Ok(sent)
@@ -152,7 +126,8 @@ async fn caught_up_and_readable(node: &Node, others: &[&Node], sent: &BTreeMap<S
     // The state machines, not the metrics (which lag behind them).
     let applied = |n: &Node| n.state.read(|a| a.last_applied.map(|l| l.index()));
     let target = others.iter().filter_map(|n| applied(n)).max();
-    wait_for("the returning node applies everything", Duration::from_secs(20), || applied(node) >= target).await?;
+    common::wait_for("the returning node applies everything", Duration::from_secs(20), || applied(node) >= target)
+        .await?;
     let start = Instant::now();
     let mut copying = 0;
     loop {
@@ -166,7 +141,7 @@ async fn caught_up_and_readable(node: &Node, others: &[&Node], sent: &BTreeMap<S
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("all {} messages readable after {:?} ({copying} retryable refusals)", sent.len(), start.elapsed());
-    wait_for("the backfill is done", Duration::from_secs(5), || {
+    common::wait_for("the backfill is done", Duration::from_secs(5), || {
         node.backfill.pending().is_none() && node.log.incomplete().is_none()
     })
     .await
@@ -197,7 +172,7 @@ async fn start_group(cfgs: &[NodeConfig], which: &[usize]) -> anyhow::Result<Vec
         nodes.push(Node::start(cfgs[i].clone()).await?);
     }
     let all: Vec<&Node> = nodes.iter().collect();
-    wait_for("a leader", Duration::from_secs(10), || leader_of(&all).is_some()).await?;
+    common::wait_for("a leader", Duration::from_secs(10), || common::leader_of(&all).is_some()).await?;
     let topic = TopicName::new(TOPIC)?;
     write(&all, Command::UpsertTopic { topic, config: TopicConfig::all_types(QUEUES) }).await?;
     Ok(nodes)
@@ -211,7 +186,7 @@ async fn a_follower_back_after_the_purge_installs_a_snapshot_and_copies_the_mess
     let mut sent = send(&nodes.iter().collect::<Vec<_>>(), 0, 30).await?;
 
     // Stop a follower; the others go on, snapshot and purge past everything it holds.
-    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader = leader_id(&nodes.iter().collect::<Vec<_>>()).ok_or_else(|| anyhow::anyhow!("no leader"))?;
     let pos = nodes.iter().position(|n| n.raft.metrics().borrow_watched().id != leader).expect("a follower");
     let follower = nodes.remove(pos);
     let id = follower.raft.metrics().borrow_watched().id;

@@ -40,29 +40,6 @@ async fn wait_leader(nodes: &[&Node], not: Option<NodeId>, deadline: Duration) -
     }
 }
 
-/// Propose `cmd` on whichever node currently claims leadership until one accepts it.
-async fn write_until_served(
-    nodes: &[&Node],
-    cmd: Command,
-    deadline: Duration,
-) -> anyhow::Result<openraft::raft::ClientWriteResponse<broker::raft::TypeConfig>> {
-    let start = Instant::now();
-    loop {
-        let leader = nodes.iter().find(|n| {
-            let m = n.raft.metrics().borrow_watched().clone();
-            m.current_leader == Some(m.id)
-        });
-        if let Some(n) = leader {
-            match n.raft.client_write(cmd.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) => anyhow::ensure!(start.elapsed() < deadline, "no write served within {deadline:?}: {e}"),
-            }
-        }
-        anyhow::ensure!(start.elapsed() < deadline, "no leader accepted a write within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn wait_applied(nodes: &[&Node], index: u64, deadline: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while !nodes.iter().all(|n| n.raft.metrics().borrow_watched().last_applied.is_some_and(|l| l.index() >= index)) {
@@ -100,14 +77,14 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     wait_leader(&all, None, Duration::from_secs(10)).await?;
 
     let topic = TopicName::new("orders")?;
-    let r = write_until_served(
+    let r = common::write_until_served(
         &all,
         Command::UpsertTopic { topic: topic.clone(), config: TopicConfig::all_types(4) },
         Duration::from_secs(5),
     )
     .await?;
     assert_eq!(r.data, Response::Done);
-    let r = write_until_served(
+    let r = common::write_until_served(
         &all,
         Command::Send {
             now: Millis(10),
@@ -143,7 +120,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     assert_ne!(new_leader, leader);
     // A node that has just won may still be settling (or lose a re-election); like a client,
     // retry on "forward to leader" until a write commits, and count failover up to that point.
-    let r = write_until_served(
+    let r = common::write_until_served(
         &rest,
         Command::Send { now: Millis(20), auto_create_queues: None, messages: vec![message(1)], proposal: None },
         Duration::from_secs(5),

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
@@ -35,39 +35,14 @@ fn configs(dir: &Path) -> anyhow::Result<Vec<NodeConfig>> {
     })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn leader(nodes: &[Node]) -> Option<&Node> {
-    nodes.iter().find(|n| {
-        let m = n.raft.metrics().borrow_watched().clone();
-        m.current_leader == Some(m.id)
-    })
-}
-
-async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !done() {
-        anyhow::ensure!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    common::leader_of(&nodes.iter().collect::<Vec<_>>())
 }
 
 /// Proposes `cmd` on whichever node leads until one commits it.
 async fn write(nodes: &[Node], cmd: Command) -> anyhow::Result<Response> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(n) = leader(nodes) {
-            match n.raft.client_write(cmd.clone()).await {
-                Ok(r) => return Ok(r.data),
-                Err(e) => anyhow::ensure!(Instant::now() < deadline, "no write committed: {e}"),
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no leader accepted a write");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    Ok(common::write_until_served(&all, cmd, Duration::from_secs(10)).await?.data)
 }
 
 /// Sends `entries` entries of 4 messages (3 KiB bodies naming them) from number `first`.
@@ -89,7 +64,7 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                     keys: vec![],
                     message_group: None,
                     properties: BTreeMap::new(),
-                    born: Millis(now_ms()),
+                    born: Millis(common::now_ms()),
                     deliver_at: None,
                     born_host: "test".into(),
                     body: Bytes::from(body),
@@ -97,9 +72,11 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                 }
             })
             .collect();
-        let r =
-            write(nodes, Command::Send { now: Millis(now_ms()), auto_create_queues: None, messages, proposal: None })
-                .await?;
+        let r = write(
+            nodes,
+            Command::Send { now: Millis(common::now_ms()), auto_create_queues: None, messages, proposal: None },
+        )
+        .await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }
     Ok(names)
@@ -153,7 +130,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     for cfg in configs(dir.path())? {
         nodes.push(Node::start(cfg).await?);
     }
-    wait_for("a leader", Duration::from_secs(10), || leader(&nodes).is_some()).await?;
+    common::wait_for("a leader", Duration::from_secs(10), || leader(&nodes).is_some()).await?;
     let topic = TopicName::new(TOPIC)?;
     write(&nodes, Command::UpsertTopic { topic, config: TopicConfig::all_types(QUEUES) }).await?;
 
@@ -161,7 +138,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     let old = send(&nodes, 0, 300).await?;
     let last = |n: &Node| n.state.read(|a| a.last_applied.map_or(0, |l| l.index()));
     let target = nodes.iter().map(last).max().unwrap_or(0);
-    wait_for("every member applies and purges", Duration::from_secs(20), || {
+    common::wait_for("every member applies and purges", Duration::from_secs(20), || {
         nodes.iter().all(|n| {
             last(n) >= target && n.raft.metrics().borrow_watched().purged.is_some_and(|p| p.index() > target / 2)
         })
@@ -197,7 +174,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     assert!(removed.iter().all(|s| s.next <= purged + 1), "{removed:?} past the purge point {purged}");
 
     // Every member applies the trim: each queue is empty at its old maximum.
-    wait_for("every member applies the trim", Duration::from_secs(10), || {
+    common::wait_for("every member applies the trim", Duration::from_secs(10), || {
         nodes.iter().all(|n| bounds(n).iter().all(|&(min, max)| min == 300 && max == 300))
     })
     .await?;

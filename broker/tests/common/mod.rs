@@ -1,5 +1,7 @@
-//! What the in-process group tests share: free loopback addresses and the configs of a
-//! three-node group.
+//! What the in-process group tests share: free loopback addresses, the configs of a
+//! three-node group, and waiting on it.
+
+#![allow(dead_code)] // each test file uses a part of these
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,4 +51,51 @@ pub fn three_nodes(
             })
         })
         .collect())
+}
+
+/// The node that claims leadership, if any.
+pub fn leader_of<'a>(nodes: &[&'a broker::node::Node]) -> Option<&'a broker::node::Node> {
+    use openraft::async_runtime::watch::WatchReceiver;
+    nodes
+        .iter()
+        .find(|n| {
+            let m = n.raft.metrics().borrow_watched().clone();
+            m.current_leader == Some(m.id)
+        })
+        .copied()
+}
+
+/// Proposes `cmd` on whichever node claims leadership until one commits it (a node that has
+/// just won may still refuse, or lose a re-election: a client retries the same way).
+pub async fn write_until_served(
+    nodes: &[&broker::node::Node],
+    cmd: broker::machine::Command,
+    deadline: Duration,
+) -> anyhow::Result<openraft::raft::ClientWriteResponse<broker::raft::TypeConfig>> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(n) = leader_of(nodes) {
+            match n.raft.client_write(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) => anyhow::ensure!(start.elapsed() < deadline, "no write served within {deadline:?}: {e}"),
+            }
+        }
+        anyhow::ensure!(start.elapsed() < deadline, "no leader accepted a write within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `done` holds, polling every 20 ms, or fails after `deadline`.
+pub async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !done() {
+        anyhow::ensure!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
