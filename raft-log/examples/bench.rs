@@ -13,6 +13,7 @@
 //! cargo run --release -p raft-log --example bench                  # full run, 3 s a row
 //! cargo run --release -p raft-log --example bench -- --quick       # CI: proves it runs
 //! cargo run --release -p raft-log --example bench -- --dir /mnt/nvme
+//! cargo run --release -p raft-log --example bench -- --only 16k-256 --only 1k-1
 //! ```
 // A CLI: printing its report to stdout is its purpose.
 #![allow(clippy::print_stdout)]
@@ -77,6 +78,10 @@ struct Args {
     /// [default: 1GiB, or 64MiB with --quick].
     #[arg(long, value_parser = parse_size)]
     segment_size: Option<u64>,
+    /// Runs only the log rows whose label matches, e.g. `16k-256` (entry KiB, batch) or
+    /// `1k-1-d8` / `1k-16-async`; repeatable. The raw limits are still measured.
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 /// Parses a byte count with an optional binary suffix (K, KiB, M, MiB, G, GiB).
@@ -100,6 +105,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 struct Settings {
     duration: Duration,
     segment_size: u64,
+    only: Vec<String>,
 }
 
 impl Settings {
@@ -113,7 +119,7 @@ impl Settings {
         if segment_size < MIB {
             bail!("--segment-size {segment_size} is below 1 MiB; give e.g. 64MiB or 1GiB");
         }
-        Ok(Settings { duration: Duration::from_secs_f64(seconds), segment_size })
+        Ok(Settings { duration: Duration::from_secs_f64(seconds), segment_size, only: args.only.clone() })
     }
 
     /// Preallocation step of the raw test file: a segment, but at least a few large writes.
@@ -435,6 +441,21 @@ struct RowSpec {
     sync: SyncPolicy,
 }
 
+impl RowSpec {
+    /// The row's name for `--only`: `<entry KiB>k-<batch>`, then `-d<depth>` when pipelined
+    /// and `-async` under the interval policy.
+    fn label(&self) -> String {
+        let mut label = format!("{}k-{}", self.entry_bytes >> 10, self.batch);
+        if self.depth > 1 {
+            label.push_str(&format!("-d{}", self.depth));
+        }
+        if self.sync != SyncPolicy::EveryBatch {
+            label.push_str("-async");
+        }
+        label
+    }
+}
+
 /// What a row measured.
 #[derive(Debug, Clone, Copy)]
 struct RowResult {
@@ -656,10 +677,6 @@ fn print_header(dir: &Path, settings: &Settings) {
 
 async fn run(settings: Settings, dir: &Path) -> anyhow::Result<()> {
     print_header(dir, &settings);
-    // Progress goes to stderr; the report is printed once every figure is in, because the
-    // ratios need the raw limits measured after the log rows too.
-    eprintln!("bench: measuring the raw limits");
-    let before = blocking(dir, &settings, raw_pass).await?;
     let mut rows = Vec::new();
     let sync = SyncPolicy::EveryBatch;
     let serial =
@@ -667,7 +684,17 @@ async fn run(settings: Settings, dir: &Path) -> anyhow::Result<()> {
     let pipelined = ENTRY_SIZES.map(|e| RowSpec { entry_bytes: e, batch: 1, depth: PIPELINE_DEPTH, sync });
     let sync = SyncPolicy::Interval(ASYNC_INTERVAL);
     let relaxed = ASYNC_BATCH_SIZES.map(|b| RowSpec { entry_bytes: 1 << 10, batch: b, depth: 1, sync });
-    for spec in serial.chain(pipelined).chain(relaxed) {
+    let specs: Vec<RowSpec> = serial.chain(pipelined).chain(relaxed).collect();
+    if let Some(unknown) = settings.only.iter().find(|l| !specs.iter().any(|s| &s.label() == *l)) {
+        let labels: Vec<String> = specs.iter().map(RowSpec::label).collect();
+        bail!("--only {unknown:?} names no row; the rows are {}", labels.join(", "));
+    }
+    let wanted = |spec: &RowSpec| settings.only.is_empty() || settings.only.contains(&spec.label());
+    // Progress goes to stderr; the report is printed once every figure is in, because the
+    // ratios need the raw limits measured after the log rows too.
+    eprintln!("bench: measuring the raw limits");
+    let before = blocking(dir, &settings, raw_pass).await?;
+    for spec in specs.into_iter().filter(wanted) {
         eprintln!(
             "bench: log, {} entries, batch {}, {} in flight, {:?}",
             size_label(spec.entry_bytes),
