@@ -22,12 +22,11 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
-use crate::machine::{Command, CommandError, Machine, Response as Applied};
+use crate::forward::{Forwarder, Unavailable, forward};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
-use crate::service::status::Refusal;
-use crate::service::{Broker, forward};
+use raftmq_machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
+use raftmq_machine::{Command, CommandError, Machine, Response as Applied};
 
 /// Queues of a topic created without a queue count, unless the node's settings say otherwise.
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -54,7 +53,7 @@ struct Inner {
     raft: Raft,
     state: StateStore,
     log: Log,
-    broker: Broker,
+    forwarder: Forwarder,
     default_queues: u32,
     /// Serializes topic writes on this node, so "exists?" and the proposal that follows
     /// are not interleaved with another admin write.
@@ -67,8 +66,8 @@ impl std::fmt::Debug for Admin {
     }
 }
 
-fn unavailable(r: Refusal) -> Status {
-    Status::unavailable(r.message)
+fn unavailable(e: Unavailable) -> Status {
+    Status::unavailable(e.0)
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -180,16 +179,16 @@ fn role(state: ServerState) -> Role {
 }
 
 impl Admin {
-    /// The admin service of node `node_id` of `group`. `broker` is the node's messaging
-    /// service, whose leader lookup and channels are shared; `default_queues` is the queue
-    /// count of a topic created without one.
+    /// The admin service of node `node_id` of `group`. `forwarder` finds the leader and
+    /// holds the member channels (shared with the messaging service); `default_queues` is the
+    /// queue count of a topic created without one.
     pub fn new(
         group: &str,
         node_id: NodeId,
         raft: Raft,
         state: StateStore,
         log: Log,
-        broker: Broker,
+        forwarder: Forwarder,
         default_queues: u32,
     ) -> Self {
         Self {
@@ -199,7 +198,7 @@ impl Admin {
                 raft,
                 state,
                 log,
-                broker,
+                forwarder,
                 default_queues: default_queues.clamp(1, MAX_QUEUES),
                 writes: tokio::sync::Mutex::new(()),
             }),
@@ -211,10 +210,10 @@ impl Admin {
         &self,
         request: &Request<T>,
     ) -> Result<Option<(String, AdminServiceClient<Channel>)>, Status> {
-        match self.inner.broker.leader_endpoint(request).await.map_err(unavailable)? {
+        match self.inner.forwarder.leader_endpoint(request).await.map_err(unavailable)? {
             None => Ok(None),
             Some(addr) => {
-                let channel = self.inner.broker.channel(&addr).map_err(unavailable)?;
+                let channel = self.inner.forwarder.channel(&addr).map_err(unavailable)?;
                 Ok(Some((addr, AdminServiceClient::new(channel))))
             }
         }
@@ -280,7 +279,7 @@ impl Admin {
 
     async fn peer_status(&self, id: NodeId, addr: String) -> Result<pb::NodeStatus, pb::PeerError> {
         let fail = |message: String| pb::PeerError { node_id: id, message };
-        let channel = self.inner.broker.channel(&addr).map_err(|r| fail(r.message))?;
+        let channel = self.inner.forwarder.channel(&addr).map_err(|e| fail(e.0))?;
         let mut request = Request::new(pb::NodeStatusRequest {});
         request.set_timeout(PEER_TIMEOUT);
         let mut client = AdminServiceClient::new(channel);
@@ -478,7 +477,7 @@ impl AdminService for Admin {
             )));
         }
         let to = req.to_node;
-        let leader = self.inner.broker.leader().await.map_err(unavailable)?;
+        let leader = self.inner.forwarder.leader().await.map_err(unavailable)?;
         if leader == to {
             return Ok(Response::new(pb::TransferLeaderResponse {}));
         }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
-use crate::node::NodeConfig;
-use crate::raft::NodeInfo;
-use crate::service::ServiceSettings;
+use crate::settings::AckMode;
+use crate::settings::{NodeConfig, NodeInfo, ServiceSettings};
 
 /// Largest configuration file read (a config is a few hundred bytes).
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -34,18 +33,6 @@ pub enum FlushMode {
     /// quorum loses power at once) an acknowledged send is lost. A crash of the process
     /// alone loses nothing.
     Async,
-}
-
-/// When a send is acknowledged to the producer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After a quorum has the entry (the default).
-    #[default]
-    Quorum,
-    /// After the leader alone has it durably: a failover can lose the tail, and the send
-    /// receipt's offset is -1 (assigned only when the entry is applied).
-    Leader,
 }
 
 /// One member of the group as the file names it.

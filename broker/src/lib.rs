@@ -3,9 +3,10 @@
 
 pub mod admin;
 pub mod config;
-pub mod machine;
+pub mod forward;
 pub mod node;
 pub mod raft;
 pub mod registration;
 pub mod retention;
 pub mod service;
+pub mod settings;

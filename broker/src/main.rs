@@ -9,7 +9,7 @@ use std::time::Duration;
 use broker::config::FileConfig;
 use broker::node::{Node, NodeConfig};
 use broker::raft::NodeInfo;
-use broker::service::ServiceSettings;
+use broker::settings::ServiceSettings;
 use clap::{Parser, Subcommand};
 use raft_log::LogConfig;
 

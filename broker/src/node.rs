@@ -1,12 +1,10 @@
 //! One broker node: its CommitLog, state machine, openraft instance and gRPC server.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use raft_log::{Log, LogConfig, RaftLogStore};
+use raft_log::{Log, RaftLogStore};
+use raftmq_machine::codec::ENTRY_VERSION;
 use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
 use raftmq_proto::raft::v1::raft_service_server::RaftServiceServer;
 use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
@@ -14,89 +12,19 @@ use tokio::sync::oneshot;
 use tonic::service::Routes;
 
 use crate::admin::{Admin, DEFAULT_QUEUES};
+use crate::forward::Forwarder;
 use crate::raft::ack::{AckLogStore, DEFAULT_WAITERS, FlushWaiters};
 use crate::raft::backfill::Backfill;
 use crate::raft::network::Network;
 use crate::raft::service::RaftRpc;
 use crate::raft::state::StateStore;
-use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
-use crate::registration::{self, Identity, Registration};
-use crate::retention::{self, RetentionConfig};
+use crate::raft::{Raft, TypeConfig};
+use crate::registration::{Identity, Registration};
+use crate::retention;
+use crate::service::Broker;
 use crate::service::namesrv_view::RouteView;
-use crate::service::{Broker, ServiceSettings};
-
-/// Everything a node needs to start.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Broker group (one Raft cluster).
-    pub group: String,
-    /// This node's id; never reused within the group.
-    pub node_id: NodeId,
-    /// Every member of the group, this node included.
-    pub peers: BTreeMap<NodeId, NodeInfo>,
-    /// Address to bind the client service on, when it differs from this node's advertised
-    /// `client_addr` (e.g. `0.0.0.0:8081` in a container).
-    pub listen_client: Option<String>,
-    /// Address to bind the Raft service on, when it differs from `raft_addr`.
-    pub listen_raft: Option<String>,
-    /// Where the CommitLog and the state live.
-    pub data_dir: PathBuf,
-    /// Log engine settings.
-    pub log: LogConfig,
-    /// Leader heartbeat interval.
-    pub heartbeat: Duration,
-    /// Shortest election timeout (the longest is 1.5 times this).
-    pub election_timeout: Duration,
-    /// Take a state snapshot after this many applied entries.
-    pub snapshot_every: u64,
-    /// Entries kept in the Raft view after a snapshot (older ones are purged logically;
-    /// their files stay until retention deletes them).
-    pub keep_after_snapshot: u64,
-    /// Limits and defaults of the client service.
-    pub service: ServiceSettings,
-    /// The cluster the group belongs to, as reported to the nameservers.
-    pub cluster: String,
-    /// Nameservers (`host:port` each) to heartbeat to and to take routes from; none: the node
-    /// answers routes from its own Raft view.
-    pub nameservers: Vec<String>,
-    /// How often the node heartbeats to each nameserver; also the age at which a cached route
-    /// is refreshed.
-    pub namesrv_heartbeat: Duration,
-    /// When CommitLog segments are deleted.
-    pub retention: RetentionConfig,
-}
-
-impl Default for NodeConfig {
-    /// The defaults of `broker.toml` for a node with no peers yet: fill in `group`,
-    /// `node_id`, `peers` and `data_dir`.
-    fn default() -> Self {
-        NodeConfig {
-            group: String::new(),
-            node_id: 0,
-            peers: BTreeMap::new(),
-            listen_client: None,
-            listen_raft: None,
-            data_dir: PathBuf::new(),
-            log: LogConfig::default(),
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
-            snapshot_every: 100_000,
-            keep_after_snapshot: 10_000,
-            service: ServiceSettings::default(),
-            cluster: registration::DEFAULT_CLUSTER.to_string(),
-            nameservers: Vec::new(),
-            namesrv_heartbeat: registration::DEFAULT_INTERVAL,
-            retention: RetentionConfig::default(),
-        }
-    }
-}
-
-impl NodeConfig {
-    /// This node's addresses.
-    pub fn me(&self) -> Result<&NodeInfo, String> {
-        self.peers.get(&self.node_id).ok_or_else(|| format!("node {} is not among the peers", self.node_id))
-    }
-}
+pub use crate::settings::NodeConfig;
+use crate::settings::ServiceSettings;
 
 /// A running node.
 #[derive(Debug)]
@@ -179,7 +107,10 @@ impl Node {
             .with_backfill(backfill.clone());
         let config = Arc::new(raft_config(&cfg)?);
         // The store tells `ack = "leader"` proposers when the leader's write is durable.
-        let store = AckLogStore::new(RaftLogStore::<TypeConfig>::new(log.clone()), FlushWaiters::new(DEFAULT_WAITERS));
+        let store = AckLogStore::new(
+            RaftLogStore::<TypeConfig>::with_entry_version(log.clone(), ENTRY_VERSION),
+            FlushWaiters::new(DEFAULT_WAITERS),
+        );
         let raft = Raft::new(cfg.node_id, config, Network::new(&cfg.group), store.clone(), state.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -190,19 +121,20 @@ impl Node {
             Routes::new(RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)),
         )
         .await?;
-        let broker =
-            Broker::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), store, service_settings(&cfg), view);
-        let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
-        let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
-        let admin = Admin::new(
+        let forwarder = Forwarder::new(cfg.node_id, raft.clone());
+        let broker = Broker::new(
             &cfg.group,
-            cfg.node_id,
             raft.clone(),
             state.clone(),
-            log.clone(),
-            broker.clone(),
-            default_queues,
+            store,
+            service_settings(&cfg),
+            view,
+            forwarder.clone(),
         );
+        let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
+        let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
+        let admin =
+            Admin::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), log.clone(), forwarder, default_queues);
         // The admin service shares the client endpoint with the RocketMQ service.
         let client_service = Routes::new(
             MessagingServiceServer::new(broker)

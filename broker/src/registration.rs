@@ -18,15 +18,12 @@ use raftmq_proto::namesrv::v1::{BrokerHeartbeat, Role, TopicInfo};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::machine::Machine;
-use crate::machine::types::{MessageType, Permission};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft, TypeConfig};
+pub use crate::settings::{DEFAULT_CLUSTER, DEFAULT_INTERVAL};
+use raftmq_machine::Machine;
+use raftmq_machine::types::{MessageType, Permission};
 
-/// The cluster name when none is configured (RocketMQ's default).
-pub const DEFAULT_CLUSTER: &str = "DefaultCluster";
-/// How often a node heartbeats to each nameserver by default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time one nameserver call may take (connecting included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most nameservers a node may be configured with.
@@ -305,8 +302,8 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Command;
-    use crate::machine::types::{TopicConfig, TopicName};
+    use raftmq_machine::Command;
+    use raftmq_machine::types::{TopicConfig, TopicName};
 
     #[test]
     fn roles_follow_the_raft_state() {
@@ -322,7 +319,7 @@ mod tests {
         for (i, (name, config)) in topics.iter().enumerate() {
             let topic = TopicName::new(name).expect("valid name");
             let command = Command::UpsertTopic { topic, config: config.clone() };
-            assert_eq!(machine.apply(i as u64 + 1, &command), crate::machine::Response::Done);
+            assert_eq!(machine.apply(raftmq_machine::LogIndex(i as u64 + 1), &command), raftmq_machine::Response::Done);
         }
         machine
     }
@@ -358,7 +355,7 @@ mod tests {
         for i in 0..MAX_TOPICS_PER_HEARTBEAT + extra {
             let topic = TopicName::new(&format!("t{i:05}")).expect("valid name");
             let command = Command::UpsertTopic { topic, config: TopicConfig::all_types(1) };
-            assert_eq!(machine.apply(i as u64 + 1, &command), crate::machine::Response::Done);
+            assert_eq!(machine.apply(raftmq_machine::LogIndex(i as u64 + 1), &command), raftmq_machine::Response::Done);
         }
         let (topics, left_out) = topic_table(&machine);
         assert_eq!(topics.len(), MAX_TOPICS_PER_HEARTBEAT);

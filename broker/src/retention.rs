@@ -24,33 +24,15 @@ use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::{Log, RemovedSegment, Retention};
 
-use crate::machine::types::{Millis, QueueId};
-use crate::machine::{Command, Machine};
 use crate::raft::Raft;
 use crate::raft::state::StateStore;
+pub use crate::settings::RetentionConfig;
+use raftmq_machine::types::{Millis, QueueId};
+use raftmq_machine::{Command, LogIndex, Machine};
 
 /// Longest a trim proposal may wait to commit before this round of retention goes on
 /// without it.
 const TRIM_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// When CommitLog segments are deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionConfig {
-    /// How often retention runs (default 60 s).
-    pub interval: Duration,
-    /// Messages stored longer ago than this are deleted with their segment (default 72 h);
-    /// `None` keeps messages whatever their age.
-    pub max_age: Option<Duration>,
-    /// Delete the oldest purged segments while the CommitLog holds more bytes than this
-    /// (default: no limit).
-    pub max_bytes: Option<u64>,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self { interval: Duration::from_secs(60), max_age: Some(Duration::from_secs(72 * 3600)), max_bytes: None }
-    }
-}
 
 /// The lowest log index any ConsumeQueue references with a message stored at or after
 /// `since` (`None`: no such message).
@@ -61,7 +43,7 @@ pub fn first_index_since(machine: &Machine, since: Millis) -> Option<u64> {
             let Some(queue) = machine.queue(topic, QueueId(q)) else { continue };
             // Store times only grow along a queue, as do log indexes.
             if let Some(record) = queue.get(queue.offset_at_time(since)) {
-                lowest = Some(lowest.map_or(record.log_index, |l| l.min(record.log_index)));
+                lowest = Some(lowest.map_or(record.log_index.0, |l| l.min(record.log_index.0)));
             }
         }
     }
@@ -110,7 +92,7 @@ pub fn first_index_referenced(machine: &Machine) -> Option<u64> {
         .flat_map(|(topic, config)| {
             (0..config.queue_count)
                 .filter_map(move |q| machine.queue(topic, QueueId(q)))
-                .filter_map(|queue| queue.get(queue.min_offset()).map(|r| r.log_index))
+                .filter_map(|queue| queue.get(queue.min_offset()).map(|r| r.log_index.0))
         })
         .min()
 }
@@ -123,7 +105,7 @@ pub async fn trim_queues(raft: &Raft, state: &StateStore, config: &RetentionConf
         return None;
     }
     let before_log_index = state.read(|a| trim_point(&a.machine, now, config))?;
-    let write = raft.client_write(Command::TrimQueues { before_log_index });
+    let write = raft.client_write(Command::TrimQueues { before_log_index: LogIndex(before_log_index) });
     match tokio::time::timeout(TRIM_TIMEOUT, write).await {
         Ok(Ok(r)) => {
             tracing::info!(before_log_index, index = r.log_id.index(), "trimmed queues past the reserved time");
@@ -185,8 +167,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::machine::Command;
-    use crate::machine::types::{StoredMessage, TopicConfig, TopicName};
+    use raftmq_machine::Command;
+    use raftmq_machine::types::{StoredMessage, TopicConfig, TopicName};
 
     fn send(machine: &mut Machine, index: u64, at: i64, queue: u32) {
         let message = StoredMessage {
@@ -204,7 +186,7 @@ mod tests {
             body_gzip: false,
         };
         machine.apply(
-            index,
+            LogIndex(index),
             &Command::Send { now: Millis(at), auto_create_queues: None, messages: vec![message], proposal: None },
         );
     }
@@ -213,7 +195,7 @@ mod tests {
     fn expiry_follows_message_store_times_across_queues() {
         let mut m = Machine::new("g");
         let topic = TopicName::new("t").expect("valid");
-        m.apply(1, &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
+        m.apply(LogIndex(1), &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
         send(&mut m, 10, 1_000, 0);
         send(&mut m, 20, 5_000, 1);
         send(&mut m, 30, 9_000, 0);
@@ -240,7 +222,7 @@ mod tests {
     fn queues_are_trimmed_to_the_first_message_within_the_reserved_time() {
         let mut m = Machine::new("g");
         let topic = TopicName::new("t").expect("valid");
-        m.apply(1, &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
+        m.apply(LogIndex(1), &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
         send(&mut m, 10, 1_000, 0);
         send(&mut m, 20, 5_000, 1);
         send(&mut m, 30, 9_000, 0);
@@ -250,12 +232,12 @@ mod tests {
         assert_eq!(trim_point(&m, at(7_000), &config), Some(20));
         assert_eq!(trim_point(&m, at(7_000), &RetentionConfig { max_age: None, ..config.clone() }), None);
 
-        m.apply(40, &Command::TrimQueues { before_log_index: 20 });
+        m.apply(LogIndex(40), &Command::TrimQueues { before_log_index: LogIndex(20) });
         assert_eq!(trim_point(&m, at(7_000), &config), None, "already trimmed there");
         let p = policy(&m, at(7_000), &config);
         assert_eq!((p.expired_before, p.keep_from), (20, 20), "the segments below 20 may go now");
         assert_eq!(trim_point(&m, at(20_000), &config), Some(u64::MAX), "everything is past 4 s");
-        m.apply(41, &Command::TrimQueues { before_log_index: u64::MAX });
+        m.apply(LogIndex(41), &Command::TrimQueues { before_log_index: LogIndex(u64::MAX) });
         assert_eq!(first_index_referenced(&m), None);
         assert_eq!(policy(&m, at(20_000), &config).keep_from, u64::MAX);
     }

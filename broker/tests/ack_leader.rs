@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use broker::config::AckMode;
-use broker::machine::types::{QueueId, TopicName};
 use broker::node::{Node, NodeConfig};
 use broker::raft::NodeId;
-use broker::service::ServiceSettings;
+use broker::settings::AckMode;
+use broker::settings::ServiceSettings;
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
+use raftmq_machine::types::{QueueId, TopicName};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
-use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use broker::machine::{Command, Response};
 use broker::node::{Node, NodeConfig};
 use broker::raft::{NodeId, TypeConfig};
 use broker::retention::{self, RetentionConfig};
@@ -20,6 +18,8 @@ use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::{LogConfig, RaftLogStore};
+use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::{Command, Response};
 
 const TOPIC: &str = "orders";
 const QUEUES: u32 = 4;
@@ -98,11 +98,11 @@ fn read_all(node: &Node, sent: &BTreeMap<String, Bytes>) -> anyhow::Result<Reads
         (0..QUEUES)
             .filter_map(|q| a.machine.queue(&topic, QueueId(q)))
             .flat_map(|queue| (queue.min_offset()..queue.max_offset()).filter_map(|o| queue.get(o).copied()))
-            .map(|r| (r.log_index, r.slot))
+            .map(|r| (r.log_index.0, r.slot.0))
             .collect()
     });
     anyhow::ensure!(locations.len() == sent.len(), "{} queue records for {} messages", locations.len(), sent.len());
-    let store = RaftLogStore::<TypeConfig>::new(node.log.clone());
+    let store = RaftLogStore::<TypeConfig>::with_entry_version(node.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
     for (index, slot) in locations {
         let entries = match store.retained_entries(index, index + 1) {
             Ok(entries) => entries,
@@ -245,7 +245,7 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     let purge = fresh.log.view().purged.map(|p| p.index).expect("purged");
     assert!(removed.iter().all(|s| s.next <= keep && s.next <= purge + 1), "{removed:?} (keep from {keep})");
     caught_up_and_readable(&fresh, &rest, &sent).await?;
-    let store = RaftLogStore::<TypeConfig>::new(fresh.log.clone());
+    let store = RaftLogStore::<TypeConfig>::with_entry_version(fresh.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
     assert_eq!(store.retained_entries(keep, keep + 1)?.len(), 1, "the first referenced entry stays");
     fresh.shutdown().await;
     for n in nodes {

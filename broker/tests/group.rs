@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use broker::machine::{Command, Response};
 use broker::node::{Node, NodeConfig};
 use broker::raft::NodeId;
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
+use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::{Command, Response};
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
     common::three_nodes(dir, "g1", |c| NodeConfig {
@@ -105,7 +105,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
         // The message bodies are in every node's CommitLog at the index the queue names.
         let rec =
             n.state.read(|a| a.machine.queue(&topic, QueueId(1)).and_then(|q| q.get(0)).copied()).expect("record");
-        assert_eq!(rec.log_index, index);
+        assert_eq!(rec.log_index, raftmq_machine::LogIndex(index));
         assert_eq!(n.log.read(index, index + 1)?.len(), 1);
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use broker::node::{Node, NodeConfig};
 use broker::raft::NodeId;
-use broker::service::ServiceSettings;
+use broker::settings::ServiceSettings;
 use raft_log::LogConfig;
 use raftmq_proto::namesrv::v1::name_service_client::NameServiceClient;
 use raftmq_proto::namesrv::v1::{

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
-use broker::machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use broker::machine::{Command, Response};
 use broker::node::{Node, NodeConfig};
 use broker::retention::{self, RetentionConfig};
 use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
+use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::{Command, Response};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;

@@ -94,12 +94,12 @@ async fn mqadmin_bench_produce_prints_its_figures() -> anyhow::Result<()> {
     }
     // The messages are really there: the topic's queues hold them all.
     let node = group.node(1).ok_or_else(|| anyhow::anyhow!("node 1 stopped"))?;
-    let topic = broker::machine::types::TopicName::new("BenchmarkTopic")?;
+    let topic = raftmq_machine::types::TopicName::new("BenchmarkTopic")?;
     let stored_at = std::time::Instant::now();
     loop {
         let stored: u64 = node.state.read(|a| {
             (0..8)
-                .filter_map(|q| a.machine.queue(&topic, broker::machine::types::QueueId(q)))
+                .filter_map(|q| a.machine.queue(&topic, raftmq_machine::types::QueueId(q)))
                 .map(|q| q.max_offset())
                 .sum()
         });

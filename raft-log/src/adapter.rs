@@ -2,7 +2,9 @@
 //! types are serde-serializable (openraft's `serde` feature) and whose committed leader id
 //! carries a term (openraft's default leader id mode).
 //!
-//! Entries are encoded with bincode 2 into the record payload; the record header carries
+//! Entries are encoded with bincode 2 into the record payload, after a 4-byte entry format
+//! version the application chooses ([`RaftLogStore::with_entry_version`]): an entry of a
+//! version this build does not read is an error naming its index. The record header carries
 //! the entry's index and term. The vote, the committed id and the purged id live in the
 //! meta file. Reads through this adapter never return purged entries; [`Log::read`] does,
 //! while retention keeps them. Only [`RaftLogStore::retained_entries`] heeds the log's
@@ -48,12 +50,16 @@ type CommittedOf<C> = <<C as RaftTypeConfig>::LeaderId as openraft::vote::RaftLe
 /// openraft log storage backed by the CommitLog. Clones share the log.
 pub struct RaftLogStore<C> {
     log: Log,
+    entry_version: u32,
     _types: PhantomData<fn() -> C>,
 }
 
+/// The entry format version [`RaftLogStore::new`] writes and reads.
+pub const DEFAULT_ENTRY_VERSION: u32 = 1;
+
 impl<C> Clone for RaftLogStore<C> {
     fn clone(&self) -> Self {
-        Self { log: self.log.clone(), _types: PhantomData }
+        Self { log: self.log.clone(), entry_version: self.entry_version, _types: PhantomData }
     }
 }
 
@@ -64,9 +70,20 @@ impl<C> Debug for RaftLogStore<C> {
 }
 
 impl<C> RaftLogStore<C> {
-    /// Wraps an open log.
+    /// Wraps an open log; entries carry [`DEFAULT_ENTRY_VERSION`].
     pub fn new(log: Log) -> Self {
-        Self { log, _types: PhantomData }
+        Self::with_entry_version(log, DEFAULT_ENTRY_VERSION)
+    }
+
+    /// Wraps an open log whose entries carry (and must carry) format version `version`:
+    /// the application's encoding of its commands.
+    pub fn with_entry_version(log: Log, version: u32) -> Self {
+        Self { log, entry_version: version, _types: PhantomData }
+    }
+
+    /// The entry format version written and read.
+    pub fn entry_version(&self) -> u32 {
+        self.entry_version
     }
 
     /// The underlying log, for reads of retained (even purged) records.
@@ -80,8 +97,44 @@ impl<C: RaftTypeConfig> RaftLogStore<C> {
     /// bodies stay readable until retention deletes their segment).
     pub fn retained_entries(&self, from: u64, to: u64) -> io::Result<Vec<C::Entry>> {
         let records = self.log.read(from, to)?;
-        records.iter().map(|r| decode(&r.payload, "log entry")).collect()
+        records.iter().map(|r| self.decode_entry(r)).collect()
     }
+
+    /// Encodes an entry as this store writes it: the format version, then bincode.
+    pub fn encode_entry(&self, entry: &C::Entry) -> io::Result<Bytes> {
+        let mut out = self.entry_version.to_le_bytes().to_vec();
+        bincode::serde::encode_into_std_write(entry, &mut out, bincode_config())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode log entry: {e}")))?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Decodes a record written by [`Self::encode_entry`], checking its format version.
+    pub fn decode_entry(&self, record: &Record) -> io::Result<C::Entry> {
+        decode_entry::<C>(record, self.entry_version)
+    }
+}
+
+/// Decodes a record written by [`RaftLogStore::encode_entry`] with entry format `version`;
+/// another version is an error naming the record's index.
+pub fn decode_entry<C: RaftTypeConfig>(record: &Record, version: u32) -> io::Result<C::Entry> {
+    let Some((found, body)) = record.payload.split_first_chunk::<4>() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log entry {} is {} bytes, too short for its format version", record.index, record.payload.len()),
+        ));
+    };
+    let found = u32::from_le_bytes(*found);
+    if found != version {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "log entry {} has entry format version {found}, this build reads version {version}; \
+                 run a raftmq build that reads version {found}",
+                record.index
+            ),
+        ));
+    }
+    decode(body, &format!("log entry {}", record.index))
 }
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -137,7 +190,7 @@ where
         let view = self.log.view();
         let from = from.max(view.purged.map_or(0, |p| p.index + 1));
         let records = self.log.read_for_raft(from, to)?;
-        records.iter().map(|r| decode(&r.payload, "log entry")).collect()
+        records.iter().map(|r| self.decode_entry(r)).collect()
     }
 }
 
@@ -211,7 +264,7 @@ where
             records.push(Record {
                 index: log_id.index(),
                 term: log_id.committed_leader_id().term_number(),
-                payload: encode(&entry)?,
+                payload: self.encode_entry(&entry)?,
             });
         }
         let done = Box::new(move |r: crate::Result<()>| callback.io_completed(r.map_err(io::Error::from)));

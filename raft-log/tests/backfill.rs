@@ -284,8 +284,7 @@ async fn the_incomplete_mark_does_not_hide_raft_entries_from_raft() -> anyhow::R
     let records: Vec<Record> = entries
         .iter()
         .map(|e| -> anyhow::Result<Record> {
-            let payload = bincode::serde::encode_to_vec(e, bincode::config::standard())?;
-            Ok(Record { index: e.log_id().index(), term: 1, payload: Bytes::from(payload) })
+            Ok(Record { index: e.log_id().index(), term: 1, payload: store.encode_entry(e)? })
         })
         .collect::<anyhow::Result<_>>()?;
     log.append_durable(records).await?;

@@ -24,7 +24,7 @@ use raft_log::RaftLogStore;
 use tokio::sync::oneshot;
 
 use super::{Entry, LogId, TypeConfig};
-use crate::machine::{Command, ProposalId};
+use raftmq_machine::{Command, ProposalId};
 
 /// Most proposals waiting for their flush at once (one per batch in flight).
 pub const DEFAULT_WAITERS: usize = 256;

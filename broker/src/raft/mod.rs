@@ -8,26 +8,9 @@ pub mod network;
 pub mod service;
 pub mod state;
 
-use std::fmt;
+use raftmq_machine::{Command, Response};
 
-use serde::{Deserialize, Serialize};
-
-use crate::machine::{Command, Response};
-
-/// Addresses of a group member, stored in the Raft membership.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// `host:port` of the node's Raft service.
-    pub raft_addr: String,
-    /// `host:port` of the node's client (RocketMQ v2) service.
-    pub client_addr: String,
-}
-
-impl fmt::Display for NodeInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} client={}", self.raft_addr, self.client_addr)
-    }
-}
+pub use crate::settings::{NodeId, NodeInfo};
 
 openraft::declare_raft_types!(
     /// The broker's Raft types: commands in, responses out, the CommitLog as the log.
@@ -41,7 +24,5 @@ openraft::declare_raft_types!(
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A broker node's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, state::StateStore>;
-/// Raft node ids: never reused.
-pub type NodeId = u64;
 /// openraft's log entry for this configuration.
 pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;
 use super::{LogId, TypeConfig};
-use crate::machine::{Machine, Response};
+use raftmq_machine::{LogIndex, Machine, Response, codec};
 
 /// The applied state: the machine plus what openraft needs to know about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +28,13 @@ pub struct Applied {
     pub membership: StoredMembershipOf<TypeConfig>,
 }
 
+/// What a snapshot file holds (after the versioned header of [`codec::encode_snapshot`]).
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<TypeConfig>,
-    applied: Applied,
+pub struct SnapshotFile {
+    /// openraft's snapshot metadata.
+    pub meta: SnapshotMetaOf<TypeConfig>,
+    /// The applied state.
+    pub applied: Applied,
 }
 
 /// The state machine; clones share the state (services read it).
@@ -49,15 +52,12 @@ pub struct StateStore {
 /// The newest snapshot: its meta and its encoded file.
 type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>);
 
-fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+fn encode(file: &SnapshotFile) -> io::Result<Vec<u8>> {
+    codec::encode_snapshot(file).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> io::Result<T> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
+fn decode(bytes: &[u8], what: &str) -> io::Result<SnapshotFile> {
+    codec::decode_snapshot(bytes, what).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed, directory fsynced.
@@ -157,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 a.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => Response::Done,
-                    EntryPayload::Normal(cmd) => a.machine.apply(entry.log_id.index(), cmd),
+                    EntryPayload::Normal(cmd) => a.machine.apply(LogIndex(entry.log_id.index()), cmd),
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                         Response::Done
@@ -219,9 +219,9 @@ mod tests {
     use openraft::type_config::TypeConfigExt;
 
     use super::*;
-    use crate::machine::Command;
-    use crate::machine::types::{TopicConfig, TopicName};
     use crate::raft::Entry;
+    use raftmq_machine::Command;
+    use raftmq_machine::types::{TopicConfig, TopicName};
 
     fn upsert(index: u64, name: &str) -> Entry {
         let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index);

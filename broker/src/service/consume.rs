@@ -7,8 +7,8 @@ use super::Broker;
 use super::convert;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
-use crate::machine::types::{QueueId, QueueOffset};
-use crate::machine::{Command, Receipt, Response};
+use raftmq_machine::types::{QueueId, QueueOffset};
+use raftmq_machine::{Command, Receipt, Response};
 
 /// Most entries in one AckMessage request.
 pub const MAX_ACKS_PER_REQUEST: usize = 1024;

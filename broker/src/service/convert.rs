@@ -9,7 +9,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 
 use super::status::Refusal;
-use crate::machine::types::{Millis, QueueId, StoredMessage, TopicName};
+use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicName};
 
 /// Most user properties per message.
 pub const MAX_PROPERTIES: usize = 128;

@@ -15,70 +15,24 @@ mod send;
 pub mod status;
 mod telemetry;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
-use openraft::async_runtime::watch::WatchReceiver;
-use parking_lot::Mutex;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::namesrv_view::RouteView;
 use self::proposer::{Ack, Proposer};
 use self::status::Refusal;
-use crate::config::AckMode;
+use crate::forward::{Forwarder, forward};
+use crate::raft::Raft;
 use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
-use crate::raft::{NodeId, NodeInfo, Raft};
-
-/// Metadata key marking a call forwarded by a follower.
-const FORWARDED: &str = "x-raftmq-forwarded";
-/// How long a call waits for a leader to be known before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(3);
-
-/// Limits and defaults of the client service.
-#[derive(Debug, Clone)]
-pub struct ServiceSettings {
-    /// Largest message body (default 4 MiB).
-    pub max_body_bytes: usize,
-    /// Create unknown topics on first use with this many queues (None: refuse them).
-    pub auto_create_queues: Option<u32>,
-    /// Invisible time when a receive names none (push consumers), default 30 s.
-    pub default_invisible_ms: u64,
-    /// Shortest and longest invisible time a client may ask for.
-    pub invisible_range_ms: (u64, u64),
-    /// Longest long-polling wait (default 30 s).
-    pub max_long_polling_ms: u64,
-    /// Most messages one receive returns (default 32).
-    pub max_receive_batch: u32,
-    /// Largest log entry the CommitLog takes (its `max_payload`): group commit keeps each
-    /// entry below it and refuses a send that alone would not fit.
-    pub max_entry_bytes: usize,
-    /// When a send is answered: after commit (`Quorum`, the default), or once the leader's own
-    /// write is durable (`Leader`: the receipt's offset is -1, a failover can lose the tail).
-    pub ack: AckMode,
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 4 << 20,
-            auto_create_queues: None,
-            default_invisible_ms: 30_000,
-            invisible_range_ms: (1_000, 12 * 3600 * 1000),
-            max_long_polling_ms: 30_000,
-            max_receive_batch: 32,
-            max_entry_bytes: raft_log::LogConfig::default().max_payload as usize,
-            ack: AckMode::Quorum,
-        }
-    }
-}
+use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
 
 /// Everything the service needs from its node.
 #[derive(Clone)]
@@ -94,7 +48,7 @@ struct Inner {
     store: AckLogStore,
     proposer: Proposer,
     settings: ServiceSettings,
-    channels: Mutex<HashMap<String, Channel>>,
+    forwarder: Forwarder,
     /// Routes as the nameservers see them.
     view: RouteView,
 }
@@ -112,15 +66,16 @@ enum Route {
 }
 
 impl Broker {
-    /// The service of node `node_id` of `group`, answering routes from `view` when it can.
+    /// The service of the node `forwarder` forwards for, in `group`, answering routes from
+    /// `view` when it can.
     pub fn new(
         group: &str,
-        node_id: NodeId,
         raft: Raft,
         state: StateStore,
         store: AckLogStore,
         settings: ServiceSettings,
         view: RouteView,
+        forwarder: Forwarder,
     ) -> Self {
         let ack = match settings.ack {
             AckMode::Quorum => Ack::Quorum,
@@ -133,69 +88,27 @@ impl Broker {
         Self {
             inner: Arc::new(Inner {
                 group: group.to_string(),
-                node_id,
+                node_id: forwarder.node_id(),
                 raft,
                 state,
                 store,
                 proposer,
                 settings,
-                channels: Mutex::new(HashMap::new()),
+                forwarder,
                 view,
             }),
         }
     }
 
     fn me(&self) -> Option<NodeInfo> {
-        self.member(self.inner.node_id)
-    }
-
-    fn member(&self, id: NodeId) -> Option<NodeInfo> {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow_watched();
-        m.membership_config.membership().get_node(&id).cloned()
-    }
-
-    /// The current leader, waiting up to [`LEADER_WAIT`] for one to be elected.
-    pub(crate) async fn leader(&self) -> Result<NodeId, Refusal> {
-        let mut rx = self.inner.raft.metrics();
-        let wait = async {
-            loop {
-                if let Some(l) = rx.borrow_watched().current_leader {
-                    return Ok(l);
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Refusal::unavailable("this node is shutting down"));
-                }
-            }
-        };
-        tokio::time::timeout(LEADER_WAIT, wait)
-            .await
-            .unwrap_or_else(|_| Err(Refusal::unavailable("no leader elected in the broker group; retry shortly")))
+        self.inner.forwarder.member(self.inner.node_id)
     }
 
     async fn route<T>(&self, request: &Request<T>) -> Result<Route, Refusal> {
-        match self.leader_endpoint(request).await? {
+        match self.inner.forwarder.leader_endpoint(request).await.map_err(|e| Refusal::unavailable(e.0))? {
             None => Ok(Route::Local),
             Some(addr) => Ok(Route::Leader(self.client(&addr)?)),
         }
-    }
-
-    /// Where a call that needs the leader is served: `None` on this node (it leads), or the
-    /// leader's client endpoint. A call already forwarded once is refused, not forwarded.
-    pub(crate) async fn leader_endpoint<T>(&self, request: &Request<T>) -> Result<Option<String>, Refusal> {
-        let leader = self.leader().await?;
-        if leader == self.inner.node_id {
-            return Ok(None);
-        }
-        if request.metadata().get(FORWARDED).is_some() {
-            return Err(Refusal::unavailable(format!(
-                "node {} is not the leader (node {leader} is); leadership is moving, retry",
-                self.inner.node_id
-            )));
-        }
-        let info =
-            self.member(leader).ok_or_else(|| Refusal::unavailable(format!("leader {leader} has no address")))?;
-        Ok(Some(info.client_addr))
     }
 
     fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Refusal> {
@@ -206,28 +119,8 @@ impl Broker {
 
     /// A lazily connected channel to a member's client endpoint, shared by every call to it.
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Refusal> {
-        let mut channels = self.inner.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Refusal::unavailable(format!("bad member address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        self.inner.forwarder.channel(addr).map_err(|e| Refusal::unavailable(e.0))
     }
-}
-
-/// Copies a request for forwarding, marking it forwarded and keeping its deadline.
-pub(crate) fn forward<T>(request: &Request<T>, body: T) -> Request<T> {
-    let mut req = Request::new(body);
-    if let Some(t) = request.metadata().get("grpc-timeout") {
-        req.metadata_mut().insert("grpc-timeout", t.clone());
-    }
-    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

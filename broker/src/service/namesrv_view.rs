@@ -20,10 +20,11 @@ use raftmq_proto::rocketmq::v2 as pb;
 use tonic::Request;
 use tonic::transport::Channel;
 
+use super::Broker;
 use super::route::{self, address};
-use super::{Broker, FORWARDED};
-use crate::machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig};
+use crate::forward::FORWARDED;
 use crate::registration::{NamesrvConfigError, nameserver_clients};
+use raftmq_machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig};
 
 /// Most topics whose routes are cached.
 pub const MAX_CACHED_TOPICS: usize = 4096;

@@ -18,10 +18,10 @@ use raftmq_proto::rocketmq::v2::Code;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::status::Refusal;
-use crate::machine::types::{Millis, QueueId, QueueOffset, StoredMessage};
-use crate::machine::{Command, CommandError, Response};
 use crate::raft::ack::FlushWaiters;
 use crate::raft::{Raft, TypeConfig};
+use raftmq_machine::types::{Millis, QueueId, QueueOffset, StoredMessage};
+use raftmq_machine::{Command, CommandError, Response};
 
 /// Bounds of one batch.
 #[derive(Debug, Clone, Copy)]

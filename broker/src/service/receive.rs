@@ -19,8 +19,8 @@ use super::proposer::now_ms;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use super::{BoxStream, Broker};
-use crate::machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter};
-use crate::machine::{Command, Popped, Response};
+use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter};
+use raftmq_machine::{Command, Popped, Response};
 
 /// Time kept between our answer and the client's deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
@@ -70,7 +70,7 @@ fn filter_of(expr: Option<&pb::FilterExpression>) -> Result<TagFilter, Refusal> 
 
 struct Receive {
     group: GroupName,
-    topic: crate::machine::types::TopicName,
+    topic: raftmq_machine::types::TopicName,
     filter: TagFilter,
     max: u32,
     invisible_ms: u64,
@@ -209,7 +209,7 @@ impl Broker {
 
     /// Reads the bodies of popped or pulled messages from the CommitLog; each entry once.
     fn load(&self, at: &[Popped]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
-        let locations: Vec<(u64, u32)> = at.iter().map(|p| (p.log_index, p.slot)).collect();
+        let locations: Vec<(u64, u32)> = at.iter().map(|p| (p.log_index.0, p.slot.0)).collect();
         self.load_at(&locations)
     }
 
@@ -329,7 +329,7 @@ impl Broker {
                 content: Some(PullContent::Status(status::status(Code::MessageNotFound, "no new message"))),
             }));
         } else {
-            let locations: Vec<(u64, u32)> = found.iter().map(|(_, rec)| (rec.log_index, rec.slot)).collect();
+            let locations: Vec<(u64, u32)> = found.iter().map(|(_, rec)| (rec.log_index.0, rec.slot.0)).collect();
             let messages = match self.load_at(&locations) {
                 Ok(m) => m,
                 Err(refusal) => return pull_failed(&refusal),

@@ -11,8 +11,8 @@ use raftmq_proto::rocketmq::v2::Code;
 
 use super::Broker;
 use super::status::{self, Refusal};
-use crate::machine::types::{GroupName, MessageType, Permission, TopicConfig, TopicName};
-use crate::machine::{Command, Response};
+use raftmq_machine::types::{GroupName, MessageType, Permission, TopicConfig, TopicName};
+use raftmq_machine::{Command, Response};
 
 /// A follower that acknowledged no heartbeat for this long is left out of routes.
 const LIVE_WITHIN: Duration = Duration::from_secs(3);

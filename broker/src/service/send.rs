@@ -10,7 +10,7 @@ use super::Broker;
 use super::convert;
 use super::route::topic_of;
 use super::status::{self, Refusal};
-use crate::machine::types::{QueueId, StoredMessage};
+use raftmq_machine::types::{QueueId, StoredMessage};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -25,7 +25,7 @@ fn make_id(node: u64) -> String {
 }
 
 fn fnv(s: &str) -> u64 {
-    crate::machine::types::tag_hash(s)
+    raftmq_machine::types::tag_hash(s)
 }
 
 /// The answer when the whole request failed.

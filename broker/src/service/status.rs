@@ -3,8 +3,8 @@
 
 use raftmq_proto::rocketmq::v2::{Code, Status};
 
-use crate::machine::CommandError;
-use crate::machine::types::NameError;
+use raftmq_machine::CommandError;
+use raftmq_machine::types::NameError;
 
 /// A status with `code` and `message`.
 pub fn status(code: Code, message: impl Into<String>) -> Status {

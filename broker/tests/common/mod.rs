@@ -69,7 +69,7 @@ pub fn leader_of<'a>(nodes: &[&'a broker::node::Node]) -> Option<&'a broker::nod
 /// just won may still refuse, or lose a re-election: a client retries the same way).
 pub async fn write_until_served(
     nodes: &[&broker::node::Node],
-    cmd: broker::machine::Command,
+    cmd: raftmq_machine::Command,
     deadline: Duration,
 ) -> anyhow::Result<openraft::raft::ClientWriteResponse<broker::raft::TypeConfig>> {
     let start = std::time::Instant::now();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use broker::node::{Node, NodeConfig};
 use broker::raft::{NodeId, NodeInfo};
-use broker::service::ServiceSettings;
+use broker::settings::ServiceSettings;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 

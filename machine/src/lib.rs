@@ -6,7 +6,9 @@
 //! Message bodies stay in the Raft log: a queue record names the log index and the slot
 //! of the message in that entry's batch.
 
+pub mod codec;
 pub mod command;
+pub mod ids;
 pub mod pop;
 pub mod receipt;
 pub mod types;
@@ -16,9 +18,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 pub use self::command::{Command, CommandError, Popped, ProposalId, Response, Sent};
+pub use self::ids::{LogIndex, Millis, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
-use self::types::{GroupName, Millis, QueueId, QueueOffset, TagFilter, TopicConfig, TopicName, tag_hash};
+use self::types::{GroupName, TagFilter, TopicConfig, TopicName, tag_hash};
 
 /// Most messages one pop may take.
 pub const MAX_POP_BATCH: u32 = 256;
@@ -29,9 +32,9 @@ const POP_SCAN_LIMIT: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueRecord {
     /// Raft log index of the entry holding the message.
-    pub log_index: u64,
+    pub log_index: LogIndex,
     /// Position of the message within that entry's batch.
-    pub slot: u32,
+    pub slot: Slot,
     /// Body size in bytes.
     pub size: u32,
     /// Hash of the tag, if any.
@@ -65,7 +68,7 @@ impl Queue {
 
     /// Drops the records held in log entries below `before_log_index` (they lead the
     /// queue: log indexes grow along it); returns the new minimum offset.
-    fn trim_before(&mut self, before_log_index: u64) -> u64 {
+    fn trim_before(&mut self, before_log_index: LogIndex) -> u64 {
         let n = self.records.partition_point(|r| r.log_index < before_log_index);
         self.records.drain(..n);
         self.base += n as u64;
@@ -97,6 +100,11 @@ pub struct Machine {
     pops: BTreeMap<GroupQueue, PopState>,
     offsets: BTreeMap<GroupQueue, QueueOffset>,
     next_pop_id: u64,
+    /// The newest log index applied: indexes only grow.
+    last_applied: LogIndex,
+    /// The largest proposer time seen: store and visibility times never go backwards, even
+    /// when a new leader's clock is behind the old one's.
+    clock: Millis,
 }
 
 fn validate_config(config: &TopicConfig) -> Result<(), CommandError> {
@@ -171,8 +179,38 @@ impl Machine {
         (false, next)
     }
 
-    /// Applies the command in the log entry at `log_index`.
-    pub fn apply(&mut self, log_index: u64, command: &Command) -> Response {
+    /// The newest log index applied.
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+
+    /// The state machine's clock: the largest proposer time applied so far.
+    pub fn clock(&self) -> Millis {
+        self.clock
+    }
+
+    /// Takes the proposer's time `now` unless the clock is already past it.
+    fn tick(&mut self, now: Millis) -> Millis {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    /// Applies the command in the log entry at `log_index`, which must be past every index
+    /// applied before.
+    pub fn apply(&mut self, log_index: LogIndex, command: &Command) -> Response {
+        assert!(
+            log_index > self.last_applied,
+            "log index {log_index} applied after {}: indexes must grow",
+            self.last_applied
+        );
+        self.last_applied = log_index;
+        let clock_before = self.clock;
+        let response = self.dispatch(log_index, command);
+        assert!(self.clock >= clock_before, "the state machine's clock went backwards");
+        response
+    }
+
+    fn dispatch(&mut self, log_index: LogIndex, command: &Command) -> Response {
         match command {
             Command::UpsertTopic { topic, config } => match self.upsert_topic(topic, config) {
                 Ok(()) => Response::Done,
@@ -187,10 +225,12 @@ impl Machine {
                 Response::Done
             }
             Command::Send { now, auto_create_queues, messages, .. } => {
-                Response::Sent(self.send(log_index, *now, *auto_create_queues, messages))
+                let now = self.tick(*now);
+                Response::Sent(self.send(log_index, now, *auto_create_queues, messages))
             }
             Command::Pop { now, group, topic, queue, max, invisible_ms, filter } => {
-                match self.pop(*now, group, topic, *queue, *max, *invisible_ms, filter) {
+                let now = self.tick(*now);
+                match self.pop(now, group, topic, *queue, *max, *invisible_ms, filter) {
                     Ok(popped) => Response::Popped(popped),
                     Err(e) => Response::Failed(e),
                 }
@@ -199,7 +239,8 @@ impl Machine {
                 Response::Acked(receipts.iter().map(|r| self.ack(group, topic, r)).collect())
             }
             Command::ChangeInvisible { now, group, topic, receipt, invisible_ms } => {
-                match self.change_invisible(*now, group, topic, receipt, *invisible_ms) {
+                let now = self.tick(*now);
+                match self.change_invisible(now, group, topic, receipt, *invisible_ms) {
                     Ok(r) => Response::Changed(r),
                     Err(e) => Response::Failed(e),
                 }
@@ -220,7 +261,7 @@ impl Machine {
 
     /// Moves every queue's minimum offset past its records below `before_log_index`, and
     /// the pop state and committed offsets behind it up to it.
-    fn trim_queues(&mut self, before_log_index: u64) {
+    fn trim_queues(&mut self, before_log_index: LogIndex) {
         let mut mins: BTreeMap<(&TopicName, QueueId), u64> = BTreeMap::new();
         for (name, topic) in &mut self.topics {
             for (i, queue) in topic.queues.iter_mut().enumerate() {
@@ -270,7 +311,7 @@ impl Machine {
 
     fn send(
         &mut self,
-        log_index: u64,
+        log_index: LogIndex,
         now: Millis,
         auto_create: Option<u32>,
         messages: &[types::StoredMessage],
@@ -297,7 +338,7 @@ impl Machine {
             let offset = queue.max_offset();
             queue.records.push_back(QueueRecord {
                 log_index,
-                slot: u32::try_from(slot).expect("batches are far below 2^32 messages"),
+                slot: Slot(u32::try_from(slot).expect("batches are far below 2^32 messages")),
                 size: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
                 tag: m.tag.as_deref().map(tag_hash),
                 stored: now,
@@ -333,7 +374,7 @@ impl Machine {
                 (0..count).map(|i| QueueId(((self.next_pop_id + u64::from(i)) % u64::from(count)) as u32)).collect()
             }
         };
-        let pop_id = self.next_pop_id;
+        let pop_id = PopId(self.next_pop_id);
         self.next_pop_id += 1;
         let visible_at = now.plus_ms(invisible_ms);
         let max = max.min(MAX_POP_BATCH) as usize;
@@ -389,7 +430,7 @@ impl Machine {
         invisible_ms: u64,
     ) -> Result<Receipt, CommandError> {
         self.check_queue(topic, receipt.queue)?;
-        let new_pop_id = self.next_pop_id;
+        let new_pop_id = PopId(self.next_pop_id);
         let state = self
             .pops
             .get_mut(&(group.clone(), topic.clone(), receipt.queue))
@@ -408,7 +449,7 @@ fn popped(
     offset: u64,
     rec: &QueueRecord,
     attempt: u32,
-    pop_id: u64,
+    pop_id: PopId,
     visible_at: Millis,
 ) -> Popped {
     Popped {

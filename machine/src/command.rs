@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::receipt::Receipt;
-use super::types::{GroupName, Millis, QueueId, QueueOffset, StoredMessage, TagFilter, TopicConfig, TopicName};
+use crate::ids::{LogIndex, Millis, QueueId, QueueOffset, Slot};
+use crate::receipt::Receipt;
+use crate::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,7 +93,7 @@ pub enum Command {
     /// reserved time).
     TrimQueues {
         /// First log index whose messages stay.
-        before_log_index: u64,
+        before_log_index: LogIndex,
     },
 }
 
@@ -158,9 +159,9 @@ pub struct Popped {
     /// Offset in the queue.
     pub offset: QueueOffset,
     /// Raft log index of the entry holding the message.
-    pub log_index: u64,
+    pub log_index: LogIndex,
     /// Position of the message within that entry's batch.
-    pub slot: u32,
+    pub slot: Slot,
     /// How many times it has been delivered, this time included (>= 1).
     pub attempt: u32,
     /// Receipt to ack or change invisibility with.

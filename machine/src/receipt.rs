@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{QueueId, QueueOffset};
+use crate::ids::{PopId, QueueId, QueueOffset};
 
 /// Longest receipt handle accepted.
 pub const MAX_RECEIPT_LEN: usize = 256;
@@ -21,12 +21,12 @@ pub struct Receipt {
     /// Offset in the queue.
     pub offset: QueueOffset,
     /// The pop (delivery) this receipt belongs to; a later delivery invalidates it.
-    pub pop_id: u64,
+    pub pop_id: PopId,
 }
 
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "r1.{}.{}.{:x}.{}", self.queue.0, self.offset.0, self.pop_id, self.broker_group)
+        write!(f, "r1.{}.{}.{:x}.{}", self.queue.0, self.offset.0, self.pop_id.0, self.broker_group)
     }
 }
 
@@ -46,7 +46,7 @@ impl FromStr for Receipt {
         let offset = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let pop_id = parts.next().and_then(|p| u64::from_str_radix(p, 16).ok()).ok_or_else(bad)?;
         let broker_group = parts.next().filter(|g| !g.is_empty()).ok_or_else(bad)?.to_string();
-        Ok(Receipt { broker_group, queue: QueueId(queue), offset: QueueOffset(offset), pop_id })
+        Ok(Receipt { broker_group, queue: QueueId(queue), offset: QueueOffset(offset), pop_id: PopId(pop_id) })
     }
 }
 
@@ -59,7 +59,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(queue: u32, offset: u64, pop_id: u64, group in "[a-zA-Z0-9_%|.-]{1,40}") {
-            let r = Receipt { broker_group: group, queue: QueueId(queue), offset: QueueOffset(offset), pop_id };
+            let r = Receipt { broker_group: group, queue: QueueId(queue), offset: QueueOffset(offset), pop_id: PopId(pop_id) };
             prop_assert_eq!(r.to_string().parse::<Receipt>(), Ok(r));
         }
 

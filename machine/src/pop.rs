@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::Millis;
+use crate::ids::{Millis, PopId};
 
 /// A delivered, unacknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +15,7 @@ pub struct Inflight {
     /// Deliveries so far.
     pub attempts: u32,
     /// The pop that delivered it last.
-    pub pop_id: u64,
+    pub pop_id: PopId,
 }
 
 /// Invariants: every offset below `ack_offset` is acknowledged; every offset in
@@ -59,7 +59,7 @@ impl PopState {
     }
 
     /// Marks `offset` delivered (again) until `visible_at`; returns the attempt number.
-    pub fn deliver(&mut self, offset: u64, visible_at: Millis, pop_id: u64) -> u32 {
+    pub fn deliver(&mut self, offset: u64, visible_at: Millis, pop_id: PopId) -> u32 {
         assert!(offset >= self.ack_offset && offset <= self.next_fresh, "deliver {offset} out of order");
         assert!(!self.acked.contains(&offset), "deliver of acked offset {offset}");
         let attempts = match self.inflight.remove(&offset) {
@@ -86,7 +86,7 @@ impl PopState {
     }
 
     /// Acknowledges `offset` delivered by `pop_id`.
-    pub fn ack(&mut self, offset: u64, pop_id: u64) -> Result<(), String> {
+    pub fn ack(&mut self, offset: u64, pop_id: PopId) -> Result<(), String> {
         if offset < self.ack_offset || self.acked.contains(&offset) {
             return Err(format!("offset {offset} is already acknowledged or was deleted by retention"));
         }
@@ -107,9 +107,9 @@ impl PopState {
     pub fn change_invisible(
         &mut self,
         offset: u64,
-        pop_id: u64,
+        pop_id: PopId,
         visible_at: Millis,
-        new_pop_id: u64,
+        new_pop_id: PopId,
     ) -> Result<(), String> {
         let Some(inf) = self.inflight.get_mut(&offset) else {
             return Err(format!("offset {offset} is not invisible for this group (acknowledged or never delivered)"));
@@ -154,31 +154,31 @@ mod tests {
     fn out_of_order_acks_advance_the_ack_offset_when_the_gap_closes() {
         let mut s = PopState::starting_at(10);
         for off in 10..15 {
-            assert_eq!(s.deliver(off, Millis(100), 1), 1);
+            assert_eq!(s.deliver(off, Millis(100), PopId(1)), 1);
         }
         assert_eq!(s.next_fresh, 15);
-        s.ack(12, 1).expect("delivered");
-        s.ack(11, 1).expect("delivered");
+        s.ack(12, PopId(1)).expect("delivered");
+        s.ack(11, PopId(1)).expect("delivered");
         assert_eq!(s.ack_offset, 10);
-        s.ack(10, 1).expect("delivered");
+        s.ack(10, PopId(1)).expect("delivered");
         assert_eq!(s.ack_offset, 13);
         assert_eq!(s.inflight_count(), 2);
-        assert!(s.ack(10, 1).is_err(), "double ack is refused");
-        assert!(s.ack(20, 1).is_err(), "never delivered");
+        assert!(s.ack(10, PopId(1)).is_err(), "double ack is refused");
+        assert!(s.ack(20, PopId(1)).is_err(), "never delivered");
     }
 
     #[test]
     fn redelivery_counts_attempts_and_invalidates_old_receipts() {
         let mut s = PopState::starting_at(0);
-        s.deliver(0, Millis(100), 1);
+        s.deliver(0, Millis(100), PopId(1));
         assert_eq!(s.expired(Millis(99)).count(), 0);
         assert_eq!(s.expired(Millis(100)).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(s.deliver(0, Millis(300), 2), 2);
-        assert!(s.ack(0, 1).is_err(), "the first delivery's receipt is stale");
-        s.change_invisible(0, 2, Millis(500), 3).expect("current receipt");
-        assert!(s.ack(0, 2).is_err(), "change_invisible replaced the receipt");
+        assert_eq!(s.deliver(0, Millis(300), PopId(2)), 2);
+        assert!(s.ack(0, PopId(1)).is_err(), "the first delivery's receipt is stale");
+        s.change_invisible(0, PopId(2), Millis(500), PopId(3)).expect("current receipt");
+        assert!(s.ack(0, PopId(2)).is_err(), "change_invisible replaced the receipt");
         assert_eq!(s.expired(Millis(400)).count(), 0);
-        s.ack(0, 3).expect("newest receipt");
+        s.ack(0, PopId(3)).expect("newest receipt");
         assert_eq!(s.ack_offset, 1);
     }
 
@@ -186,7 +186,7 @@ mod tests {
     fn skipped_messages_count_as_consumed_and_trim_drops_old_state() {
         let mut s = PopState::starting_at(0);
         s.skip(0);
-        s.deliver(1, Millis(5), 1);
+        s.deliver(1, Millis(5), PopId(1));
         s.skip(2);
         assert_eq!(s.ack_offset, 1);
         s.trim_below(2);

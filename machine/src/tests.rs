@@ -5,8 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::types::StoredMessage;
 use super::*;
+use crate::types::StoredMessage;
+
+/// The index after the last one applied.
+fn next(m: &Machine) -> LogIndex {
+    m.last_applied().next()
+}
 
 fn topic(name: &str) -> TopicName {
     TopicName::new(name).expect("valid topic")
@@ -34,7 +39,7 @@ fn msg(t: &str, queue: u32, tag: Option<&str>, body: &str) -> StoredMessage {
 }
 
 fn create(m: &mut Machine, t: &str, queues: u32) {
-    let r = m.apply(1, &Command::UpsertTopic { topic: topic(t), config: TopicConfig::all_types(queues) });
+    let r = m.apply(next(m), &Command::UpsertTopic { topic: topic(t), config: TopicConfig::all_types(queues) });
     assert_eq!(r, Response::Done);
 }
 
@@ -48,14 +53,14 @@ fn pop(m: &mut Machine, now: i64, g: &str, t: &str, max: u32, filter: &str) -> V
         invisible_ms: 1000,
         filter: TagFilter::parse(filter).expect("valid filter"),
     };
-    match m.apply(100, &cmd) {
+    match m.apply(next(m), &cmd) {
         Response::Popped(p) => p,
         other => panic!("pop failed: {other:?}"),
     }
 }
 
 fn ack(m: &mut Machine, g: &str, t: &str, receipts: Vec<Receipt>) -> Vec<Result<(), CommandError>> {
-    match m.apply(101, &Command::Ack { group: group(g), topic: topic(t), receipts }) {
+    match m.apply(next(m), &Command::Ack { group: group(g), topic: topic(t), receipts }) {
         Response::Acked(r) => r,
         other => panic!("ack failed: {other:?}"),
     }
@@ -66,7 +71,7 @@ fn send_assigns_consecutive_offsets_per_queue() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 2);
     let r = m.apply(
-        7,
+        next(&m),
         &Command::Send {
             now: Millis(50),
             auto_create_queues: None,
@@ -85,7 +90,7 @@ fn send_assigns_consecutive_offsets_per_queue() {
     assert_eq!(results[2], Ok(Sent { queue: QueueId(0), offset: QueueOffset(1) }));
     assert!(matches!(results[3], Err(CommandError::QueueNotFound { queue: 5, count: 2, .. })));
     let rec = m.queue(&topic("t"), QueueId(0)).and_then(|q| q.get(1)).copied().expect("record");
-    assert_eq!((rec.log_index, rec.slot, rec.size, rec.stored), (7, 2, 1, Millis(50)));
+    assert_eq!((rec.log_index, rec.slot, rec.size, rec.stored), (LogIndex(2), Slot(2), 1, Millis(50)));
 }
 
 #[test]
@@ -97,9 +102,9 @@ fn unknown_topic_fails_unless_auto_create() {
         messages: vec![msg("new", 3, None, "x")],
         proposal: None,
     };
-    let Response::Sent(r) = m.apply(1, &send(None)) else { panic!() };
+    let Response::Sent(r) = m.apply(next(&m), &send(None)) else { panic!() };
     assert_eq!(r, vec![Err(CommandError::TopicNotFound("new".into()))]);
-    let Response::Sent(r) = m.apply(2, &send(Some(8))) else { panic!() };
+    let Response::Sent(r) = m.apply(next(&m), &send(Some(8))) else { panic!() };
     assert_eq!(r, vec![Ok(Sent { queue: QueueId(3), offset: QueueOffset(0) })]);
     assert_eq!(m.topic(&topic("new")).map(|c| c.queue_count), Some(8));
 }
@@ -109,7 +114,7 @@ fn popped_messages_are_invisible_until_timeout_and_acked_ones_never_return() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 1);
     let messages = (0..5).map(|i| msg("t", 0, None, &i.to_string())).collect();
-    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
+    m.apply(next(&m), &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
     let first = pop(&mut m, 10, "cg", "t", 3, "*");
     assert_eq!(first.iter().map(|p| p.offset.0).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert!(first.iter().all(|p| p.attempt == 1 && p.visible_at == Millis(1010)));
@@ -136,9 +141,9 @@ fn tag_filter_skips_other_tags_for_the_group() {
         msg("t", 0, None, "3"),
         msg("t", 0, Some("A"), "4"),
     ];
-    m.apply(2, &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
+    m.apply(next(&m), &Command::Send { now: Millis(0), auto_create_queues: None, messages, proposal: None });
     let got = pop(&mut m, 10, "cg", "t", 10, "A");
-    assert_eq!(got.iter().map(|p| p.slot).collect::<Vec<_>>(), vec![0, 3]);
+    assert_eq!(got.iter().map(|p| p.slot).collect::<Vec<_>>(), vec![Slot(0), Slot(3)]);
     ack(&mut m, "cg", "t", got.iter().map(|p| p.receipt.clone()).collect());
     assert_eq!(m.pop_state(&group("cg"), &topic("t"), QueueId(0)).map(|s| s.ack_offset), Some(4));
 }
@@ -148,7 +153,7 @@ fn change_invisible_extends_and_replaces_the_receipt() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 1);
     m.apply(
-        2,
+        next(&m),
         &Command::Send {
             now: Millis(0),
             auto_create_queues: None,
@@ -164,10 +169,10 @@ fn change_invisible_extends_and_replaces_the_receipt() {
         receipt,
         invisible_ms: 5000,
     };
-    let Response::Changed(newer) = m.apply(3, &cmd(p.receipt.clone())) else { panic!("change failed") };
+    let Response::Changed(newer) = m.apply(next(&m), &cmd(p.receipt.clone())) else { panic!("change failed") };
     assert_ne!(newer, p.receipt);
     assert!(pop(&mut m, 2000, "cg", "t", 1, "*").is_empty(), "still invisible at 2000");
-    assert!(matches!(m.apply(4, &cmd(p.receipt.clone())), Response::Failed(CommandError::InvalidReceipt(_))));
+    assert!(matches!(m.apply(next(&m), &cmd(p.receipt.clone())), Response::Failed(CommandError::InvalidReceipt(_))));
     assert_eq!(ack(&mut m, "cg", "t", vec![newer]), vec![Ok(())]);
 }
 
@@ -176,16 +181,16 @@ fn offsets_topics_and_deletes() {
     let mut m = Machine::new("g1");
     create(&mut m, "t", 4);
     assert!(matches!(
-        m.apply(2, &Command::UpsertTopic { topic: topic("t"), config: TopicConfig::all_types(2) }),
+        m.apply(next(&m), &Command::UpsertTopic { topic: topic("t"), config: TopicConfig::all_types(2) }),
         Response::Failed(CommandError::BadConfig(_))
     ));
     let commit =
         Command::CommitOffset { group: group("g"), topic: topic("t"), queue: QueueId(3), offset: QueueOffset(42) };
-    assert_eq!(m.apply(3, &commit), Response::Done);
+    assert_eq!(m.apply(next(&m), &commit), Response::Done);
     assert_eq!(m.committed_offset(&group("g"), &topic("t"), QueueId(3)), Some(QueueOffset(42)));
-    assert_eq!(m.apply(4, &Command::DeleteTopic { topic: topic("t") }), Response::Done);
+    assert_eq!(m.apply(next(&m), &Command::DeleteTopic { topic: topic("t") }), Response::Done);
     assert_eq!(m.committed_offset(&group("g"), &topic("t"), QueueId(3)), None);
-    assert!(matches!(m.apply(5, &commit), Response::Failed(CommandError::TopicNotFound(_))));
+    assert!(matches!(m.apply(next(&m), &commit), Response::Failed(CommandError::TopicNotFound(_))));
 }
 
 #[derive(Debug, Clone)]
@@ -215,15 +220,13 @@ proptest! {
         create(&mut m, "t", 3);
         let mut now = 0i64;
         let mut sent = 0u64;
-        let mut index = 10u64;
         let mut held: Vec<Popped> = Vec::new();
         let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
         for op in ops {
-            index += 1;
             match op {
                 Op::Send(n) => {
                     let messages = (0..n).map(|i| msg("t", (sent as u32 + i) % 3, None, "b")).collect();
-                    m.apply(index, &Command::Send { now: Millis(now), auto_create_queues: None, messages, proposal: None });
+                    m.apply(next(&m), &Command::Send { now: Millis(now), auto_create_queues: None, messages, proposal: None });
                     sent += u64::from(n);
                 }
                 Op::Pop(n) => {
@@ -271,7 +274,7 @@ fn trim_moves_minimums_pop_state_and_committed_offsets() {
     create(&mut m, "t", 2);
     for (index, queue) in [(10, 0), (11, 1), (12, 0), (13, 0), (14, 1)] {
         let messages = vec![msg("t", queue, None, "x")];
-        m.apply(index, &Command::Send { now: Millis(5), auto_create_queues: None, messages, proposal: None });
+        m.apply(LogIndex(index), &Command::Send { now: Millis(5), auto_create_queues: None, messages, proposal: None });
     }
     let held = pop(&mut m, 0, "cg", "t", 10, "*");
     assert_eq!(held.len(), 5);
@@ -281,10 +284,10 @@ fn trim_moves_minimums_pop_state_and_committed_offsets() {
         queue: QueueId(q),
         offset: QueueOffset(offset),
     };
-    m.apply(15, &commit(0, 0));
-    m.apply(16, &commit(1, 2));
+    m.apply(next(&m), &commit(0, 0));
+    m.apply(next(&m), &commit(1, 2));
 
-    assert_eq!(m.apply(17, &Command::TrimQueues { before_log_index: 13 }), Response::Done);
+    assert_eq!(m.apply(next(&m), &Command::TrimQueues { before_log_index: LogIndex(13) }), Response::Done);
     let q0 = m.queue(&topic("t"), QueueId(0)).expect("queue");
     let q1 = m.queue(&topic("t"), QueueId(1)).expect("queue");
     assert_eq!((q0.min_offset(), q0.max_offset()), (2, 3), "q0 kept only index 13");
@@ -298,7 +301,7 @@ fn trim_moves_minimums_pop_state_and_committed_offsets() {
     // Receipts of trimmed messages fail cleanly; the kept ones still work.
     for p in &held {
         let result = ack(&mut m, "cg", "t", vec![p.receipt.clone()]).remove(0);
-        if p.log_index < 13 {
+        if p.log_index < LogIndex(13) {
             assert!(matches!(result, Err(CommandError::InvalidReceipt(_))), "{p:?}: {result:?}");
             let change = Command::ChangeInvisible {
                 now: Millis(0),
@@ -307,17 +310,19 @@ fn trim_moves_minimums_pop_state_and_committed_offsets() {
                 receipt: p.receipt.clone(),
                 invisible_ms: 10,
             };
-            assert!(matches!(m.apply(18, &change), Response::Failed(CommandError::InvalidReceipt(_))));
+            assert!(matches!(m.apply(next(&m), &change), Response::Failed(CommandError::InvalidReceipt(_))));
         } else {
             assert_eq!(result, Ok(()), "{p:?}");
         }
     }
     // A new group starts at the new minimums; a trim below them changes nothing.
-    let fresh: Vec<u64> = pop(&mut m, 0, "new", "t", 10, "*").iter().map(|p| p.log_index).collect();
+    let fresh: Vec<u64> = pop(&mut m, 0, "new", "t", 10, "*").iter().map(|p| p.log_index.0).collect();
     assert_eq!(fresh.into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([13, 14]));
-    let before = m.clone();
-    m.apply(19, &Command::TrimQueues { before_log_index: 12 });
-    assert_eq!(m, before);
+    // The same state with only the applied index moved (a refused delete changes nothing).
+    let mut unchanged = m.clone();
+    unchanged.apply(next(&m), &Command::DeleteTopic { topic: topic("absent") });
+    m.apply(next(&m), &Command::TrimQueues { before_log_index: LogIndex(12) });
+    assert_eq!(m, unchanged);
 }
 
 #[derive(Debug, Clone)]
@@ -347,18 +352,18 @@ proptest! {
     fn trim_invariants(ops in prop::collection::vec(trim_op(), 1..80)) {
         let mut m = Machine::new("g1");
         create(&mut m, "t", 3);
-        let (mut now, mut index, mut trimmed_before) = (0i64, 10u64, 0u64);
-        let mut sent: Vec<(u32, u64, u64)> = Vec::new(); // queue, offset, log index
+        let (mut now, mut trimmed_before) = (0i64, LogIndex(0));
+        let mut sent: Vec<(u32, u64, LogIndex)> = Vec::new(); // queue, offset, log index
         let mut held: Vec<Popped> = Vec::new();
         let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
         let bounds = |m: &Machine| -> Vec<(u64, u64)> {
             (0..3).map(|q| m.queue(&topic("t"), QueueId(q)).map_or((0, 0), |x| (x.min_offset(), x.max_offset()))).collect()
         };
         for op in ops {
-            index += 1;
             match op {
                 TrimOp::Send(n) => {
-                    let messages: Vec<_> = (0..n).map(|i| msg("t", (index as u32 + i) % 3, None, "b")).collect();
+                    let index = next(&m);
+                    let messages: Vec<_> = (0..n).map(|i| msg("t", (index.0 as u32 + i) % 3, None, "b")).collect();
                     let Response::Sent(results) =
                         m.apply(index, &Command::Send { now: Millis(now), auto_create_queues: None, messages, proposal: None })
                     else { panic!("send failed") };
@@ -390,9 +395,9 @@ proptest! {
                 }
                 TrimOp::Advance(ms) => now += ms as i64,
                 TrimOp::Trim(i) => {
-                    let before = 10 + i.index((index - 10) as usize + 1) as u64;
+                    let before = LogIndex(1 + i.index(m.last_applied().0 as usize + 1) as u64);
                     let old = bounds(&m);
-                    prop_assert_eq!(m.apply(index, &Command::TrimQueues { before_log_index: before }), Response::Done);
+                    prop_assert_eq!(m.apply(next(&m), &Command::TrimQueues { before_log_index: before }), Response::Done);
                     let new = bounds(&m);
                     for q in 0..3 {
                         prop_assert!(new[q].0 >= old[q].0, "minimum went back");
@@ -420,4 +425,34 @@ proptest! {
         let kept = sent.iter().filter(|s| s.2 >= trimmed_before).count();
         prop_assert_eq!(acked.iter().filter(|k| sent.iter().any(|s| (s.0, s.1) == **k && s.2 >= trimmed_before)).count(), kept);
     }
+}
+
+#[test]
+fn store_times_never_go_backwards_when_a_leader_clock_is_behind() {
+    let mut m = Machine::new("g1");
+    create(&mut m, "t", 1);
+    let send = |now| Command::Send {
+        now: Millis(now),
+        auto_create_queues: None,
+        messages: vec![msg("t", 0, None, "x")],
+        proposal: None,
+    };
+    m.apply(next(&m), &send(1_000));
+    // A new leader whose clock is 400 ms behind the old one's.
+    m.apply(next(&m), &send(600));
+    let q = m.queue(&topic("t"), QueueId(0)).expect("queue");
+    let times: Vec<Millis> = (0..2).filter_map(|o| q.get(o)).map(|r| r.stored).collect();
+    assert_eq!(times, vec![Millis(1_000), Millis(1_000)]);
+    assert_eq!(m.clock(), Millis(1_000));
+    // Visibility deadlines are computed from the kept clock too.
+    let popped = pop(&mut m, 700, "cg", "t", 1, "*");
+    assert_eq!(popped[0].visible_at, Millis(2_000), "1 s invisibility from the clock, not from 700");
+}
+
+#[test]
+#[should_panic(expected = "indexes must grow")]
+fn applying_an_older_log_index_is_a_bug() {
+    let mut m = Machine::new("g1");
+    create(&mut m, "t", 1);
+    m.apply(LogIndex(1), &Command::DeleteTopic { topic: topic("t") });
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ids::{Millis, QueueId, QueueOffset};
+
 /// Longest topic or group name (RocketMQ's limit).
 pub const MAX_NAME_LEN: usize = 127;
 /// Most queues a topic may have.
@@ -93,25 +95,6 @@ impl fmt::Display for TopicName {
 impl fmt::Display for GroupName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// A queue of a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct QueueId(pub u32);
-
-/// Position of a message within its queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct QueueOffset(pub u64);
-
-/// Milliseconds since the Unix epoch, as given to the state machine by the proposer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Millis(pub i64);
-
-impl Millis {
-    /// `self + ms`, saturating.
-    pub fn plus_ms(self, ms: u64) -> Millis {
-        Millis(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
     }
 }
 

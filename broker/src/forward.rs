@@ -1,0 +1,123 @@
+//! Forwarding to the leader, shared by the messaging and admin services: who leads (waiting
+//! a bounded time for an election), the leader's client endpoint, lazily connected channels
+//! to members, and the mark that stops a call from being forwarded twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use parking_lot::Mutex;
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::Raft;
+use crate::settings::{NodeId, NodeInfo};
+
+/// Metadata key marking a call forwarded by a follower.
+pub const FORWARDED: &str = "x-raftmq-forwarded";
+/// How long a call waits for a leader to be known before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// Most member channels kept (a group has a handful of members; this bounds a churning one).
+const MAX_CHANNELS: usize = 64;
+
+/// The leader could not be reached; the message says why and that a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Finds the leader and holds channels to the members' client endpoints. Clones share them.
+#[derive(Clone)]
+pub struct Forwarder {
+    node_id: NodeId,
+    raft: Raft,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").field("node", &self.node_id).finish()
+    }
+}
+
+impl Forwarder {
+    /// Forwarding for node `node_id` of the group `raft` runs.
+    pub fn new(node_id: NodeId, raft: Raft) -> Self {
+        Self { node_id, raft, channels: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// A member's addresses, from the current membership.
+    pub fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The current leader, waiting up to [`LEADER_WAIT`] for one to be elected.
+    pub async fn leader(&self) -> Result<NodeId, Unavailable> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow_watched().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Unavailable("this node is shutting down".into()));
+                }
+            }
+        };
+        tokio::time::timeout(LEADER_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| Err(Unavailable("no leader elected in the broker group; retry shortly".into())))
+    }
+
+    /// Where a call that needs the leader is served: `None` on this node (it leads), or the
+    /// leader's client endpoint. A call already forwarded once is refused, not forwarded.
+    pub async fn leader_endpoint<T>(&self, request: &Request<T>) -> Result<Option<String>, Unavailable> {
+        let leader = self.leader().await?;
+        if leader == self.node_id {
+            return Ok(None);
+        }
+        if request.metadata().get(FORWARDED).is_some() {
+            return Err(Unavailable(format!(
+                "node {} is not the leader (node {leader} is); leadership is moving, retry",
+                self.node_id
+            )));
+        }
+        let info = self.member(leader).ok_or_else(|| Unavailable(format!("leader {leader} has no address")))?;
+        Ok(Some(info.client_addr))
+    }
+
+    /// A lazily connected channel to a member's client endpoint, shared by every call to it.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Unavailable> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Unavailable(format!("bad member address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        if channels.len() >= MAX_CHANNELS {
+            channels.clear();
+        }
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Copies a request for forwarding, marking it forwarded and keeping its deadline.
+pub fn forward<T>(request: &Request<T>, body: T) -> Request<T> {
+    let mut req = Request::new(body);
+    if let Some(t) = request.metadata().get("grpc-timeout") {
+        req.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}

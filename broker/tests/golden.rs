@@ -1,0 +1,97 @@
+//! Golden samples of the broker's persisted formats: a log entry as the CommitLog stores it
+//! (entry format version, then openraft's entry around the command) and a snapshot file
+//! (versioned header, openraft's metadata, the applied state). A failing test means the
+//! bytes changed: bump the version in `raftmq_machine::codec` and regenerate the samples
+//! with `RAFTMQ_BLESS=1 cargo test -p broker --test golden`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use broker::raft::state::{Applied, SnapshotFile};
+use broker::raft::{Entry, LogId, NodeInfo, TypeConfig};
+use bytes::Bytes;
+use openraft::entry::RaftEntry;
+use openraft::{EntryPayload, Membership, StoredMembership};
+use raft_log::{Log, LogConfig, RaftLogStore, Record};
+use raftmq_machine::codec::{self, ENTRY_VERSION};
+use raftmq_machine::types::{StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::{Command, LogIndex, Machine, Millis, QueueId};
+
+fn check(name: &str, bytes: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("RAFTMQ_BLESS").is_some() {
+        std::fs::write(&path, bytes).expect("write golden sample");
+        return;
+    }
+    let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert!(stored == bytes, "{} changed: bump the format version and bless the samples", path.display());
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: 2 }, index)
+}
+
+fn send() -> Command {
+    let message = StoredMessage {
+        topic: TopicName::new("orders").expect("valid"),
+        queue: QueueId(1),
+        message_id: "01ABCDEF".into(),
+        tag: Some("paid".into()),
+        keys: vec!["order-7".into()],
+        message_group: None,
+        properties: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+        born: Millis(1_700_000_000_000),
+        deliver_at: None,
+        born_host: "10.0.0.7".into(),
+        body: Bytes::from_static(b"hello, raftmq"),
+        body_gzip: false,
+    };
+    Command::Send {
+        now: Millis(1_700_000_000_100),
+        auto_create_queues: Some(8),
+        messages: vec![message],
+        proposal: None,
+    }
+}
+
+#[test]
+fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (log, _) =
+        Log::open(dir.path(), LogConfig { segment_size: 1 << 20, max_payload: 256 << 10, ..LogConfig::default() })?;
+    let store = RaftLogStore::<TypeConfig>::with_entry_version(log.clone(), ENTRY_VERSION);
+    let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
+    let bytes = store.encode_entry(&entry)?;
+    assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
+    check("entry-v1.bin", &bytes);
+
+    let record = Record { index: 42, term: 3, payload: bytes.clone() };
+    assert_eq!(store.decode_entry(&record)?, entry);
+    let mut newer = bytes.to_vec();
+    newer[..4].copy_from_slice(&(ENTRY_VERSION + 1).to_le_bytes());
+    let error = store
+        .decode_entry(&Record { payload: Bytes::from(newer), ..record })
+        .expect_err("an unknown version is refused")
+        .to_string();
+    assert!(error.contains("log entry 42") && error.contains("version 2"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
+    let mut machine = Machine::new("g1");
+    let topic = TopicName::new("orders")?;
+    machine.apply(LogIndex(41), &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
+    machine.apply(LogIndex(42), &send());
+    let nodes =
+        BTreeMap::from([(1, NodeInfo { raft_addr: "10.0.0.1:9081".into(), client_addr: "10.0.0.1:8081".into() })]);
+    let membership = Membership::new(vec![BTreeSet::from([1u64])], nodes)?;
+    let stored = StoredMembership::new(Some(log_id(1)), membership);
+    let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
+    let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
+    let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
+    check("snapshot-v1.bin", &bytes);
+    let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
+    assert_eq!(back.applied, applied);
+    Ok(())
+}

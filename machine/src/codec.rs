@@ -1,0 +1,135 @@
+//! Versioned encodings of what outlives a process: the command inside every log entry and
+//! the state snapshot. A change to either layout bumps its version; the golden tests in
+//! `tests/golden.rs` keep a byte-exact sample of each, so such a change is deliberate.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Format version of the commands in log entries (the CommitLog adapter writes it at the
+/// start of every entry's payload).
+pub const ENTRY_VERSION: u32 = 1;
+/// First bytes of a snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
+/// Format version of snapshots.
+pub const SNAPSHOT_VERSION: u32 = 1;
+/// Magic, version, body length, body CRC32C.
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+/// Largest snapshot body read (the replicated state is metadata only; this is far above it).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// Why bytes could not be read as a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Written by a format this build does not read.
+    #[error(
+        "{what} has format version {found}, this build reads version {supported}; run a raftmq build that reads version {found}"
+    )]
+    UnsupportedVersion {
+        /// What was read (a file name, a log index).
+        what: String,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// Not a snapshot, cut short, or its checksum does not match.
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt {
+        /// What was read.
+        what: String,
+        /// Which check failed.
+        reason: String,
+    },
+    /// The value could not be encoded.
+    #[error("encoding {what}: {reason}")]
+    Encode {
+        /// What was encoded.
+        what: String,
+        /// The encoder's error.
+        reason: String,
+    },
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a snapshot: magic, version, length and CRC32C of the body, then the body
+/// (bincode).
+pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let body = bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| CodecError::Encode { what: "snapshot".into(), reason: e.to_string() })?;
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    out.extend_from_slice(&SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a snapshot written by [`encode_snapshot`]; `what` names it in errors.
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CodecError> {
+    let corrupt = |reason: String| CodecError::Corrupt { what: what.to_string(), reason };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(corrupt(format!("{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header", bytes.len())));
+    }
+    let (header, body) = bytes.split_at(SNAPSHOT_HEADER_BYTES);
+    if header[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt("it does not start with the snapshot magic".into()));
+    }
+    let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let version = word(8);
+    if version != SNAPSHOT_VERSION {
+        return Err(CodecError::UnsupportedVersion {
+            what: what.to_string(),
+            found: version,
+            supported: SNAPSHOT_VERSION,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[12..20]);
+    let len = u64::from_le_bytes(len);
+    if len > MAX_SNAPSHOT_BYTES || len != body.len() as u64 {
+        return Err(corrupt(format!("the header says {len} body bytes, the file holds {}", body.len())));
+    }
+    let crc = word(20);
+    if crc32c::crc32c(body) != crc {
+        return Err(corrupt("the body's CRC32C does not match the header".into()));
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode_config())
+        .map_err(|e| corrupt(format!("the body does not decode: {e}")))?;
+    if used != body.len() {
+        return Err(corrupt(format!("{} bytes follow the encoded state", body.len() - used)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_is_reported_not_decoded() {
+        let bytes = encode_snapshot(&(7u64, "state".to_string())).expect("encodes");
+        let back: (u64, String) = decode_snapshot(&bytes, "s").expect("decodes");
+        assert_eq!(back, (7, "state".to_string()));
+
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(decode_snapshot::<(u64, String)>(&flipped, "s"), Err(CodecError::Corrupt { .. })));
+
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert_eq!(
+            decode_snapshot::<(u64, String)>(&newer, "snapshot.bin"),
+            Err(CodecError::UnsupportedVersion { what: "snapshot.bin".into(), found: 2, supported: 1 })
+        );
+        assert!(matches!(decode_snapshot::<(u64, String)>(&bytes[..10], "s"), Err(CodecError::Corrupt { .. })));
+        assert!(matches!(
+            decode_snapshot::<(u64, String)>(&bytes[..bytes.len() - 1], "s"),
+            Err(CodecError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! Golden samples of every persisted format the state machine owns: the commands inside log
+//! entries and the snapshot. A failing test here means the bytes changed: bump the format
+//! version (`codec::ENTRY_VERSION`, `codec::SNAPSHOT_VERSION`) and regenerate the samples with
+//! `RAFTMQ_BLESS=1 cargo test -p raftmq-machine --test golden`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
+use raftmq_machine::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
+use raftmq_machine::{Command, LogIndex, Machine, Millis, PopId, QueueId, QueueOffset, Receipt, Response};
+
+fn sample_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+}
+
+/// Compares `bytes` with the stored sample, or stores it when blessing.
+fn check(name: &str, bytes: &[u8]) {
+    let path = sample_path(name);
+    if std::env::var_os("RAFTMQ_BLESS").is_some() {
+        std::fs::write(&path, bytes).expect("write golden sample");
+        return;
+    }
+    let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert!(
+        stored == bytes,
+        "{} changed ({} bytes stored, {} now): bump the format version and bless the samples",
+        path.display(),
+        stored.len(),
+        bytes.len()
+    );
+}
+
+fn topic() -> TopicName {
+    TopicName::new("orders").expect("valid")
+}
+
+fn group() -> GroupName {
+    GroupName::new("billing").expect("valid")
+}
+
+fn message(slot: u8) -> StoredMessage {
+    StoredMessage {
+        topic: topic(),
+        queue: QueueId(u32::from(slot % 2)),
+        message_id: format!("01ABCDEF{slot:02}"),
+        tag: Some("paid".into()),
+        keys: vec!["order-7".into(), "customer-3".into()],
+        message_group: None,
+        properties: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+        born: Millis(1_700_000_000_000),
+        deliver_at: None,
+        born_host: "10.0.0.7".into(),
+        body: Bytes::from(vec![slot; 16]),
+        body_gzip: false,
+    }
+}
+
+fn commands() -> Vec<Command> {
+    // The pop takes offsets 0 and 1 of queue 0 (slots 0 and 2) with pop id 0.
+    let receipt = |offset| Receipt {
+        broker_group: "g1".into(),
+        queue: QueueId(0),
+        offset: QueueOffset(offset),
+        pop_id: PopId(0),
+    };
+    vec![
+        Command::UpsertTopic { topic: topic(), config: TopicConfig::all_types(2) },
+        Command::Send {
+            now: Millis(1_700_000_000_100),
+            auto_create_queues: Some(8),
+            messages: vec![message(0), message(1), message(2)],
+            proposal: None,
+        },
+        Command::Pop {
+            now: Millis(1_700_000_000_200),
+            group: group(),
+            topic: topic(),
+            queue: None,
+            max: 2,
+            invisible_ms: 30_000,
+            filter: TagFilter::parse("paid || refunded").expect("valid"),
+        },
+        Command::Ack { group: group(), topic: topic(), receipts: vec![receipt(0)] },
+        Command::ChangeInvisible {
+            now: Millis(1_700_000_000_300),
+            group: group(),
+            topic: topic(),
+            receipt: receipt(1),
+            invisible_ms: 60_000,
+        },
+        Command::CommitOffset { group: group(), topic: topic(), queue: QueueId(0), offset: QueueOffset(1) },
+        Command::TrimQueues { before_log_index: LogIndex(2) },
+        Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
+    ]
+}
+
+#[test]
+fn commands_keep_their_bytes() {
+    assert_eq!(ENTRY_VERSION, 1, "a new entry version needs a new sample file");
+    let mut all = Vec::new();
+    for command in commands() {
+        let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
+        let (back, _): (Command, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decodes");
+        assert_eq!(back, command);
+        all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        all.extend_from_slice(&bytes);
+    }
+    check("commands-v1.bin", &all);
+}
+
+#[test]
+fn snapshot_keeps_its_bytes() {
+    assert_eq!(SNAPSHOT_VERSION, 1, "a new snapshot version needs a new sample file");
+    let mut machine = Machine::new("g1");
+    for (i, command) in commands().iter().enumerate() {
+        let response = machine.apply(LogIndex(i as u64 + 1), command);
+        let refused = match &response {
+            Response::Failed(_) => true,
+            Response::Acked(results) => results.iter().any(Result::is_err),
+            _ => false,
+        };
+        // Every command takes effect but the delete of a topic that never existed.
+        assert_eq!(refused, matches!(command, Command::DeleteTopic { .. }), "{command}: {response:?}");
+    }
+    let bytes = codec::encode_snapshot(&machine).expect("encodes");
+    let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
+    assert_eq!(back, machine);
+    check("snapshot-v1.bin", &bytes);
+}
