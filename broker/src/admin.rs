@@ -145,6 +145,8 @@ fn command_error(e: CommandError) -> Status {
             invalid(e.to_string())
         }
         CommandError::NotPermitted(_) => Status::failed_precondition(e.to_string()),
+        CommandError::TopicChanged(_) => Status::unavailable(e.to_string()),
+        CommandError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

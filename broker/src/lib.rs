@@ -10,3 +10,4 @@ pub mod registration;
 pub mod retention;
 pub mod service;
 pub mod settings;
+pub mod store;

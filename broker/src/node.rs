@@ -21,10 +21,11 @@ use crate::raft::state::StateStore;
 use crate::raft::{Raft, TypeConfig};
 use crate::registration::{Identity, Registration};
 use crate::retention;
-use crate::service::Broker;
 use crate::service::namesrv_view::RouteView;
+use crate::service::{Broker, Storage};
 pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
+use crate::store::{Stores, dispatch};
 
 /// A running node.
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub struct Node {
     pub raft: Raft,
     /// The state machine (read by services).
     pub state: StateStore,
+    /// The derived stores (ConsumeQueue, IndexFile).
+    pub stores: Stores,
     /// The CommitLog.
     pub log: Log,
     /// The address the Raft server listens on.
@@ -60,6 +63,9 @@ pub enum StartError {
     /// The state could not be loaded.
     #[error("cannot load the state machine: {0}")]
     State(std::io::Error),
+    /// The derived stores could not be opened.
+    #[error("cannot open the derived stores: {0}")]
+    Store(String),
     /// openraft refused to start.
     #[error("raft: {0}")]
     Raft(String),
@@ -114,6 +120,9 @@ impl Node {
         let raft = Raft::new(cfg.node_id, config, Network::new(&cfg.group), store.clone(), state.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (stores, reset) = Stores::open(&cfg.data_dir.join("store"), cfg.store.clone())
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        let dispatch = dispatch::spawn(stores.clone(), store.clone(), state.clone(), reset);
 
         let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone());
         let (raft_addr, raft_stop, raft_server) = serve(
@@ -122,15 +131,8 @@ impl Node {
         )
         .await?;
         let forwarder = Forwarder::new(cfg.node_id, raft.clone());
-        let broker = Broker::new(
-            &cfg.group,
-            raft.clone(),
-            state.clone(),
-            store,
-            service_settings(&cfg),
-            view,
-            forwarder.clone(),
-        );
+        let storage = Storage { state: state.clone(), log: store, stores: stores.clone() };
+        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder.clone());
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
         let admin =
@@ -163,12 +165,14 @@ impl Node {
             Registration::start(identity, &cfg.nameservers, cfg.namesrv_heartbeat, raft.clone(), state.clone())
                 .map_err(|e| StartError::Config(e.to_string()))?;
         let tasks = vec![
+            dispatch,
             backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
-            retention::spawn(raft.clone(), log.clone(), state.clone(), cfg.retention.clone()),
+            retention::spawn(raft.clone(), log.clone(), state.clone(), stores.clone(), cfg.retention.clone()),
         ];
         Ok(Node {
             raft,
             state,
+            stores,
             log,
             raft_addr,
             client_addr,

@@ -122,6 +122,8 @@ pub struct NodeConfig {
     pub namesrv_heartbeat: Duration,
     /// When CommitLog segments are deleted.
     pub retention: RetentionConfig,
+    /// Sizes of the derived stores (ConsumeQueue, IndexFile).
+    pub store: StoreConfig,
 }
 
 impl Default for NodeConfig {
@@ -145,6 +147,7 @@ impl Default for NodeConfig {
             nameservers: Vec::new(),
             namesrv_heartbeat: DEFAULT_INTERVAL,
             retention: RetentionConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -172,5 +175,22 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self { interval: Duration::from_secs(60), max_age: Some(Duration::from_secs(72 * 3600)), max_bytes: None }
+    }
+}
+
+/// Sizes of the derived stores.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Records per ConsumeQueue file.
+    pub cq_records_per_file: u32,
+    /// Hash slots per IndexFile.
+    pub index_slots: u32,
+    /// Entries per IndexFile.
+    pub index_entries: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { cq_records_per_file: 300_000, index_slots: 1_000_000, index_entries: 4_000_000 }
     }
 }

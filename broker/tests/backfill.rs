@@ -19,7 +19,7 @@ use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::{LogConfig, RaftLogStore};
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, Response};
+use raftmq_machine::{Command, LogIndex, Response};
 
 const TOPIC: &str = "orders";
 const QUEUES: u32 = 4;
@@ -46,12 +46,13 @@ fn leader_id(nodes: &[&Node]) -> Option<NodeId> {
 }
 
 /// Message `i`: 3 KiB body that names it.
-fn message(i: u32) -> StoredMessage {
+fn message(i: u32, epoch: LogIndex) -> StoredMessage {
     let mut body = format!("message {i} ").into_bytes();
     body.resize(3 << 10, b'a' + (i % 26) as u8);
     StoredMessage {
         topic: TopicName::new(TOPIC).expect("valid"),
         queue: QueueId(i % QUEUES),
+        topic_epoch: epoch,
         message_id: format!("m{i}"),
         tag: Some("A".into()),
         keys: vec![],
@@ -69,16 +70,13 @@ fn message(i: u32) -> StoredMessage {
 /// by message id.
 async fn send(nodes: &[&Node], first: u32, entries: u32) -> anyhow::Result<BTreeMap<String, Bytes>> {
     let mut sent = BTreeMap::new();
+    let epoch = common::epoch(nodes, TOPIC);
     for e in 0..entries {
-        let messages: Vec<StoredMessage> = (0..4).map(|k| message(first + e * 4 + k)).collect();
+        let messages: Vec<StoredMessage> = (0..4).map(|k| message(first + e * 4 + k, epoch)).collect();
         for m in &messages {
             sent.insert(m.message_id.clone(), m.body.clone());
         }
-        let (_, r) = write(
-            nodes,
-            Command::Send { now: Millis(common::now_ms()), auto_create_queues: None, messages, proposal: None },
-        )
-        .await?;
+        let (_, r) = write(nodes, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }
     Ok(sent)
@@ -93,14 +91,9 @@ enum Reads {
 }
 
 fn read_all(node: &Node, sent: &BTreeMap<String, Bytes>) -> anyhow::Result<Reads> {
-    let topic = TopicName::new(TOPIC)?;
-    let locations: Vec<(u64, u32)> = node.state.read(|a| {
-        (0..QUEUES)
-            .filter_map(|q| a.machine.queue(&topic, QueueId(q)))
-            .flat_map(|queue| (queue.min_offset()..queue.max_offset()).filter_map(|o| queue.get(o).copied()))
-            .map(|r| (r.log_index.0, r.slot.0))
-            .collect()
-    });
+    let Some(locations) = common::locations(node, TOPIC, QUEUES) else {
+        return Ok(Reads::Copying("the ConsumeQueue is not dispatched that far yet".into()));
+    };
     anyhow::ensure!(locations.len() == sent.len(), "{} queue records for {} messages", locations.len(), sent.len());
     let store = RaftLogStore::<TypeConfig>::with_entry_version(node.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
     for (index, slot) in locations {
@@ -240,8 +233,11 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     // retention must not delete anything a queue references, and never past the purge point.
     let later = SystemTime::now() + Duration::from_secs(73 * 3600);
     let removed =
-        retention::run_once(&fresh.raft, &fresh.log, &fresh.state, &RetentionConfig::default(), later).await?;
-    let keep = fresh.state.read(|a| retention::first_index_referenced(&a.machine)).expect("queues hold messages");
+        retention::run_once(&fresh.raft, &fresh.log, &fresh.state, &fresh.stores, &RetentionConfig::default(), later)
+            .await?;
+    let keep = common::locations(&fresh, TOPIC, QUEUES)
+        .and_then(|l| l.iter().map(|&(index, _)| index).min())
+        .expect("queues hold dispatched messages");
     let purge = fresh.log.view().purged.map(|p| p.index).expect("purged");
     assert!(removed.iter().all(|s| s.next <= keep && s.next <= purge + 1), "{removed:?} (keep from {keep})");
     caught_up_and_readable(&fresh, &rest, &sent).await?;

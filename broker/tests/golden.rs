@@ -35,6 +35,7 @@ fn send() -> Command {
     let message = StoredMessage {
         topic: TopicName::new("orders").expect("valid"),
         queue: QueueId(1),
+        topic_epoch: LogIndex(41),
         message_id: "01ABCDEF".into(),
         tag: Some("paid".into()),
         keys: vec!["order-7".into()],
@@ -46,12 +47,7 @@ fn send() -> Command {
         body: Bytes::from_static(b"hello, raftmq"),
         body_gzip: false,
     };
-    Command::Send {
-        now: Millis(1_700_000_000_100),
-        auto_create_queues: Some(8),
-        messages: vec![message],
-        proposal: None,
-    }
+    Command::Send { now: Millis(1_700_000_000_100), messages: vec![message], proposal: None }
 }
 
 #[test]
@@ -63,7 +59,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v1.bin", &bytes);
+    check("entry-v2.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);
@@ -73,7 +69,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
         .decode_entry(&Record { payload: Bytes::from(newer), ..record })
         .expect_err("an unknown version is refused")
         .to_string();
-    assert!(error.contains("log entry 42") && error.contains("version 2"), "{error}");
+    assert!(error.contains("log entry 42") && error.contains(&format!("version {}", ENTRY_VERSION + 1)), "{error}");
     Ok(())
 }
 
@@ -90,7 +86,7 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
     let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
-    check("snapshot-v1.bin", &bytes);
+    check("snapshot-v2.bin", &bytes);
     let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
     Ok(())

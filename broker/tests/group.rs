@@ -12,7 +12,7 @@ use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, Response};
+use raftmq_machine::{Command, LogIndex, QueueOffset, Response, Slot};
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
     common::three_nodes(dir, "g1", |c| NodeConfig {
@@ -49,10 +49,11 @@ async fn wait_applied(nodes: &[&Node], index: u64, deadline: Duration) -> anyhow
     Ok(())
 }
 
-fn message(i: u32) -> StoredMessage {
+fn message(i: u32, epoch: LogIndex) -> StoredMessage {
     StoredMessage {
         topic: TopicName::new("orders").expect("valid"),
         queue: QueueId(i % 4),
+        topic_epoch: epoch,
         message_id: format!("m{i}"),
         tag: Some("A".into()),
         keys: vec![],
@@ -84,14 +85,10 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(r.data, Response::Done);
+    let epoch = LogIndex(r.log_id.index());
     let r = common::write_until_served(
         &all,
-        Command::Send {
-            now: Millis(10),
-            auto_create_queues: None,
-            messages: (0..8).map(message).collect(),
-            proposal: None,
-        },
+        Command::Send { now: Millis(10), messages: (0..8).map(|i| message(i, epoch)).collect(), proposal: None },
         Duration::from_secs(5),
     )
     .await?;
@@ -102,10 +99,10 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     wait_applied(&all, index, Duration::from_secs(5)).await?;
     for n in &nodes {
         assert_eq!(n.state.read(|a| a.machine.queue(&topic, QueueId(1)).map(|q| q.max_offset())), Some(2));
-        // The message bodies are in every node's CommitLog at the index the queue names.
-        let rec =
-            n.state.read(|a| a.machine.queue(&topic, QueueId(1)).and_then(|q| q.get(0)).copied()).expect("record");
-        assert_eq!(rec.log_index, raftmq_machine::LogIndex(index));
+        // The message bodies are in every node's CommitLog at the index its ConsumeQueue names.
+        let record = || n.stores.record(&topic, QueueId(1), QueueOffset(0)).expect("the ConsumeQueue reads");
+        common::wait_for("dispatch writes the record", Duration::from_secs(5), || record().is_some()).await?;
+        assert_eq!(record().map(|r| (r.log_index, r.slot)), Some((LogIndex(index), Slot(1))));
         assert_eq!(n.log.read(index, index + 1)?.len(), 1);
     }
 
@@ -122,7 +119,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     // retry on "forward to leader" until a write commits, and count failover up to that point.
     let r = common::write_until_served(
         &rest,
-        Command::Send { now: Millis(20), auto_create_queues: None, messages: vec![message(1)], proposal: None },
+        Command::Send { now: Millis(20), messages: vec![message(1, epoch)], proposal: None },
         Duration::from_secs(5),
     )
     .await?;

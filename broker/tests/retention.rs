@@ -48,6 +48,7 @@ async fn write(nodes: &[Node], cmd: Command) -> anyhow::Result<Response> {
 /// Sends `entries` entries of 4 messages (3 KiB bodies naming them) from number `first`.
 async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
+    let epoch = common::epoch(&nodes.iter().collect::<Vec<_>>(), TOPIC);
     for e in 0..entries {
         let messages: Vec<StoredMessage> = (0..4)
             .map(|k| {
@@ -59,6 +60,7 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                 StoredMessage {
                     topic: TopicName::new(TOPIC).expect("valid"),
                     queue: QueueId(i % QUEUES),
+                    topic_epoch: epoch,
                     message_id: format!("m{i}"),
                     tag: None,
                     keys: vec![],
@@ -72,11 +74,7 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                 }
             })
             .collect();
-        let r = write(
-            nodes,
-            Command::Send { now: Millis(common::now_ms()), auto_create_queues: None, messages, proposal: None },
-        )
-        .await?;
+        let r = write(nodes, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }
     Ok(names)
@@ -140,7 +138,9 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     let target = nodes.iter().map(last).max().unwrap_or(0);
     common::wait_for("every member applies and purges", Duration::from_secs(20), || {
         nodes.iter().all(|n| {
-            last(n) >= target && n.raft.metrics().borrow_watched().purged.is_some_and(|p| p.index() > target / 2)
+            last(n) >= target
+                && n.stores.dispatched().0 >= target
+                && n.raft.metrics().borrow_watched().purged.is_some_and(|p| p.index() > target / 2)
         })
     })
     .await?;
@@ -157,17 +157,17 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
         let lead = nodes.iter().position(|n| n.raft.metrics().borrow_watched().id == leader_id).expect("leader");
         (lead, (lead + 1) % nodes.len())
     };
-    let first_held = |n: &Node| n.state.read(|a| retention::first_index_referenced(&a.machine));
+    let first_held =
+        |n: &Node| common::locations(n, TOPIC, QUEUES).expect("dispatched").iter().map(|&(index, _)| index).min();
     let held = first_held(&nodes[follower]).expect("queues hold messages");
-    let removed =
-        retention::run_once(&nodes[follower].raft, &nodes[follower].log, &nodes[follower].state, &config, later)
-            .await?;
+    let f0 = &nodes[follower];
+    let removed = retention::run_once(&f0.raft, &f0.log, &f0.state, &f0.stores, &config, later).await?;
     assert!(removed.iter().all(|s| s.next <= held), "{removed:?} (queues hold from {held})");
     assert_eq!(bounds(&nodes[follower]), before[follower], "a follower does not trim");
 
     // The leader trims, and deletes the expired segments.
     let n = &nodes[lead];
-    let removed = retention::run_once(&n.raft, &n.log, &n.state, &config, later).await?;
+    let removed = retention::run_once(&n.raft, &n.log, &n.state, &n.stores, &config, later).await?;
     assert!(!removed.is_empty(), "the leader deletes expired segments: {:?}", segments(n));
     eprintln!("leader deleted {} segments", removed.len());
     let purged = n.log.view().purged.map(|p| p.index).expect("purged");
@@ -183,7 +183,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     // Now the follower deletes too.
     let f = &nodes[follower];
     let first_before = segments(f).first().map(|s| s.0);
-    let removed = retention::run_once(&f.raft, &f.log, &f.state, &config, later).await?;
+    let removed = retention::run_once(&f.raft, &f.log, &f.state, &f.stores, &config, later).await?;
     assert!(!removed.is_empty(), "the follower deletes once the trim applied: {:?}", segments(f));
     assert!(segments(f).first().map(|s| s.0) > first_before);
 

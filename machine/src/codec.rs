@@ -7,12 +7,12 @@ use serde::de::DeserializeOwned;
 
 /// Format version of the commands in log entries (the CommitLog adapter writes it at the
 /// start of every entry's payload).
-pub const ENTRY_VERSION: u32 = 1;
+pub const ENTRY_VERSION: u32 = 2;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
 /// Format version of snapshots.
-pub const SNAPSHOT_VERSION: u32 = 1;
-/// Magic, version, body length, body CRC32C.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Magic, version, body length, body CRC32C (snapshots and other framed files).
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// Largest snapshot body read (the replicated state is metadata only; this is far above it).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -57,35 +57,46 @@ fn bincode_config() -> bincode::config::Configuration {
 /// Encodes a snapshot: magic, version, length and CRC32C of the body, then the body
 /// (bincode).
 pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_framed(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, value)
+}
+
+/// Decodes a snapshot written by [`encode_snapshot`]; `what` names it in errors.
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CodecError> {
+    decode_framed(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, bytes, what)
+}
+
+/// Encodes a small durable file of another kind the same way (own magic and version).
+pub fn encode_framed<T: Serialize>(magic: [u8; 8], version: u32, value: &T) -> Result<Vec<u8>, CodecError> {
     let body = bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|e| CodecError::Encode { what: "snapshot".into(), reason: e.to_string() })?;
+        .map_err(|e| CodecError::Encode { what: "state file".into(), reason: e.to_string() })?;
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-    out.extend_from_slice(&SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-/// Decodes a snapshot written by [`encode_snapshot`]; `what` names it in errors.
-pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CodecError> {
+/// Decodes bytes written by [`encode_framed`] with this magic and version.
+pub fn decode_framed<T: DeserializeOwned>(
+    magic: [u8; 8],
+    supported: u32,
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, CodecError> {
     let corrupt = |reason: String| CodecError::Corrupt { what: what.to_string(), reason };
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(corrupt(format!("{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header", bytes.len())));
     }
     let (header, body) = bytes.split_at(SNAPSHOT_HEADER_BYTES);
-    if header[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt("it does not start with the snapshot magic".into()));
+    if header[..8] != magic {
+        return Err(corrupt(format!("it does not start with the magic {:?}", String::from_utf8_lossy(&magic))));
     }
     let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
     let version = word(8);
-    if version != SNAPSHOT_VERSION {
-        return Err(CodecError::UnsupportedVersion {
-            what: what.to_string(),
-            found: version,
-            supported: SNAPSHOT_VERSION,
-        });
+    if version != supported {
+        return Err(CodecError::UnsupportedVersion { what: what.to_string(), found: version, supported });
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[12..20]);
@@ -121,10 +132,14 @@ mod tests {
         assert!(matches!(decode_snapshot::<(u64, String)>(&flipped, "s"), Err(CodecError::Corrupt { .. })));
 
         let mut newer = bytes.clone();
-        newer[8] = 2;
+        newer[8] = (SNAPSHOT_VERSION + 1) as u8;
         assert_eq!(
             decode_snapshot::<(u64, String)>(&newer, "snapshot.bin"),
-            Err(CodecError::UnsupportedVersion { what: "snapshot.bin".into(), found: 2, supported: 1 })
+            Err(CodecError::UnsupportedVersion {
+                what: "snapshot.bin".into(),
+                found: SNAPSHOT_VERSION + 1,
+                supported: SNAPSHOT_VERSION
+            })
         );
         assert!(matches!(decode_snapshot::<(u64, String)>(&bytes[..10], "s"), Err(CodecError::Corrupt { .. })));
         assert!(matches!(

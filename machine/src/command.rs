@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{LogIndex, Millis, QueueId, QueueOffset, Slot};
+use crate::ids::{Millis, QueueId, QueueOffset};
 use crate::receipt::Receipt;
-use crate::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
+use crate::types::{GroupName, StoredMessage, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -25,19 +25,25 @@ pub enum Command {
         /// Topic.
         topic: TopicName,
     },
-    /// Appends messages (a group-commit batch: many sends in one entry).
+    /// Appends messages (a group-commit batch: many sends in one entry). A message is stored
+    /// when its topic exists in the incarnation it names ([`StoredMessage::topic_epoch`]) and
+    /// has its queue: whether a message was stored follows from the entry and the topic table
+    /// alone, so every node's ConsumeQueue dispatch can tell without the apply result.
     Send {
-        /// The proposer's clock: the store time of every message.
+        /// The proposer's clock: the store time of every message (raised to the state
+        /// machine's clock if behind).
         now: Millis,
-        /// When set, a missing topic is created with this many queues.
-        auto_create_queues: Option<u32>,
         /// The messages, each with its queue chosen.
         messages: Vec<StoredMessage>,
         /// Set by a proposer that answers once the leader's own write is durable
         /// (`ack = "leader"`), to recognise its entry; apply ignores it.
         proposal: Option<ProposalId>,
     },
-    /// Takes up to `max` visible messages for a consumer group and hides them.
+    /// Delivers messages to a consumer group and hides them for `invisible_ms`. The leader
+    /// plans it from its ConsumeQueue ([`crate::Machine::plan_pop`]): which expired messages
+    /// to deliver again and which never-delivered ones to deliver or skip (tag filter). Apply
+    /// checks every choice is still free and takes only those, so a stale plan takes nothing
+    /// twice.
     Pop {
         /// The proposer's clock.
         now: Millis,
@@ -45,14 +51,10 @@ pub enum Command {
         group: GroupName,
         /// Topic.
         topic: TopicName,
-        /// One queue, or any queue of the topic.
-        queue: Option<QueueId>,
-        /// Most messages to take.
-        max: u32,
         /// How long taken messages stay invisible.
         invisible_ms: u64,
-        /// Which messages the group wants.
-        filter: TagFilter,
+        /// What to take, per queue.
+        takes: Vec<PopTake>,
     },
     /// Acknowledges popped messages.
     Ack {
@@ -87,13 +89,12 @@ pub enum Command {
         /// Next offset to consume.
         offset: QueueOffset,
     },
-    /// Retention: every queue drops its records stored in log entries below
-    /// `before_log_index` and its minimum offset moves past them; consumer state below the
-    /// new minimum goes too (the leader proposes it when those messages are past the
-    /// reserved time).
+    /// Retention: each named queue's minimum offset moves up to the offset given (never
+    /// down, never past its maximum); consumer state below the new minimum goes too. The
+    /// leader proposes it from its ConsumeQueue when messages are past the reserved time.
     TrimQueues {
-        /// First log index whose messages stay.
-        before_log_index: LogIndex,
+        /// New minimum offsets (at most [`crate::MAX_TRIM_QUEUES`]).
+        mins: Vec<(TopicName, QueueId, QueueOffset)>,
     },
 }
 
@@ -103,15 +104,31 @@ impl std::fmt::Display for Command {
             Command::UpsertTopic { topic, config } => write!(f, "upsert-topic {topic} queues={}", config.queue_count),
             Command::DeleteTopic { topic } => write!(f, "delete-topic {topic}"),
             Command::Send { messages, .. } => write!(f, "send {} messages", messages.len()),
-            Command::Pop { group, topic, max, .. } => write!(f, "pop {group} {topic} max={max}"),
+            Command::Pop { group, topic, takes, .. } => write!(f, "pop {group} {topic} queues={}", takes.len()),
             Command::Ack { group, topic, receipts } => write!(f, "ack {group} {topic} n={}", receipts.len()),
             Command::ChangeInvisible { group, topic, .. } => write!(f, "change-invisible {group} {topic}"),
             Command::CommitOffset { group, topic, queue, offset } => {
                 write!(f, "commit-offset {group} {topic} q{} @{}", queue.0, offset.0)
             }
-            Command::TrimQueues { before_log_index } => write!(f, "trim-queues before={before_log_index}"),
+            Command::TrimQueues { mins } => write!(f, "trim-queues n={}", mins.len()),
         }
     }
+}
+
+/// What a pop takes from one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopTake {
+    /// Queue.
+    pub queue: QueueId,
+    /// Offsets delivered before whose invisibility ended: delivered again if still so.
+    pub redeliver: Vec<QueueOffset>,
+    /// First never-delivered offset the plan read (the group's position when planned).
+    pub fresh_from: QueueOffset,
+    /// End of the never-delivered range the plan read: offsets in
+    /// `fresh_from..fresh_end` not in `deliver` are skipped (filtered out).
+    pub fresh_end: QueueOffset,
+    /// Offsets of that range to deliver, ascending.
+    pub deliver: Vec<QueueOffset>,
 }
 
 /// Why a command (or one item of it) was refused. Applying never fails as a whole:
@@ -140,6 +157,12 @@ pub enum CommandError {
     /// The receipt handle does not match an invisible message of this group.
     #[error("receipt handle is not valid: {0}")]
     InvalidReceipt(String),
+    /// The topic was deleted or created anew after the send was checked.
+    #[error("topic {0} was deleted or re-created while the message was being sent; send it again")]
+    TopicChanged(String),
+    /// A bound of the replicated state was reached.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 /// Result of sending one message.
@@ -151,17 +174,13 @@ pub struct Sent {
     pub offset: QueueOffset,
 }
 
-/// A popped message: where its body is, and its receipt.
+/// A popped message and its receipt (its body is found through the ConsumeQueue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Popped {
     /// Queue.
     pub queue: QueueId,
     /// Offset in the queue.
     pub offset: QueueOffset,
-    /// Raft log index of the entry holding the message.
-    pub log_index: LogIndex,
-    /// Position of the message within that entry's batch.
-    pub slot: Slot,
     /// How many times it has been delivered, this time included (>= 1).
     pub attempt: u32,
     /// Receipt to ack or change invisibility with.

@@ -1,93 +1,84 @@
-//! The replicated state machine: topics and their queues (ConsumeQueue records pointing
-//! into the CommitLog), pop state, and consumer offsets.
+//! The replicated state machine: topics and the bounds of their queues, consumer groups'
+//! pop state and committed offsets. Metadata only: its size follows the number of topics,
+//! queues, groups and in-flight messages, never the number of stored messages.
 //!
 //! [`Machine::apply`] is plain code over a [`Command`]: no IO, no clock (time comes in the
 //! command), so every node computes the same state and it is tested without a network.
-//! Message bodies stay in the Raft log: a queue record names the log index and the slot
-//! of the message in that entry's batch.
+//! Message bodies stay in the Raft log; where each message is (log index and slot) lives in
+//! each node's ConsumeQueue, derived from the log. Whether a message of a `Send` is stored
+//! follows from the entry and the topic table ([`Machine::accepts`]), so the dispatch that
+//! writes the ConsumeQueue needs no apply result and gives every message the offset apply
+//! gave it.
 
 pub mod codec;
 pub mod command;
 pub mod ids;
+mod plan;
 pub mod pop;
 pub mod receipt;
 pub mod types;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::command::{Command, CommandError, Popped, ProposalId, Response, Sent};
+pub use self::command::{Command, CommandError, PopTake, Popped, ProposalId, Response, Sent};
 pub use self::ids::{LogIndex, Millis, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
-use self::types::{GroupName, TagFilter, TopicConfig, TopicName, tag_hash};
+use self::types::{GroupName, Permission, StoredMessage, TopicConfig, TopicName};
 
 /// Most messages one pop may take.
 pub const MAX_POP_BATCH: u32 = 256;
-/// Most never-delivered records one pop examines per queue (filtered ones included).
-const POP_SCAN_LIMIT: usize = 4096;
+/// Most never-delivered offsets one pop examines per queue (filtered ones included).
+pub const POP_SCAN_LIMIT: u64 = 4096;
+/// Most topics a broker group holds.
+pub const MAX_TOPICS: usize = 10_000;
+/// Most consumer groups with state (pops or committed offsets) in a broker group.
+pub const MAX_GROUPS: usize = 10_000;
+/// Most delivered, unacknowledged messages per consumer group and queue.
+pub const MAX_INFLIGHT_PER_QUEUE: usize = 100_000;
+/// Most receipts one ack carries.
+pub const MAX_RECEIPTS_PER_ACK: usize = 1024;
+/// Most queues one `TrimQueues` names.
+pub const MAX_TRIM_QUEUES: usize = 4096;
 
-/// A ConsumeQueue record: where a message is and what filters need to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueRecord {
-    /// Raft log index of the entry holding the message.
-    pub log_index: LogIndex,
-    /// Position of the message within that entry's batch.
-    pub slot: Slot,
-    /// Body size in bytes.
-    pub size: u32,
-    /// Hash of the tag, if any.
-    pub tag: Option<u64>,
-    /// Store time.
-    pub stored: Millis,
-}
-
-/// One queue: its records from `base` on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One queue: the offsets it holds are `min_offset..max_offset`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queue {
-    base: u64,
-    records: VecDeque<QueueRecord>,
+    min_offset: u64,
+    max_offset: u64,
 }
 
 impl Queue {
     /// First offset still held.
     pub fn min_offset(&self) -> u64 {
-        self.base
+        self.min_offset
     }
 
     /// Offset the next message gets.
     pub fn max_offset(&self) -> u64 {
-        self.base + self.records.len() as u64
-    }
-
-    /// The record at `offset`, if held.
-    pub fn get(&self, offset: u64) -> Option<&QueueRecord> {
-        offset.checked_sub(self.base).and_then(|i| self.records.get(i as usize))
-    }
-
-    /// Drops the records held in log entries below `before_log_index` (they lead the
-    /// queue: log indexes grow along it); returns the new minimum offset.
-    fn trim_before(&mut self, before_log_index: LogIndex) -> u64 {
-        let n = self.records.partition_point(|r| r.log_index < before_log_index);
-        self.records.drain(..n);
-        self.base += n as u64;
-        if self.records.is_empty() {
-            self.records.shrink_to_fit();
-        }
-        self.base
-    }
-
-    /// First offset whose store time is at or after `at` (`max_offset` if none).
-    pub fn offset_at_time(&self, at: Millis) -> u64 {
-        self.base + self.records.partition_point(|r| r.stored < at) as u64
+        self.max_offset
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Topic {
     config: TopicConfig,
+    /// The log index that created this incarnation of the topic.
+    created_at: LogIndex,
     queues: Vec<Queue>,
+    /// Queue counts from the log index each took effect, oldest first (counts only grow,
+    /// so at most [`types::MAX_QUEUES`] steps).
+    queue_counts: Vec<(LogIndex, u32)>,
+}
+
+impl Topic {
+    /// How many queues this incarnation had when the entry at `index` was applied.
+    fn queue_count_at(&self, index: LogIndex) -> u32 {
+        let i = self.queue_counts.partition_point(|&(from, _)| from <= index);
+        i.checked_sub(1).map_or(0, |i| self.queue_counts[i].1)
+    }
 }
 
 type GroupQueue = (GroupName, TopicName, QueueId);
@@ -127,9 +118,20 @@ impl Machine {
         Self { broker_group: broker_group.to_string(), ..Default::default() }
     }
 
+    /// The broker group named in receipts.
+    pub fn broker_group(&self) -> &str {
+        &self.broker_group
+    }
+
     /// A topic's configuration.
     pub fn topic(&self, topic: &TopicName) -> Option<&TopicConfig> {
         self.topics.get(topic).map(|t| &t.config)
+    }
+
+    /// The incarnation of a topic: the log index that created it. A send names it, so a
+    /// message is never stored in a topic deleted and created anew after it was checked.
+    pub fn topic_epoch(&self, topic: &TopicName) -> Option<LogIndex> {
+        self.topics.get(topic).map(|t| t.created_at)
     }
 
     /// All topics.
@@ -153,32 +155,6 @@ impl Machine {
         self.pops.get(&(group.clone(), topic.clone(), queue))
     }
 
-    /// Whether a pop by `group` on `topic` at `now` could return something: a message never
-    /// delivered to the group, or one whose invisibility ended. When nothing is visible,
-    /// also returns when the next invisible message reappears.
-    pub fn pop_outlook(&self, group: &GroupName, topic: &TopicName, now: Millis) -> (bool, Option<Millis>) {
-        let Some(t) = self.topics.get(topic) else { return (false, None) };
-        let mut next: Option<Millis> = None;
-        for (i, queue) in t.queues.iter().enumerate() {
-            match self.pops.get(&(group.clone(), topic.clone(), QueueId(i as u32))) {
-                None if queue.max_offset() > queue.min_offset() => return (true, None),
-                None => {}
-                Some(state) => {
-                    if state.next_fresh.max(queue.min_offset()) < queue.max_offset()
-                        || state.expired(now).next().is_some()
-                    {
-                        return (true, None);
-                    }
-                    next = match (next, state.next_visible()) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                }
-            }
-        }
-        (false, next)
-    }
-
     /// The newest log index applied.
     pub fn last_applied(&self) -> LogIndex {
         self.last_applied
@@ -187,6 +163,23 @@ impl Machine {
     /// The state machine's clock: the largest proposer time applied so far.
     pub fn clock(&self) -> Millis {
         self.clock
+    }
+
+    /// Whether the `Send` in the entry at `index` stored `m` (asked of the state after that
+    /// entry, or of any later one): its topic exists in the incarnation the message names and
+    /// had its queue then. A topic incarnation that exists now existed at every index from its
+    /// creation on, and it keeps its queue counts by index, so dispatch running behind apply
+    /// gets the answer apply got for every message of a topic that still exists.
+    pub fn accepts(&self, m: &StoredMessage, index: LogIndex) -> Result<(), CommandError> {
+        let t = self.topics.get(&m.topic).ok_or_else(|| CommandError::TopicNotFound(m.topic.to_string()))?;
+        if t.created_at != m.topic_epoch || index < t.created_at {
+            return Err(CommandError::TopicChanged(m.topic.to_string()));
+        }
+        let count = t.queue_count_at(index);
+        if m.queue.0 >= count {
+            return Err(CommandError::QueueNotFound { topic: m.topic.to_string(), queue: m.queue.0, count });
+        }
+        Ok(())
     }
 
     /// Takes the proposer's time `now` unless the clock is already past it.
@@ -212,7 +205,7 @@ impl Machine {
 
     fn dispatch(&mut self, log_index: LogIndex, command: &Command) -> Response {
         match command {
-            Command::UpsertTopic { topic, config } => match self.upsert_topic(topic, config) {
+            Command::UpsertTopic { topic, config } => match self.upsert_topic(log_index, topic, config) {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Failed(e),
             },
@@ -224,18 +217,24 @@ impl Machine {
                 self.offsets.retain(|(_, t, _), _| t != topic);
                 Response::Done
             }
-            Command::Send { now, auto_create_queues, messages, .. } => {
-                let now = self.tick(*now);
-                Response::Sent(self.send(log_index, now, *auto_create_queues, messages))
+            Command::Send { now, messages, .. } => {
+                self.tick(*now);
+                Response::Sent(messages.iter().map(|m| self.store(m)).collect())
             }
-            Command::Pop { now, group, topic, queue, max, invisible_ms, filter } => {
+            Command::Pop { now, group, topic, invisible_ms, takes } => {
                 let now = self.tick(*now);
-                match self.pop(now, group, topic, *queue, *max, *invisible_ms, filter) {
+                match self.pop(now, group, topic, *invisible_ms, takes) {
                     Ok(popped) => Response::Popped(popped),
                     Err(e) => Response::Failed(e),
                 }
             }
             Command::Ack { group, topic, receipts } => {
+                if receipts.len() > MAX_RECEIPTS_PER_ACK {
+                    return Response::Failed(CommandError::LimitReached(format!(
+                        "{} receipts in one ack, the limit is {MAX_RECEIPTS_PER_ACK}",
+                        receipts.len()
+                    )));
+                }
                 Response::Acked(receipts.iter().map(|r| self.ack(group, topic, r)).collect())
             }
             Command::ChangeInvisible { now, group, topic, receipt, invisible_ms } => {
@@ -246,51 +245,88 @@ impl Machine {
                 }
             }
             Command::CommitOffset { group, topic, queue, offset } => {
-                if let Err(e) = self.check_queue(topic, *queue) {
+                let key = (group.clone(), topic.clone(), *queue);
+                if let Err(e) = self.check_queue(topic, *queue).and_then(|_| self.check_group(&key)) {
                     return Response::Failed(e);
                 }
-                self.offsets.insert((group.clone(), topic.clone(), *queue), *offset);
+                self.offsets.insert(key, *offset);
                 Response::Done
             }
-            Command::TrimQueues { before_log_index } => {
-                self.trim_queues(*before_log_index);
-                Response::Done
-            }
+            Command::TrimQueues { mins } => match self.trim_queues(mins) {
+                Ok(()) => Response::Done,
+                Err(e) => Response::Failed(e),
+            },
         }
     }
 
-    /// Moves every queue's minimum offset past its records below `before_log_index`, and
-    /// the pop state and committed offsets behind it up to it.
-    fn trim_queues(&mut self, before_log_index: LogIndex) {
-        let mut mins: BTreeMap<(&TopicName, QueueId), u64> = BTreeMap::new();
-        for (name, topic) in &mut self.topics {
-            for (i, queue) in topic.queues.iter_mut().enumerate() {
-                if queue.get(queue.min_offset()).is_some_and(|r| r.log_index < before_log_index) {
-                    mins.insert((name, QueueId(i as u32)), queue.trim_before(before_log_index));
-                }
+    /// Stores one message of a `Send`: the next offset of its queue.
+    fn store(&mut self, m: &StoredMessage) -> Result<Sent, CommandError> {
+        self.accepts(m, self.last_applied)?;
+        let queue = &mut self.topics.get_mut(&m.topic).expect("accepted above").queues[m.queue.0 as usize];
+        let offset = queue.max_offset;
+        queue.max_offset += 1;
+        Ok(Sent { queue: m.queue, offset: QueueOffset(offset) })
+    }
+
+    /// Moves the named queues' minimum offsets up, and the pop state and committed offsets
+    /// behind them with them.
+    fn trim_queues(&mut self, mins: &[(TopicName, QueueId, QueueOffset)]) -> Result<(), CommandError> {
+        if mins.len() > MAX_TRIM_QUEUES {
+            return Err(CommandError::LimitReached(format!(
+                "{} queues in one trim, the limit is {MAX_TRIM_QUEUES}",
+                mins.len()
+            )));
+        }
+        let mut moved: BTreeMap<(&TopicName, QueueId), u64> = BTreeMap::new();
+        for (topic, queue, min) in mins {
+            let Some(q) = self.topics.get_mut(topic).and_then(|t| t.queues.get_mut(queue.0 as usize)) else {
+                continue;
+            };
+            let new_min = min.0.min(q.max_offset).max(q.min_offset);
+            if new_min > q.min_offset {
+                q.min_offset = new_min;
+                moved.insert((topic, *queue), new_min);
             }
         }
         for ((_, topic, queue), state) in &mut self.pops {
-            if let Some(&min) = mins.get(&(topic, *queue)) {
+            if let Some(&min) = moved.get(&(topic, *queue)) {
                 state.trim_below(min);
             }
         }
         for ((_, topic, queue), offset) in &mut self.offsets {
-            if let Some(&min) = mins.get(&(topic, *queue)) {
+            if let Some(&min) = moved.get(&(topic, *queue)) {
                 offset.0 = offset.0.max(min);
             }
         }
+        Ok(())
     }
 
-    fn upsert_topic(&mut self, name: &TopicName, config: &TopicConfig) -> Result<(), CommandError> {
+    fn upsert_topic(
+        &mut self,
+        log_index: LogIndex,
+        name: &TopicName,
+        config: &TopicConfig,
+    ) -> Result<(), CommandError> {
         validate_config(config)?;
-        let topic =
-            self.topics.entry(name.clone()).or_insert_with(|| Topic { config: config.clone(), queues: Vec::new() });
+        if !self.topics.contains_key(name) && self.topics.len() >= MAX_TOPICS {
+            return Err(CommandError::LimitReached(format!(
+                "the broker group holds {MAX_TOPICS} topics, the limit; delete one first"
+            )));
+        }
+        let topic = self.topics.entry(name.clone()).or_insert_with(|| Topic {
+            config: config.clone(),
+            created_at: log_index,
+            queues: Vec::new(),
+            queue_counts: Vec::new(),
+        });
         if (config.queue_count as usize) < topic.queues.len() {
             return Err(CommandError::BadConfig(format!(
                 "topic {name} has {} queues; the queue count cannot shrink",
                 topic.queues.len()
             )));
+        }
+        if topic.queue_counts.last().is_none_or(|&(_, count)| count < config.queue_count) {
+            topic.queue_counts.push((log_index, config.queue_count));
         }
         topic.config = config.clone();
         topic.queues.resize_with(config.queue_count as usize, Queue::default);
@@ -309,104 +345,58 @@ impl Machine {
         Ok(t)
     }
 
-    fn send(
-        &mut self,
-        log_index: LogIndex,
-        now: Millis,
-        auto_create: Option<u32>,
-        messages: &[types::StoredMessage],
-    ) -> Vec<Result<Sent, CommandError>> {
-        let mut results = Vec::with_capacity(messages.len());
-        for (slot, m) in messages.iter().enumerate() {
-            if let Some(queues) = auto_create
-                && !self.topics.contains_key(&m.topic)
-                && let Err(e) = self.upsert_topic(&m.topic, &TopicConfig::all_types(queues))
-            {
-                results.push(Err(e));
-                continue;
-            }
-            if let Err(e) = self.check_queue(&m.topic, m.queue) {
-                results.push(Err(e));
-                continue;
-            }
-            let topic = self.topics.get_mut(&m.topic).expect("checked above");
-            if topic.config.permission == types::Permission::Read {
-                results.push(Err(CommandError::NotPermitted(format!("topic {} is read-only", m.topic))));
-                continue;
-            }
-            let queue = &mut topic.queues[m.queue.0 as usize];
-            let offset = queue.max_offset();
-            queue.records.push_back(QueueRecord {
-                log_index,
-                slot: Slot(u32::try_from(slot).expect("batches are far below 2^32 messages")),
-                size: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
-                tag: m.tag.as_deref().map(tag_hash),
-                stored: now,
-            });
-            results.push(Ok(Sent { queue: m.queue, offset: QueueOffset(offset) }));
+    /// Refuses state for `key` when its group is new and [`MAX_GROUPS`] groups have state
+    /// already (the count is taken only when a group's state on a queue is created).
+    fn check_group(&self, key: &GroupQueue) -> Result<(), CommandError> {
+        if self.pops.contains_key(key) || self.offsets.contains_key(key) {
+            return Ok(());
         }
-        results
+        let groups: BTreeSet<&GroupName> =
+            self.pops.keys().map(|(g, _, _)| g).chain(self.offsets.keys().map(|(g, _, _)| g)).collect();
+        if groups.len() >= MAX_GROUPS && !groups.contains(&key.0) {
+            return Err(CommandError::LimitReached(format!(
+                "the broker group holds state of {MAX_GROUPS} consumer groups, the limit"
+            )));
+        }
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn pop(
         &mut self,
         now: Millis,
         group: &GroupName,
         topic: &TopicName,
-        queue: Option<QueueId>,
-        max: u32,
         invisible_ms: u64,
-        filter: &TagFilter,
+        takes: &[PopTake],
     ) -> Result<Vec<Popped>, CommandError> {
         let t = self.topics.get(topic).ok_or_else(|| CommandError::TopicNotFound(topic.to_string()))?;
-        if t.config.permission == types::Permission::Write {
+        if t.config.permission == Permission::Write {
             return Err(CommandError::NotPermitted(format!("topic {topic} is write-only")));
         }
-        let count = t.config.queue_count;
-        let order: Vec<QueueId> = match queue {
-            Some(q) => {
-                self.check_queue(topic, q)?;
-                vec![q]
-            }
-            // Start at a rotating queue so concurrent consumers spread over the queues.
-            None => {
-                (0..count).map(|i| QueueId(((self.next_pop_id + u64::from(i)) % u64::from(count)) as u32)).collect()
-            }
-        };
+        for take in takes {
+            self.check_queue(topic, take.queue)?;
+            self.check_group(&(group.clone(), topic.clone(), take.queue))?;
+        }
         let pop_id = PopId(self.next_pop_id);
         self.next_pop_id += 1;
         let visible_at = now.plus_ms(invisible_ms);
-        let max = max.min(MAX_POP_BATCH) as usize;
         let mut out = Vec::new();
-        for q in order {
-            if out.len() >= max {
-                break;
+        for take in takes {
+            let queue = self.topics[topic].queues[take.queue.0 as usize];
+            let key = (group.clone(), topic.clone(), take.queue);
+            let state = self.pops.entry(key).or_insert_with(|| PopState::starting_at(queue.min_offset));
+            if state.ack_offset < queue.min_offset {
+                state.trim_below(queue.min_offset);
             }
-            let queue_log = &self.topics[topic].queues[q.0 as usize];
-            let key = (group.clone(), topic.clone(), q);
-            let state = self.pops.entry(key).or_insert_with(|| PopState::starting_at(queue_log.min_offset()));
-            if state.ack_offset < queue_log.min_offset() {
-                state.trim_below(queue_log.min_offset());
-            }
-            // Redeliveries first (their invisibility ended), then never-delivered ones.
-            let expired: Vec<u64> = state.expired(now).take(max - out.len()).collect();
-            for off in expired {
-                let Some(rec) = queue_log.get(off) else { continue };
-                let attempt = state.deliver(off, visible_at, pop_id);
-                out.push(popped(&self.broker_group, q, off, rec, attempt, pop_id, visible_at));
-            }
-            let mut scanned = 0;
-            while out.len() < max && scanned < POP_SCAN_LIMIT && state.next_fresh < queue_log.max_offset() {
-                let off = state.next_fresh;
-                let rec = queue_log.get(off).expect("offset below max_offset and at or above min_offset");
-                scanned += 1;
-                if filter.matches(rec.tag) {
-                    let attempt = state.deliver(off, visible_at, pop_id);
-                    out.push(popped(&self.broker_group, q, off, rec, attempt, pop_id, visible_at));
-                } else {
-                    state.skip(off);
-                }
+            let budget = MAX_POP_BATCH as usize - out.len().min(MAX_POP_BATCH as usize);
+            for (offset, attempt) in pop::take(state, take, queue.max_offset, now, visible_at, pop_id, budget) {
+                out.push(Popped {
+                    queue: take.queue,
+                    offset,
+                    attempt,
+                    receipt: Receipt { broker_group: self.broker_group.clone(), queue: take.queue, offset, pop_id },
+                    visible_at,
+                });
             }
         }
         Ok(out)
@@ -440,26 +430,6 @@ impl Machine {
             .map_err(CommandError::InvalidReceipt)?;
         self.next_pop_id += 1;
         Ok(Receipt { pop_id: new_pop_id, ..receipt.clone() })
-    }
-}
-
-fn popped(
-    broker_group: &str,
-    queue: QueueId,
-    offset: u64,
-    rec: &QueueRecord,
-    attempt: u32,
-    pop_id: PopId,
-    visible_at: Millis,
-) -> Popped {
-    Popped {
-        queue,
-        offset: QueueOffset(offset),
-        log_index: rec.log_index,
-        slot: rec.slot,
-        attempt,
-        receipt: Receipt { broker_group: broker_group.to_string(), queue, offset: QueueOffset(offset), pop_id },
-        visible_at,
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Millis, PopId};
+use crate::command::PopTake;
+use crate::ids::{Millis, PopId, QueueOffset};
+use crate::{MAX_INFLIGHT_PER_QUEUE, POP_SCAN_LIMIT};
 
 /// A delivered, unacknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +146,55 @@ impl PopState {
             self.ack_offset += 1;
         }
     }
+}
+
+/// Applies one queue's part of a pop plan to `state` (already trimmed to the queue's
+/// minimum): delivers again the planned offsets whose invisibility ended by `now`, then, if
+/// the group is still where the plan found it, delivers or skips the planned never-delivered
+/// range. Returns each delivered offset with its attempt number: at most `budget`, and none
+/// past [`MAX_INFLIGHT_PER_QUEUE`] (the rest of the range stays never-delivered). A stale or
+/// malformed plan takes nothing from the range: a concurrent pop moved the group on.
+pub(crate) fn take(
+    state: &mut PopState,
+    take: &PopTake,
+    max_offset: u64,
+    now: Millis,
+    visible_at: Millis,
+    pop_id: PopId,
+    budget: usize,
+) -> Vec<(QueueOffset, u32)> {
+    let mut out = Vec::new();
+    for &offset in &take.redeliver {
+        if out.len() >= budget {
+            return out;
+        }
+        if state.inflight(offset.0).is_some_and(|inf| inf.visible_at <= now) {
+            out.push((offset, state.deliver(offset.0, visible_at, pop_id)));
+        }
+    }
+    let (from, end) = (take.fresh_from.0, take.fresh_end.0);
+    let well_formed = from == state.next_fresh
+        && from <= end
+        && end <= max_offset
+        && end - from <= POP_SCAN_LIMIT
+        && take.deliver.windows(2).all(|w| w[0] < w[1])
+        && take.deliver.iter().all(|d| (from..end).contains(&d.0));
+    if !well_formed {
+        return out;
+    }
+    let mut deliver = take.deliver.iter().map(|d| d.0).peekable();
+    for offset in from..end {
+        if deliver.peek() == Some(&offset) {
+            if out.len() >= budget || state.inflight_count() >= MAX_INFLIGHT_PER_QUEUE {
+                break;
+            }
+            deliver.next();
+            out.push((QueueOffset(offset), state.deliver(offset, visible_at, pop_id)));
+        } else {
+            state.skip(offset);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

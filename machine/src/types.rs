@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use crate::ids::{Millis, QueueId, QueueOffset};
+pub use crate::ids::{LogIndex, Millis, QueueId, QueueOffset};
 
 /// Longest topic or group name (RocketMQ's limit).
 pub const MAX_NAME_LEN: usize = 127;
@@ -153,6 +153,10 @@ pub struct StoredMessage {
     pub topic: TopicName,
     /// Queue the proposer chose.
     pub queue: QueueId,
+    /// The incarnation of the topic the proposer checked the message against: the log
+    /// index that created it ([`crate::Machine::topic_epoch`]). A message for a topic deleted
+    /// or created anew since is not stored.
+    pub topic_epoch: LogIndex,
     /// Message id (the client's, or one the broker made).
     pub message_id: String,
     /// Tag, for filtering.

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
-use raftmq_machine::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Machine, Millis, PopId, QueueId, QueueOffset, Receipt, Response};
+use raftmq_machine::types::{GroupName, StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::{Command, LogIndex, Machine, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response};
 
 fn sample_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
@@ -44,6 +44,7 @@ fn message(slot: u8) -> StoredMessage {
     StoredMessage {
         topic: topic(),
         queue: QueueId(u32::from(slot % 2)),
+        topic_epoch: LogIndex(1),
         message_id: format!("01ABCDEF{slot:02}"),
         tag: Some("paid".into()),
         keys: vec!["order-7".into(), "customer-3".into()],
@@ -69,7 +70,6 @@ fn commands() -> Vec<Command> {
         Command::UpsertTopic { topic: topic(), config: TopicConfig::all_types(2) },
         Command::Send {
             now: Millis(1_700_000_000_100),
-            auto_create_queues: Some(8),
             messages: vec![message(0), message(1), message(2)],
             proposal: None,
         },
@@ -77,10 +77,14 @@ fn commands() -> Vec<Command> {
             now: Millis(1_700_000_000_200),
             group: group(),
             topic: topic(),
-            queue: None,
-            max: 2,
             invisible_ms: 30_000,
-            filter: TagFilter::parse("paid || refunded").expect("valid"),
+            takes: vec![PopTake {
+                queue: QueueId(0),
+                redeliver: vec![],
+                fresh_from: QueueOffset(0),
+                fresh_end: QueueOffset(2),
+                deliver: vec![QueueOffset(0), QueueOffset(1)],
+            }],
         },
         Command::Ack { group: group(), topic: topic(), receipts: vec![receipt(0)] },
         Command::ChangeInvisible {
@@ -91,14 +95,14 @@ fn commands() -> Vec<Command> {
             invisible_ms: 60_000,
         },
         Command::CommitOffset { group: group(), topic: topic(), queue: QueueId(0), offset: QueueOffset(1) },
-        Command::TrimQueues { before_log_index: LogIndex(2) },
+        Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
     ]
 }
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 1, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 2, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -108,12 +112,12 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v1.bin", &all);
+    check("commands-v2.bin", &all);
 }
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 1, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 2, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -128,5 +132,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v1.bin", &bytes);
+    check("snapshot-v2.bin", &bytes);
 }

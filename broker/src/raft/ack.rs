@@ -159,6 +159,11 @@ impl AckLogStore {
         self.inner.retained_entries(from, to)
     }
 
+    /// The first index the CommitLog holds (purged ones included while retained).
+    pub fn log_first(&self) -> Option<u64> {
+        self.inner.log().view().first
+    }
+
     /// The entries of `entries` some proposer waits for, with their log ids.
     fn awaited(&self, entries: &[Entry]) -> Vec<(ProposalId, LogId)> {
         if self.waiters.is_empty() {

@@ -175,21 +175,27 @@ impl Broker {
             let policy = pb::QueryOffsetPolicy::try_from(req.query_offset_policy).map_err(|_| {
                 Refusal::new(Code::BadRequest, format!("unknown offset policy {}", req.query_offset_policy))
             })?;
-            self.inner.state.read(|a| {
+            let (min, max) = self.inner.state.read(|a| {
                 let q = a.machine.queue(&topic, queue).ok_or_else(|| {
                     Refusal::new(Code::TopicNotFound, format!("topic {topic} has no queue {}", queue.0))
                 })?;
-                Ok(match policy {
-                    pb::QueryOffsetPolicy::Beginning => q.min_offset(),
-                    pb::QueryOffsetPolicy::End => q.max_offset(),
-                    pb::QueryOffsetPolicy::Timestamp => {
-                        let ts = req
-                            .timestamp
-                            .as_ref()
-                            .ok_or_else(|| Refusal::new(Code::BadRequest, "timestamp policy needs a timestamp"))?;
-                        q.offset_at_time(convert::millis_of(ts))
-                    }
-                })
+                Ok::<_, Refusal>((q.min_offset(), q.max_offset()))
+            })?;
+            Ok(match policy {
+                pb::QueryOffsetPolicy::Beginning => min,
+                pb::QueryOffsetPolicy::End => max,
+                pb::QueryOffsetPolicy::Timestamp => {
+                    let ts = req
+                        .timestamp
+                        .as_ref()
+                        .ok_or_else(|| Refusal::new(Code::BadRequest, "timestamp policy needs a timestamp"))?;
+                    let at = self
+                        .inner
+                        .stores
+                        .offset_at_time(&topic, queue, convert::millis_of(ts))
+                        .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?;
+                    at.0.clamp(min, max)
+                }
             })
         })();
         match result {

@@ -9,6 +9,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 
 use super::status::Refusal;
+use raftmq_machine::LogIndex;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicName};
 
 /// Most user properties per message.
@@ -149,6 +150,8 @@ pub fn incoming(
     Ok(StoredMessage {
         topic,
         queue,
+        // Set by the sender from the topic it checked the message against.
+        topic_epoch: LogIndex(0),
         message_id,
         tag: sys.tag,
         keys: sys.keys,

@@ -33,6 +33,37 @@ use crate::raft::Raft;
 use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
 use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
+use crate::store::Stores;
+
+/// The node's storage as the service reads it.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The applied state.
+    pub state: StateStore,
+    /// The CommitLog (message bodies).
+    pub log: AckLogStore,
+    /// The derived stores (ConsumeQueue, IndexFile).
+    pub stores: Stores,
+}
+
+/// Pops of one consumer group on one topic are planned and proposed one at a time on the
+/// leader (a plan made while another is in flight would be stale); striped, so the number
+/// of locks is bounded.
+#[derive(Debug)]
+struct PopLocks([tokio::sync::Mutex<()>; 64]);
+
+impl Default for PopLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl PopLocks {
+    async fn lock(&self, group: &str, topic: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let hash = raftmq_machine::types::tag_hash(group) ^ raftmq_machine::types::tag_hash(topic).rotate_left(17);
+        self.0[(hash % self.0.len() as u64) as usize].lock().await
+    }
+}
 
 /// Everything the service needs from its node.
 #[derive(Clone)]
@@ -46,6 +77,8 @@ struct Inner {
     raft: Raft,
     state: StateStore,
     store: AckLogStore,
+    stores: Stores,
+    pops: PopLocks,
     proposer: Proposer,
     settings: ServiceSettings,
     forwarder: Forwarder,
@@ -71,12 +104,12 @@ impl Broker {
     pub fn new(
         group: &str,
         raft: Raft,
-        state: StateStore,
-        store: AckLogStore,
+        storage: Storage,
         settings: ServiceSettings,
         view: RouteView,
         forwarder: Forwarder,
     ) -> Self {
+        let Storage { state, log: store, stores } = storage;
         let ack = match settings.ack {
             AckMode::Quorum => Ack::Quorum,
             AckMode::Leader => Ack::Leader(store.waiters().clone()),
@@ -84,7 +117,7 @@ impl Broker {
         let defaults = proposer::BatchLimits::default();
         let max_bytes = defaults.max_bytes.min(settings.max_entry_bytes.saturating_sub(proposer::ENTRY_OVERHEAD_BYTES));
         let limits = proposer::BatchLimits { max_bytes, ..defaults };
-        let proposer = Proposer::start(raft.clone(), limits, settings.auto_create_queues, ack);
+        let proposer = Proposer::start(raft.clone(), limits, ack);
         Self {
             inner: Arc::new(Inner {
                 group: group.to_string(),
@@ -92,6 +125,8 @@ impl Broker {
                 raft,
                 state,
                 store,
+                stores,
+                pops: PopLocks::default(),
                 proposer,
                 settings,
                 forwarder,

@@ -118,9 +118,9 @@ pub fn now_ms() -> Millis {
 
 impl Proposer {
     /// Starts the batching task for `raft`, answering sends as `ack` says.
-    pub fn start(raft: Raft, limits: BatchLimits, auto_create_queues: Option<u32>, ack: Ack) -> Self {
+    pub fn start(raft: Raft, limits: BatchLimits, ack: Ack) -> Self {
         let (tx, rx) = mpsc::channel(limits.queue);
-        tokio::spawn(run(raft, rx, limits, auto_create_queues, ack));
+        tokio::spawn(run(raft, rx, limits, ack));
         Self { tx }
     }
 
@@ -132,7 +132,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, auto_create: Option<u32>, ack: Ack) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, ack: Ack) {
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let unapplied = Arc::new(Semaphore::new(limits.max_unapplied));
     // A send that did not fit the previous entry starts the next one.
@@ -179,7 +179,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, auto_
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let raft = raft.clone();
-        let batch = Batch::new(jobs, auto_create);
+        let batch = Batch::new(jobs);
         match &ack {
             Ack::Quorum => {
                 tokio::spawn(async move {
@@ -208,7 +208,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(jobs: Vec<Job>, auto_create_queues: Option<u32>) -> Self {
+    fn new(jobs: Vec<Job>) -> Self {
         let sizes: Vec<usize> = jobs.iter().map(|j| j.messages.len()).collect();
         let mut dones = Vec::with_capacity(jobs.len());
         let mut messages = Vec::with_capacity(sizes.iter().sum());
@@ -217,7 +217,7 @@ impl Batch {
             dones.push(job.done);
         }
         let queues = messages.iter().map(|m| m.queue).collect();
-        let command = Command::Send { now: now_ms(), auto_create_queues, messages, proposal: None };
+        let command = Command::Send { now: now_ms(), messages, proposal: None };
         Self { command, sizes, dones, queues }
     }
 

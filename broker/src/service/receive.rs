@@ -19,7 +19,7 @@ use super::proposer::now_ms;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use super::{BoxStream, Broker};
-use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter};
+use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter, TopicName};
 use raftmq_machine::{Command, Popped, Response};
 
 /// Time kept between our answer and the client's deadline.
@@ -70,7 +70,7 @@ fn filter_of(expr: Option<&pb::FilterExpression>) -> Result<TagFilter, Refusal> 
 
 struct Receive {
     group: GroupName,
-    topic: raftmq_machine::types::TopicName,
+    topic: TopicName,
     filter: TagFilter,
     max: u32,
     invisible_ms: u64,
@@ -135,7 +135,7 @@ impl Broker {
         if popped.is_empty() {
             return failed(&Refusal::new(Code::MessageNotFound, "no new message"));
         }
-        let messages = match self.load(&popped) {
+        let messages = match self.load(&r.topic, &popped) {
             Ok(m) => m,
             Err(refusal) => return failed(&refusal),
         };
@@ -158,8 +158,10 @@ impl Broker {
         Box::pin(futures::stream::iter(items))
     }
 
-    /// Pops through Raft when something is visible; otherwise waits for new entries or
-    /// for the next invisible message to reappear, until `r.wait` runs out.
+    /// Pops through Raft when something is visible; otherwise waits for new entries (applied
+    /// and dispatched into the ConsumeQueue) or for the next invisible message to reappear,
+    /// until `r.wait` runs out. The pop is planned from this node's ConsumeQueue (tags) and
+    /// applied through Raft, one plan at a time per group and topic.
     async fn pop_waiting(&self, r: &Receive) -> Result<Vec<Popped>, Refusal> {
         let deadline = Instant::now() + r.wait;
         let signal = self.inner.state.applied_signal().clone();
@@ -170,26 +172,9 @@ impl Broker {
             let now = now_ms();
             let (visible, next) = self.inner.state.read(|a| a.machine.pop_outlook(&r.group, &r.topic, now));
             if visible {
-                let command = Command::Pop {
-                    now,
-                    group: r.group.clone(),
-                    topic: r.topic.clone(),
-                    queue: None,
-                    max: r.max,
-                    invisible_ms: r.invisible_ms,
-                    filter: r.filter.clone(),
-                };
-                let resp = self
-                    .inner
-                    .raft
-                    .client_write(command)
-                    .await
-                    .map_err(|e| Refusal::unavailable(format!("receive not committed: {e}")))?;
-                match resp.data {
-                    Response::Popped(p) if !p.is_empty() => return Ok(p),
-                    Response::Popped(_) => {}
-                    Response::Failed(e) => return Err(e.into()),
-                    other => return Err(Refusal::unavailable(format!("unexpected answer to a pop: {other:?}"))),
+                let popped = self.pop_once(r, now).await?;
+                if !popped.is_empty() {
+                    return Ok(popped);
                 }
             }
             let mut until = deadline;
@@ -207,15 +192,62 @@ impl Broker {
         }
     }
 
-    /// Reads the bodies of popped or pulled messages from the CommitLog; each entry once.
-    fn load(&self, at: &[Popped]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
-        let locations: Vec<(u64, u32)> = at.iter().map(|p| (p.log_index.0, p.slot.0)).collect();
+    /// Plans one pop from the ConsumeQueue and applies it; empty when nothing was taken.
+    async fn pop_once(&self, r: &Receive, now: Millis) -> Result<Vec<Popped>, Refusal> {
+        let _serial = self.inner.pops.lock(r.group.as_str(), r.topic.as_str()).await;
+        let stores = &self.inner.stores;
+        let takes = self
+            .inner
+            .state
+            .read(|a| {
+                a.machine.plan_pop(now, &r.group, &r.topic, r.max, &r.filter, |q, from, end| {
+                    stores.tags(&r.topic, q, from, end)
+                })
+            })
+            .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?;
+        if takes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let command =
+            Command::Pop { now, group: r.group.clone(), topic: r.topic.clone(), invisible_ms: r.invisible_ms, takes };
+        let resp = self
+            .inner
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| Refusal::unavailable(format!("receive not committed: {e}")))?;
+        match resp.data {
+            Response::Popped(p) => Ok(p),
+            Response::Failed(e) => Err(e.into()),
+            other => Err(Refusal::unavailable(format!("unexpected answer to a pop: {other:?}"))),
+        }
+    }
+
+    /// Reads the bodies of popped messages: their ConsumeQueue records, then the CommitLog.
+    fn load(&self, topic: &TopicName, at: &[Popped]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
+        let mut locations = Vec::with_capacity(at.len());
+        for p in at {
+            let record = self
+                .inner
+                .stores
+                .record(topic, p.queue, p.offset)
+                .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?
+                .ok_or_else(|| {
+                    Refusal::unavailable(format!(
+                        "queue {} offset {} is not in this node's ConsumeQueue",
+                        p.queue.0, p.offset.0
+                    ))
+                })?;
+            locations.push((record.log_index.0, record.slot.0, record.store_time));
+        }
         self.load_at(&locations)
     }
 
-    fn load_at(&self, locations: &[(u64, u32)]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
-        let mut batches: BTreeMap<u64, (Millis, Vec<StoredMessage>)> = BTreeMap::new();
-        for &(index, _) in locations {
+    /// Reads messages by (log index, slot), each entry once; the store time is the
+    /// ConsumeQueue's.
+    fn load_at(&self, locations: &[(u64, u32, Millis)]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
+        let mut batches: BTreeMap<u64, Vec<StoredMessage>> = BTreeMap::new();
+        for &(index, _, _) in locations {
             if batches.contains_key(&index) {
                 continue;
             }
@@ -228,20 +260,19 @@ impl Broker {
                 Refusal::new(Code::MessageNotFound, format!("log entry {index} is no longer retained"))
             })?;
             match entry.payload {
-                EntryPayload::Normal(Command::Send { now, messages, .. }) => {
-                    batches.insert(index, (now, messages));
+                EntryPayload::Normal(Command::Send { messages, .. }) => {
+                    batches.insert(index, messages);
                 }
                 _ => return Err(Refusal::unavailable(format!("log entry {index} holds no messages"))),
             }
         }
         locations
             .iter()
-            .map(|&(index, slot)| {
-                let (stored, messages) = &batches[&index];
-                messages
+            .map(|&(index, slot, stored)| {
+                batches[&index]
                     .get(slot as usize)
                     .cloned()
-                    .map(|m| (m, *stored))
+                    .map(|m| (m, stored))
                     .ok_or_else(|| Refusal::unavailable(format!("log entry {index} has no message {slot}")))
             })
             .collect()
@@ -287,28 +318,37 @@ impl Broker {
                 let notified = signal.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let (found, next_offset) = self.inner.state.read(|a| {
+                let (min, max_offset) = self.inner.state.read(|a| {
                     let q = a.machine.queue(&topic, queue).ok_or_else(|| {
                         Refusal::new(Code::TopicNotFound, format!("topic {topic} has no queue {}", queue.0))
                     })?;
-                    let start = offset.max(q.min_offset());
-                    if start > q.max_offset() {
-                        return Err(Refusal::new(
-                            Code::BadRequest,
-                            format!("offset {offset} is past the end of the queue ({})", q.max_offset()),
-                        ));
-                    }
-                    let mut found = Vec::new();
-                    let mut next = start;
-                    while next < q.max_offset() && (found.len() as u64) < max {
-                        let rec = q.get(next).copied().expect("offset within the queue");
-                        if filter.matches(rec.tag) {
-                            found.push((next, rec));
-                        }
-                        next += 1;
-                    }
-                    Ok((found, next))
+                    Ok::<_, Refusal>((q.min_offset(), q.max_offset()))
                 })?;
+                let start = offset.max(min);
+                if start > max_offset {
+                    return Err(Refusal::new(
+                        Code::BadRequest,
+                        format!("offset {offset} is past the end of the queue ({max_offset})"),
+                    ));
+                }
+                // Read at most one scan's worth; what passes the filter is bounded by `max`.
+                let end = max_offset.min(start + raftmq_machine::POP_SCAN_LIMIT);
+                let records = self
+                    .inner
+                    .stores
+                    .records(&topic, queue, start, end)
+                    .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?;
+                let mut found = Vec::new();
+                let mut next_offset = start;
+                for (off, rec) in records {
+                    if off.0 != next_offset || found.len() as u64 >= max {
+                        break;
+                    }
+                    if filter.matches(rec.tag_hash) {
+                        found.push((off.0, rec));
+                    }
+                    next_offset += 1;
+                }
                 if !found.is_empty() || Instant::now() >= deadline {
                     return Ok((found, next_offset));
                 }
@@ -329,7 +369,8 @@ impl Broker {
                 content: Some(PullContent::Status(status::status(Code::MessageNotFound, "no new message"))),
             }));
         } else {
-            let locations: Vec<(u64, u32)> = found.iter().map(|(_, rec)| (rec.log_index.0, rec.slot.0)).collect();
+            let locations: Vec<(u64, u32, Millis)> =
+                found.iter().map(|(_, rec)| (rec.log_index.0, rec.slot.0, rec.store_time)).collect();
             let messages = match self.load_at(&locations) {
                 Ok(m) => m,
                 Err(refusal) => return pull_failed(&refusal),

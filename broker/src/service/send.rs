@@ -10,7 +10,7 @@ use super::Broker;
 use super::convert;
 use super::route::topic_of;
 use super::status::{self, Refusal};
-use raftmq_machine::types::{QueueId, StoredMessage};
+use raftmq_machine::types::{Permission, QueueId, StoredMessage};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -47,8 +47,18 @@ impl Broker {
             (Some(q), None) => q as u32,
             (None, None) => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(config.queue_count)) as u32,
         };
+        if config.permission == Permission::Read {
+            return Err(Refusal::new(Code::Forbidden, format!("topic {topic} is read-only")));
+        }
+        let epoch = self
+            .inner
+            .state
+            .read(|a| a.machine.topic_epoch(&topic))
+            .ok_or_else(|| Refusal::new(Code::TopicNotFound, format!("topic {topic} was just deleted")))?;
         let node = self.inner.node_id;
-        convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))
+        let mut stored = convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))?;
+        stored.topic_epoch = epoch;
+        Ok(stored)
     }
 
     pub(super) async fn serve_send(&self, req: pb::SendMessageRequest) -> pb::SendMessageResponse {

@@ -59,6 +59,9 @@ impl From<CommandError> for Refusal {
             CommandError::QueueNotFound { .. } | CommandError::BadConfig(_) => Code::BadRequest,
             CommandError::NotPermitted(_) => Code::Forbidden,
             CommandError::InvalidReceipt(_) => Code::InvalidReceiptHandle,
+            // Retryable: the sender checks the topic again.
+            CommandError::TopicChanged(_) => Code::InternalServerError,
+            CommandError::LimitReached(_) => Code::TooManyRequests,
         };
         Refusal::new(code, e.to_string())
     }

@@ -99,3 +99,28 @@ pub async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
+
+/// The incarnation of `topic` as the nodes that applied its creation see it (what a send
+/// names in `StoredMessage::topic_epoch`).
+pub fn epoch(nodes: &[&broker::node::Node], topic: &str) -> raftmq_machine::LogIndex {
+    let name = raftmq_machine::types::TopicName::new(topic).expect("valid topic");
+    nodes.iter().find_map(|n| n.state.read(|a| a.machine.topic_epoch(&name))).expect("the topic exists")
+}
+
+/// The (log index, slot) of every message a node's ConsumeQueue holds for `topic` between
+/// each queue's minimum and maximum offset; `None` while its dispatch has not reached them.
+pub fn locations(node: &broker::node::Node, topic: &str, queues: u32) -> Option<Vec<(u64, u32)>> {
+    let name = raftmq_machine::types::TopicName::new(topic).expect("valid topic");
+    let mut out = Vec::new();
+    for q in 0..queues {
+        let queue = raftmq_machine::QueueId(q);
+        let (min, max) =
+            node.state.read(|a| a.machine.queue(&name, queue).map(|x| (x.min_offset(), x.max_offset())))?;
+        let records = node.stores.records(&name, queue, min, max).expect("the ConsumeQueue reads");
+        if records.len() as u64 != max - min {
+            return None;
+        }
+        out.extend(records.iter().map(|(_, r)| (r.log_index.0, r.slot.0)));
+    }
+    Some(out)
+}

@@ -1,0 +1,443 @@
+//! Dispatch: follows the applied log and writes every stored message into the ConsumeQueue
+//! and the IndexFile (RocketMQ's ReputMessageService), behind apply and off its path.
+//!
+//! It needs no apply result: whether a `Send` stored a message, and at which offset, follows
+//! from the entry and any later state ([`Machine::accepts`]); each queue's next offset is
+//! counted here. It only dispatches entries already applied, so the state it asks is never
+//! older than the entry. A `DeleteTopic` entry deletes the topic's ConsumeQueue.
+//!
+//! Progress is made durable by a checkpoint written after the stores are synced (every
+//! second while busy). On start the stores are cut back to the checkpoint and dispatch goes
+//! on from there. When the stores or the checkpoint are missing or damaged, or the log no
+//! longer holds the next entry to dispatch (this node installed a snapshot), the stores are
+//! rebuilt from the entries the log holds: a first pass counts each queue's stored messages
+//! up to the applied index, which gives each queue's offset at the first entry (its maximum
+//! minus the count), a second pass dispatches them.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use openraft::EntryPayload;
+use raftmq_machine::types::{StoredMessage, tag_hash};
+use raftmq_machine::{Command, LogIndex, Machine, Millis, QueueId, QueueOffset, Slot};
+
+use super::checkpoint::{Checkpoint, CheckpointError};
+use super::consume_queue::{CqError, QueueRecord};
+use super::index_file::{IndexError, IndexKey, MAX_KEY_LEN};
+use super::{StoreError, Stores};
+use crate::raft::Entry;
+use crate::raft::ack::AckLogStore;
+use crate::raft::state::StateStore;
+
+/// Most entries read and dispatched at once.
+const BATCH_ENTRIES: u64 = 256;
+/// How often the stores are synced and the checkpoint written while dispatch is busy.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How long to wait before retrying after the log refused a read (records being copied in)
+/// or a store failed.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Why a batch could not be dispatched.
+#[derive(Debug, thiserror::Error)]
+enum DispatchError {
+    /// The log does not hold the next entry: the stores must be rebuilt.
+    #[error("the CommitLog no longer holds entry {0}")]
+    Gap(LogIndex),
+    /// Records are being copied into the log (backfill); retry.
+    #[error("log records are still being copied in: {0}")]
+    Incomplete(io::Error),
+    /// Reading the log failed.
+    #[error("reading the CommitLog: {0}")]
+    Log(io::Error),
+    /// A store failed or disagrees with the log: rebuild.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CqError> for DispatchError {
+    fn from(e: CqError) -> Self {
+        DispatchError::Store(e.into())
+    }
+}
+
+impl From<IndexError> for DispatchError {
+    fn from(e: IndexError) -> Self {
+        DispatchError::Store(e.into())
+    }
+}
+
+/// The dispatch state: the stores and the progress not yet checkpointed.
+struct Dispatch {
+    stores: Stores,
+    log: AckLogStore,
+    state: StateStore,
+    progress: Checkpoint,
+    /// Whether `progress` moved since the last checkpoint.
+    dirty: bool,
+}
+
+/// Starts dispatch for a node: recovers the stores (see the module docs) and follows the
+/// applied log until the task is aborted.
+pub fn spawn(stores: Stores, log: AckLogStore, state: StateStore, reset: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut d = Dispatch { stores, log, state, progress: Checkpoint::default(), dirty: false };
+        let mut rebuild = reset;
+        if !rebuild {
+            let (back, recovered) = blocking(d, |d| d.recover()).await;
+            d = back;
+            rebuild = !recovered;
+        }
+        loop {
+            if rebuild {
+                let (back, result) = blocking(d, |d| d.rebuild()).await;
+                d = back;
+                match result {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::info!(error = %e, "rebuilding the derived stores waits for the log");
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        continue;
+                    }
+                }
+            }
+            d.publish();
+            rebuild = d.follow().await;
+        }
+    })
+}
+
+/// Runs `f` on a blocking thread with the dispatch state and hands it back.
+async fn blocking<T: Send + 'static>(
+    d: Dispatch,
+    f: impl FnOnce(&mut Dispatch) -> T + Send + 'static,
+) -> (Dispatch, T) {
+    let task = tokio::task::spawn_blocking(move || {
+        let mut d = d;
+        let out = f(&mut d);
+        (d, out)
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+impl Dispatch {
+    /// Follows the applied index until the stores need a rebuild (returns true) or the task
+    /// is aborted.
+    async fn follow(&mut self) -> bool {
+        let signal = self.state.applied_signal().clone();
+        let mut last_checkpoint = Instant::now();
+        let mut me = self.take();
+        loop {
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let applied = me.state.read(|a| LogIndex(a.last_applied.map_or(0, |l| l.index())));
+            let next = me.progress.dispatched.next();
+            if applied >= next {
+                let to = LogIndex(applied.0.min(next.0 + BATCH_ENTRIES - 1));
+                let (back, result) = blocking(me, move |d| d.dispatch(next, to)).await;
+                me = back;
+                match result {
+                    Ok(()) => me.publish(),
+                    Err(DispatchError::Incomplete(_)) => tokio::time::sleep(RETRY_AFTER).await,
+                    Err(DispatchError::Log(e)) => {
+                        tracing::warn!(error = %e, "dispatch could not read the CommitLog; retrying");
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the derived stores disagree with the CommitLog; rebuilding them");
+                        *self = me;
+                        return true;
+                    }
+                }
+                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                    me = checkpoint(me).await;
+                    last_checkpoint = Instant::now();
+                }
+                continue;
+            }
+            if me.dirty {
+                me = checkpoint(me).await;
+                last_checkpoint = Instant::now();
+            }
+            let _ = tokio::time::timeout(CHECKPOINT_EVERY, &mut notified).await;
+        }
+    }
+
+    /// Moves the state out (to hand it to blocking threads), leaving an empty shell.
+    fn take(&mut self) -> Dispatch {
+        let shell = Dispatch {
+            stores: self.stores.clone(),
+            log: self.log.clone(),
+            state: self.state.clone(),
+            progress: Checkpoint::default(),
+            dirty: false,
+        };
+        std::mem::replace(self, shell)
+    }
+
+    /// Tells readers how far the stores go, and wakes receives waiting for messages.
+    fn publish(&self) {
+        self.stores.set_dispatched(self.progress.dispatched);
+        self.state.applied_signal().notify_waiters();
+    }
+
+    /// Cuts the stores back to the checkpoint. False when they must be rebuilt.
+    fn recover(&mut self) -> bool {
+        let dir = self.stores.dir().to_path_buf();
+        let checkpoint = match Checkpoint::read(&dir) {
+            Ok(cp) => cp,
+            Err(CheckpointError::Missing(_)) if self.stores_empty() => Checkpoint::default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable store checkpoint; rebuilding the derived stores from the CommitLog");
+                return false;
+            }
+        };
+        let cut = || -> Result<u64, StoreError> {
+            let dropped = self.stores.consume_queues().truncate_after_log_index(checkpoint.dispatched)?;
+            self.stores.index().truncate_after(checkpoint.dispatched)?;
+            for ((topic, queue), &next) in &checkpoint.next {
+                let end = self.stores.consume_queues().bounds(topic, *queue)?.map(|(_, end)| end.0);
+                if end.is_some_and(|end| end != next) {
+                    return Err(StoreError::ConsumeQueue(CqError::Invalid(format!(
+                        "queue {topic}:{} ends at {end:?} but the checkpoint says {next}",
+                        queue.0
+                    ))));
+                }
+            }
+            Ok(dropped)
+        };
+        match cut() {
+            Ok(dropped) => {
+                tracing::info!(
+                    dispatched = checkpoint.dispatched.0,
+                    dropped,
+                    "derived stores recovered to their checkpoint"
+                );
+                self.progress = checkpoint;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the derived stores do not match their checkpoint; rebuilding them");
+                false
+            }
+        }
+    }
+
+    fn stores_empty(&self) -> bool {
+        self.stores.consume_queues().queues().is_ok_and(|q| q.is_empty())
+            && self.stores.index().last_log_index().is_none()
+    }
+
+    /// Reads entries `from..=to`; a first entry other than `from` is a gap.
+    fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, DispatchError> {
+        let entries = self.log.retained_entries(from.0, to.0 + 1).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => DispatchError::Incomplete(e),
+            _ => DispatchError::Log(e),
+        })?;
+        match entries.first() {
+            Some(e) if e.log_id.index() == from.0 => Ok(entries),
+            _ => Err(DispatchError::Gap(from)),
+        }
+    }
+
+    /// Dispatches the applied entries `from..=to` (judged by the current state).
+    fn dispatch(&mut self, from: LogIndex, to: LogIndex) -> Result<(), DispatchError> {
+        let entries = self.entries(from, to)?;
+        let state = self.state.clone();
+        for entry in &entries {
+            state.read(|a| self.apply_entry(&a.machine, entry, None))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one entry's messages, as judged by `machine` (a state at or after the entry).
+    /// `min_offsets`, during a rebuild, are the queues' first offsets still held: records
+    /// below them are counted but not written.
+    fn apply_entry(
+        &mut self,
+        machine: &Machine,
+        entry: &Entry,
+        min_offsets: Option<&BTreeMap<(String, QueueId), u64>>,
+    ) -> Result<(), DispatchError> {
+        let index = LogIndex(entry.log_id.index());
+        if index <= self.progress.dispatched {
+            return Ok(());
+        }
+        if let EntryPayload::Normal(command) = &entry.payload {
+            if let Some(now) = command_time(command) {
+                self.progress.clock = self.progress.clock.max(now);
+            }
+            match command {
+                Command::Send { messages, .. } => {
+                    for (slot, m) in messages.iter().enumerate() {
+                        if machine.accepts(m, index).is_ok() {
+                            self.store(index, Slot(slot as u32), m, min_offsets)?;
+                        }
+                    }
+                }
+                Command::DeleteTopic { topic } => {
+                    self.stores.consume_queues().remove_topic(topic.as_str())?;
+                    self.progress.next.retain(|(t, _), _| t != topic.as_str());
+                }
+                _ => {}
+            }
+        }
+        self.progress.dispatched = index;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        index: LogIndex,
+        slot: Slot,
+        m: &StoredMessage,
+        min_offsets: Option<&BTreeMap<(String, QueueId), u64>>,
+    ) -> Result<(), DispatchError> {
+        let key = (m.topic.as_str().to_string(), m.queue);
+        let cq = self.stores.consume_queues();
+        let offset = match self.progress.next.get(&key) {
+            Some(&n) => n,
+            None => cq.bounds(&key.0, m.queue)?.map_or(0, |(_, end)| end.0),
+        };
+        self.progress.next.insert(key.clone(), offset + 1);
+        if min_offsets.and_then(|mins| mins.get(&key)).is_some_and(|&min| offset < min) {
+            return Ok(());
+        }
+        let store_time = self.progress.clock;
+        let record = QueueRecord {
+            log_index: index,
+            slot,
+            size_bytes: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
+            tag_hash: m.tag.as_deref().map(tag_hash),
+            store_time,
+        };
+        cq.append(&key.0, m.queue, QueueOffset(offset), &record)?;
+        let index_files = self.stores.index();
+        let keys = std::iter::once(IndexKey::Id(&m.message_id)).chain(m.keys.iter().map(|k| IndexKey::Key(k)));
+        for k in keys {
+            let text = match k {
+                IndexKey::Id(t) | IndexKey::Key(t) => t,
+            };
+            if text.is_empty() || text.len() > MAX_KEY_LEN {
+                continue;
+            }
+            index_files.add(k, index, slot, store_time)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the stores and writes the checkpoint.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.stores.consume_queues().sync()?;
+        self.stores.index().sync()?;
+        self.progress.write(self.stores.dir()).map_err(|source| {
+            StoreError::ConsumeQueue(CqError::Io { op: "write checkpoint", path: self.stores.dir().into(), source })
+        })?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Rebuilds both stores from the entries the log holds, up to the applied index.
+    fn rebuild(&mut self) -> Result<(), DispatchError> {
+        let machine = self.state.read(|a| a.machine.clone());
+        let applied = machine.last_applied();
+        let first = self.log_first();
+        let started = Instant::now();
+        // Pass 1: how many stored messages of each queue the log holds.
+        let mut counts: BTreeMap<(String, QueueId), u64> = BTreeMap::new();
+        self.each_entry(first, applied, |entry| {
+            let index = LogIndex(entry.log_id.index());
+            if let EntryPayload::Normal(Command::Send { messages, .. }) = &entry.payload {
+                for m in messages.iter().filter(|m| machine.accepts(m, index).is_ok()) {
+                    *counts.entry((m.topic.as_str().to_string(), m.queue)).or_default() += 1;
+                }
+            }
+            Ok(())
+        })?;
+        let mut next = BTreeMap::new();
+        let mut mins = BTreeMap::new();
+        for (topic, config) in machine.topics() {
+            for q in 0..config.queue_count {
+                let Some(queue) = machine.queue(topic, QueueId(q)) else { continue };
+                let key = (topic.as_str().to_string(), QueueId(q));
+                let held = counts.get(&key).copied().unwrap_or(0);
+                let start = queue.max_offset().checked_sub(held).ok_or_else(|| {
+                    StoreError::ConsumeQueue(CqError::Invalid(format!(
+                        "the log holds {held} messages of {}:{q}, more than its {} offsets",
+                        topic.as_str(),
+                        queue.max_offset()
+                    )))
+                })?;
+                next.insert(key.clone(), start);
+                mins.insert(key, queue.min_offset());
+            }
+        }
+        // Pass 2: write them, from a clean slate.
+        self.stores.clear()?;
+        self.progress = Checkpoint { dispatched: LogIndex(first.0.saturating_sub(1)), clock: Millis(0), next };
+        let mut entries_done = 0u64;
+        let mut from = first;
+        while from <= applied {
+            let to = LogIndex(applied.0.min(from.0 + BATCH_ENTRIES - 1));
+            for entry in self.entries(from, to)? {
+                self.apply_entry(&machine, &entry, Some(&mins))?;
+                entries_done += 1;
+            }
+            from = to.next();
+        }
+        self.progress.dispatched = self.progress.dispatched.max(applied);
+        self.checkpoint()?;
+        tracing::info!(
+            entries = entries_done,
+            first = first.0,
+            applied = applied.0,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the ConsumeQueue and IndexFile from the CommitLog"
+        );
+        Ok(())
+    }
+
+    /// The first index the log holds (1 when it is empty).
+    fn log_first(&self) -> LogIndex {
+        LogIndex(self.log.log_first().unwrap_or(1))
+    }
+
+    /// Calls `f` on every entry `first..=last` the log holds, in batches.
+    fn each_entry(
+        &self,
+        first: LogIndex,
+        last: LogIndex,
+        mut f: impl FnMut(&Entry) -> Result<(), DispatchError>,
+    ) -> Result<(), DispatchError> {
+        let mut from = first;
+        while from <= last {
+            let to = LogIndex(last.0.min(from.0 + BATCH_ENTRIES - 1));
+            for entry in self.entries(from, to)? {
+                f(&entry)?;
+            }
+            from = to.next();
+        }
+        Ok(())
+    }
+}
+
+async fn checkpoint(me: Dispatch) -> Dispatch {
+    let (me, result) = blocking(me, |d| d.checkpoint()).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "writing the store checkpoint failed; retrying later");
+    }
+    me
+}
+
+/// The proposer time a command carries, if any.
+fn command_time(command: &Command) -> Option<Millis> {
+    match command {
+        Command::Send { now, .. } | Command::Pop { now, .. } | Command::ChangeInvisible { now, .. } => Some(*now),
+        _ => None,
+    }
+}

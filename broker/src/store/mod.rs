@@ -1,0 +1,217 @@
+//! Derived, on-disk stores every node writes from the CommitLog (RocketMQ's dispatch): the
+//! ConsumeQueue (queue offset → where the message is, its size, tag hash and store time)
+//! and the IndexFile (message key and id → where the message is). Nothing here is
+//! replicated and nothing here is needed to apply the log: any node rebuilds them from its
+//! CommitLog and its applied state ([`dispatch`]).
+
+pub mod checkpoint;
+pub mod consume_queue;
+pub mod dispatch;
+pub mod index_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raftmq_machine::types::TopicName;
+use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset};
+use tokio::sync::watch;
+
+pub use crate::settings::StoreConfig;
+
+use self::consume_queue::{ConsumeQueues, CqConfig, CqError, QueueRecord};
+use self::index_file::{Hit, IndexConfig, IndexError, IndexFiles, IndexKey};
+
+/// A derived store failed; the message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The ConsumeQueue.
+    #[error(transparent)]
+    ConsumeQueue(#[from] CqError),
+    /// The IndexFile.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The records asked for are not dispatched yet (the store is behind the log, or being
+    /// rebuilt); retry shortly.
+    #[error("the ConsumeQueue of this node is behind its log (dispatched up to {0}); retry shortly")]
+    Behind(LogIndex),
+}
+
+/// The derived stores of one node; clones share them.
+#[derive(Clone)]
+pub struct Stores {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: StoreConfig,
+    cq: ConsumeQueues,
+    index: IndexFiles,
+    /// The last log index dispatched into the stores (readable, maybe not yet durable).
+    dispatched: watch::Sender<LogIndex>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").field("dir", &self.inner.dir).field("dispatched", &self.dispatched()).finish()
+    }
+}
+
+fn cq_config(dir: &Path, config: &StoreConfig) -> CqConfig {
+    CqConfig { records_per_file: config.cq_records_per_file, ..CqConfig::new(dir.join("consumequeue")) }
+}
+
+fn index_config(dir: &Path, config: &StoreConfig) -> IndexConfig {
+    IndexConfig {
+        slot_count: config.index_slots,
+        max_entries: config.index_entries,
+        ..IndexConfig::new(dir.join("index"))
+    }
+}
+
+impl Stores {
+    /// Opens the stores under `dir`. A store that does not open (corrupt, torn beyond
+    /// repair, another format version) is deleted and opened empty, and the fact is logged:
+    /// dispatch then rebuilds it from the CommitLog. Returns whether that happened.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<(Stores, bool), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| {
+            StoreError::ConsumeQueue(CqError::Io { op: "create directory", path: dir.to_path_buf(), source })
+        })?;
+        let mut reset = false;
+        let cq = match ConsumeQueues::open(cq_config(dir, &config)) {
+            Ok(cq) => cq,
+            Err(e) => {
+                tracing::warn!(error = %e, "the ConsumeQueue does not open; deleting it to rebuild it from the CommitLog");
+                reset = true;
+                remove_dir(&dir.join("consumequeue"))?;
+                ConsumeQueues::open(cq_config(dir, &config))?
+            }
+        };
+        let index = match IndexFiles::open(index_config(dir, &config)) {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(error = %e, "the IndexFile does not open; deleting it to rebuild it from the CommitLog");
+                reset = true;
+                IndexFiles::remove_all(&dir.join("index"))?;
+                IndexFiles::open(index_config(dir, &config))?
+            }
+        };
+        let (dispatched, _) = watch::channel(LogIndex(0));
+        Ok((Stores { inner: Arc::new(Inner { dir: dir.to_path_buf(), config, cq, index, dispatched }) }, reset))
+    }
+
+    /// The directory of the stores.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The last log index dispatched (its records are readable).
+    pub fn dispatched(&self) -> LogIndex {
+        *self.inner.dispatched.borrow()
+    }
+
+    /// Follows dispatch progress.
+    pub fn watch_dispatched(&self) -> watch::Receiver<LogIndex> {
+        self.inner.dispatched.subscribe()
+    }
+
+    pub(crate) fn set_dispatched(&self, index: LogIndex) {
+        self.inner.dispatched.send_replace(index);
+    }
+
+    /// The ConsumeQueue.
+    pub fn consume_queues(&self) -> &ConsumeQueues {
+        &self.inner.cq
+    }
+
+    /// The IndexFile.
+    pub fn index(&self) -> &IndexFiles {
+        &self.inner.index
+    }
+
+    /// Deletes both stores' files (before a rebuild).
+    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+        for (topic, _) in self.inner.cq.queues()?.into_iter().collect::<std::collections::BTreeMap<_, _>>() {
+            self.inner.cq.remove_topic(&topic)?;
+        }
+        self.inner.index.clear()?;
+        Ok(())
+    }
+
+    /// The record at `offset` of a queue (`None` below its first record or not dispatched).
+    pub fn record(
+        &self,
+        topic: &TopicName,
+        queue: QueueId,
+        offset: QueueOffset,
+    ) -> Result<Option<QueueRecord>, StoreError> {
+        Ok(self.inner.cq.read(topic.as_str(), queue, offset)?)
+    }
+
+    /// Records of a queue from `from` (raised to its first record) to `end` at most, in
+    /// reads of at most [`consume_queue::MAX_READ_RANGE`] records.
+    pub fn records(
+        &self,
+        topic: &TopicName,
+        queue: QueueId,
+        from: u64,
+        end: u64,
+    ) -> Result<Vec<(QueueOffset, QueueRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while next < end {
+            let want = ((end - next) as usize).min(consume_queue::MAX_READ_RANGE);
+            let got = self.inner.cq.read_range(topic.as_str(), queue, QueueOffset(next), want)?;
+            let Some(&(last, _)) = got.last() else { break };
+            next = last.0 + 1;
+            out.extend(got);
+            if out.len() as u64 >= end - from {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tag hashes of a queue's offsets `from..end` as dispatched so far (fewer when dispatch
+    /// is behind): what a pop plan reads.
+    pub fn tags(&self, topic: &TopicName, queue: QueueId, from: u64, end: u64) -> Result<Vec<Option<u64>>, StoreError> {
+        let records = self.records(topic, queue, from, end)?;
+        // Only a contiguous run from `from` counts: a plan must not skip what it did not read.
+        Ok(records
+            .iter()
+            .enumerate()
+            .take_while(|(i, (offset, _))| offset.0 == from + *i as u64)
+            .map(|(_, (_, r))| r.tag_hash)
+            .collect())
+    }
+
+    /// The first offset of a queue stored at or after `at` (its end if none).
+    pub fn offset_at_time(&self, topic: &TopicName, queue: QueueId, at: Millis) -> Result<QueueOffset, StoreError> {
+        Ok(self.inner.cq.offset_at_time(topic.as_str(), queue, at)?)
+    }
+
+    /// Positions of messages with this key or id stored in `begin..=end`, newest first.
+    pub fn lookup(&self, key: IndexKey<'_>, begin: Millis, end: Millis) -> Result<Vec<Hit>, StoreError> {
+        Ok(self.inner.index.lookup(key, begin, end)?)
+    }
+
+    /// Bytes the stores take on disk: (ConsumeQueue, IndexFile).
+    pub fn disk_bytes(&self) -> Result<(u64, u64), StoreError> {
+        Ok((self.inner.cq.disk_bytes()?, self.inner.index.disk_bytes()?))
+    }
+
+    /// The configured sizes.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => {
+            Err(StoreError::ConsumeQueue(CqError::Io { op: "remove directory", path: path.to_path_buf(), source }))
+        }
+    }
+}
