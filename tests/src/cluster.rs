@@ -234,10 +234,15 @@ impl Cluster {
 
     /// The tail of node `id`'s output, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
-        let Some(m) = self.members.get(&id) else { return String::new() };
-        let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+        let text = self.log_text(id);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Everything node `id` printed, across its restarts.
+    pub fn log_text(&self, id: u64) -> String {
+        let Some(m) = self.members.get(&id) else { return String::new() };
+        std::fs::read_to_string(&m.log).unwrap_or_default()
     }
 
     /// Node `id`'s Raft address (for completeness in failure messages).

@@ -134,6 +134,10 @@ impl Dispatch {
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if me.stores.take_damaged() {
+                *self = me;
+                return true;
+            }
             let applied = me.state.read(|a| LogIndex(a.last_applied.map_or(0, |l| l.index())));
             let next = me.progress.dispatched.next();
             if applied >= next {
@@ -190,7 +194,10 @@ impl Dispatch {
         let dir = self.stores.dir().to_path_buf();
         let checkpoint = match Checkpoint::read(&dir) {
             Ok(cp) => cp,
-            Err(CheckpointError::Missing(_)) if self.stores_empty() => Checkpoint::default(),
+            Err(CheckpointError::Missing(_)) if self.stores_empty() => {
+                tracing::info!("new derived stores: building them from the CommitLog");
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no usable store checkpoint; rebuilding the derived stores from the CommitLog");
                 return false;

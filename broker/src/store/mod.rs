@@ -49,6 +49,8 @@ struct Inner {
     index: IndexFiles,
     /// The last log index dispatched into the stores (readable, maybe not yet durable).
     dispatched: watch::Sender<LogIndex>,
+    /// Set when a read found a store file damaged: dispatch rebuilds the stores.
+    damaged: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Stores {
@@ -97,7 +99,9 @@ impl Stores {
             }
         };
         let (dispatched, _) = watch::channel(LogIndex(0));
-        Ok((Stores { inner: Arc::new(Inner { dir: dir.to_path_buf(), config, cq, index, dispatched }) }, reset))
+        let damaged = std::sync::atomic::AtomicBool::new(false);
+        let inner = Inner { dir: dir.to_path_buf(), config, cq, index, dispatched, damaged };
+        Ok((Stores { inner: Arc::new(inner) }, reset))
     }
 
     /// The directory of the stores.
@@ -117,6 +121,26 @@ impl Stores {
 
     pub(crate) fn set_dispatched(&self, index: LogIndex) {
         self.inner.dispatched.send_replace(index);
+    }
+
+    /// Passes `result` through; a damaged file asks dispatch to rebuild the stores (a read
+    /// never serves from it, and the node does not stop).
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && matches!(
+                e,
+                StoreError::ConsumeQueue(CqError::Corrupt { .. }) | StoreError::Index(IndexError::Corrupt { .. })
+            )
+        {
+            tracing::warn!(error = %e, "a derived store file is damaged; rebuilding the stores from the CommitLog");
+            self.inner.damaged.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Whether a read found damage since the last call (dispatch rebuilds then).
+    pub(crate) fn take_damaged(&self) -> bool {
+        self.inner.damaged.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ConsumeQueue.
@@ -145,7 +169,7 @@ impl Stores {
         queue: QueueId,
         offset: QueueOffset,
     ) -> Result<Option<QueueRecord>, StoreError> {
-        Ok(self.inner.cq.read(topic.as_str(), queue, offset)?)
+        self.checked(self.inner.cq.read(topic.as_str(), queue, offset).map_err(StoreError::from))
     }
 
     /// Records of a queue from `from` (raised to its first record) to `end` at most, in
@@ -161,7 +185,9 @@ impl Stores {
         let mut next = from;
         while next < end {
             let want = ((end - next) as usize).min(consume_queue::MAX_READ_RANGE);
-            let got = self.inner.cq.read_range(topic.as_str(), queue, QueueOffset(next), want)?;
+            let got = self.checked(
+                self.inner.cq.read_range(topic.as_str(), queue, QueueOffset(next), want).map_err(StoreError::from),
+            )?;
             let Some(&(last, _)) = got.last() else { break };
             next = last.0 + 1;
             out.extend(got);
@@ -187,12 +213,12 @@ impl Stores {
 
     /// The first offset of a queue stored at or after `at` (its end if none).
     pub fn offset_at_time(&self, topic: &TopicName, queue: QueueId, at: Millis) -> Result<QueueOffset, StoreError> {
-        Ok(self.inner.cq.offset_at_time(topic.as_str(), queue, at)?)
+        self.checked(self.inner.cq.offset_at_time(topic.as_str(), queue, at).map_err(StoreError::from))
     }
 
     /// Positions of messages with this key or id stored in `begin..=end`, newest first.
     pub fn lookup(&self, key: IndexKey<'_>, begin: Millis, end: Millis) -> Result<Vec<Hit>, StoreError> {
-        Ok(self.inner.index.lookup(key, begin, end)?)
+        self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))
     }
 
     /// Bytes the stores take on disk: (ConsumeQueue, IndexFile).
