@@ -33,7 +33,7 @@ fn message(topic: &str, epoch: LogIndex, i: u32, queues: u32) -> StoredMessage {
         queue: QueueId(i % queues),
         topic_epoch: epoch,
         message_id: format!("{topic}-{i}"),
-        tag: Some(if i % 3 == 0 { "A" } else { "B" }.into()),
+        tag: Some(if i.is_multiple_of(3) { "A" } else { "B" }.into()),
         keys: vec![format!("order-{}", i % 7), format!("user-{i}")],
         message_group: None,
         properties: BTreeMap::new(),
