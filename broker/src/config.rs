@@ -63,10 +63,10 @@ fn default_election_timeout_ms() -> u64 {
     500
 }
 fn default_snapshot_every() -> u64 {
-    100_000
+    2_000
 }
 fn default_keep_after_snapshot() -> u64 {
-    10_000
+    2_000
 }
 fn default_segment_size() -> u64 {
     1 << 30

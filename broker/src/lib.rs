@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod durable;
 pub mod forward;
 pub mod node;
 pub mod raft;

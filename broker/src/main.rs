@@ -62,7 +62,7 @@ fn dev_configs(data_dir: &std::path::Path, client_port: u16, raft_port: u16, nam
             log: LogConfig { segment_size: 256 << 20, ..LogConfig::default() },
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
-            snapshot_every: 100_000,
+            snapshot_every: 2_000,
             keep_after_snapshot: 10_000,
             service: ServiceSettings { auto_create_queues: Some(8), ..ServiceSettings::default() },
             nameservers: vec![namesrv.to_string()],
@@ -80,13 +80,22 @@ async fn dev(data_dir: PathBuf, client_port: u16, raft_port: u16, namesrv_port: 
     let mut namesrv = tokio::spawn(nameserver::serve(listener, nameserver::DEFAULT_EXPIRY, async {
         let _ = namesrv_stopped.await;
     }));
-    let mut nodes = Vec::new();
-    // Node 1 initializes the group: start it last, so its first election finds the others
-    // listening.
-    for cfg in dev_configs(&data_dir, client_port, raft_port, &namesrv_addr.to_string()).into_iter().rev() {
+    let configs = dev_configs(&data_dir, client_port, raft_port, &namesrv_addr.to_string());
+    let start = |cfg: NodeConfig| async move {
         let id = cfg.node_id;
-        let node = Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id}: {e}"))?;
-        nodes.insert(0, node);
+        Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id}: {e}"))
+    };
+    let mut nodes = Vec::new();
+    if configs.iter().all(|c| c.data_dir.join("commitlog").exists()) {
+        // A group started before: the nodes open their data side by side, as separate
+        // machines would.
+        nodes = futures::future::try_join_all(configs.into_iter().map(start)).await?;
+    } else {
+        // Node 1 initializes the group: start it last, so its first election finds the
+        // others listening.
+        for cfg in configs.into_iter().rev() {
+            nodes.insert(0, start(cfg).await?);
+        }
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
     println!("raftmq dev: broker group \"broker-a\" with 3 nodes, data under {}", data_dir.display());

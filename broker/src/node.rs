@@ -103,7 +103,9 @@ impl Node {
         let me = cfg.me().map_err(StartError::Config)?.clone();
         let view =
             RouteView::new(&cfg.nameservers, cfg.namesrv_heartbeat).map_err(|e| StartError::Config(e.to_string()))?;
+        let started = std::time::Instant::now();
         let (log, report) = Log::open(&cfg.data_dir.join("commitlog"), cfg.log.clone())?;
+        let log_opened = started.elapsed();
         if let Some((file, offset)) = &report.torn_tail {
             tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");
         }
@@ -120,6 +122,7 @@ impl Node {
         let raft = Raft::new(cfg.node_id, config, Network::new(&cfg.group), store.clone(), state.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft_started = started.elapsed();
         let (stores, reset) = Stores::open(&cfg.data_dir.join("store"), cfg.store.clone())
             .map_err(|e| StartError::Store(e.to_string()))?;
         let dispatch = dispatch::spawn(stores.clone(), store.clone(), state.clone(), reset);
@@ -147,6 +150,13 @@ impl Node {
         let (client_addr, client_stop, client_server) =
             serve(cfg.listen_client.as_deref().unwrap_or(&me.client_addr), client_service).await?;
 
+        tracing::info!(
+            node = cfg.node_id,
+            log_open_ms = log_opened.as_millis() as u64,
+            raft_start_ms = (raft_started - log_opened).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "node opened its CommitLog, state and stores"
+        );
         let lowest = cfg.peers.keys().next().copied();
         if lowest == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
             match raft.initialize(cfg.peers.clone()).await {

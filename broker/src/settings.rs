@@ -140,7 +140,7 @@ impl Default for NodeConfig {
             log: LogConfig::default(),
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
-            snapshot_every: 100_000,
+            snapshot_every: 2_000,
             keep_after_snapshot: 10_000,
             service: ServiceSettings::default(),
             cluster: DEFAULT_CLUSTER.to_string(),

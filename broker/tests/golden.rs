@@ -2,7 +2,8 @@
 //! (entry format version, then openraft's entry around the command) and a snapshot file
 //! (versioned header, openraft's metadata, the applied state). A failing test means the
 //! bytes changed: bump the version in `raftmq_machine::codec` and regenerate the samples
-//! with `RAFTMQ_BLESS=1 cargo test -p broker --test golden`.
+//! with `RAFTMQ_BLESS=1 cargo test -p broker --test golden`. The derived stores' files (the
+//! ConsumeQueue and IndexFile) are pinned here too, by their own format versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -89,5 +90,40 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     check("snapshot-v2.bin", &bytes);
     let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
+    Ok(())
+}
+
+#[test]
+fn derived_store_files_keep_their_bytes() -> anyhow::Result<()> {
+    use broker::store::consume_queue::{self, ConsumeQueues, CqConfig, QueueRecord};
+    use broker::store::index_file::{self, IndexConfig, IndexFiles, IndexKey};
+    use raftmq_machine::{QueueOffset, Slot};
+    assert_eq!((consume_queue::FORMAT_VERSION, index_file::FORMAT_VERSION), (1, 1), "new versions need new samples");
+    let dir = tempfile::tempdir()?;
+
+    let cq = ConsumeQueues::open(CqConfig { records_per_file: 4, ..CqConfig::new(dir.path().join("cq")) })?;
+    for (offset, tag) in [(0u64, Some(0x1234_5678_9abc_def0)), (1, None)] {
+        let record = QueueRecord {
+            log_index: LogIndex(42 + offset),
+            slot: Slot(offset as u32),
+            size_bytes: 256,
+            tag_hash: tag,
+            store_time: Millis(1_700_000_000_000),
+        };
+        cq.append("orders", QueueId(1), QueueOffset(offset), &record)?;
+    }
+    cq.sync()?;
+    check("consumequeue-v1.bin", &std::fs::read(dir.path().join("cq/orders/1/00000000000000000000.cq"))?);
+
+    let index = IndexFiles::open(IndexConfig {
+        slot_count: 8,
+        max_entries: 4,
+        max_results: 4,
+        ..IndexConfig::new(dir.path().join("index"))
+    })?;
+    index.add(IndexKey::Id("01ABCDEF"), LogIndex(42), Slot(0), Millis(1_700_000_000_000))?;
+    index.add(IndexKey::Key("order-7"), LogIndex(42), Slot(0), Millis(1_700_000_000_000))?;
+    index.sync()?;
+    check("indexfile-v1.bin", &std::fs::read(dir.path().join("index/00000000000000000042.idx"))?);
     Ok(())
 }

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::network::read_segment;
-use super::state::write_durably;
 use super::{Entry, NodeId, Raft, TypeConfig};
+use crate::durable::write_durably;
 use raftmq_machine::codec::ENTRY_VERSION;
 
 /// File (in the state directory) holding the range still to copy.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;
 use super::{LogId, TypeConfig};
+use crate::durable::write_durably;
 use raftmq_machine::{LogIndex, Machine, Response, codec};
 
 /// The applied state: the machine plus what openraft needs to know about it.
@@ -58,20 +59,6 @@ fn encode(file: &SnapshotFile) -> io::Result<Vec<u8>> {
 
 fn decode(bytes: &[u8], what: &str) -> io::Result<SnapshotFile> {
     codec::decode_snapshot(bytes, what).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed, directory fsynced.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 impl StateStore {

@@ -11,7 +11,7 @@ use raftmq_machine::codec::{self, CodecError};
 use raftmq_machine::{LogIndex, Millis, QueueId};
 use serde::{Deserialize, Serialize};
 
-use crate::raft::state::write_durably;
+use crate::durable::write_durably;
 
 /// First bytes of the checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"RMQCKPT\0";
