@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Message bodies and Raft payloads are passed on without copying.
         .bytes(".apache.rocketmq.v2.Message.body")
         .bytes(".raftmq")
+        // Printed in key order.
+        .btree_map(".raftmq.admin.v1.QueriedMessage.properties")
         .compile_fds(descriptors)?;
     Ok(())
 }

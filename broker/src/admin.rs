@@ -1,11 +1,14 @@
 //! `raftmq.admin.v1.AdminService` on every node's client endpoint, beside the RocketMQ
 //! service: topic administration, this node's Raft and log status, the whole group's
-//! status gathered from its members, and leader transfer.
+//! status gathered from its members, leader transfer, and message queries (`query.rs`,
+//! served from this node's own stores).
 //!
 //! Topic changes are Raft commands, proposed on the leader; a follower forwards the call
 //! once to the leader's client endpoint (as the messaging service does) and answers after
 //! its own state shows the change, so a list through the same node reads the write.
 //! Failures are gRPC status codes with a message saying what to do.
+
+mod query;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::forward::{Forwarder, Unavailable, forward};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
+use crate::service::Storage;
 use raftmq_machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
 use raftmq_machine::{Command, CommandError, Machine, Response as Applied};
 
@@ -40,6 +44,8 @@ const TARGET_LIVE_WITHIN: Duration = Duration::from_secs(3);
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// Most message types one request may name.
 const MAX_MESSAGE_TYPES: usize = 8;
+/// Most message queries one node runs at a time; more wait their turn.
+const MAX_CONCURRENT_QUERIES: usize = 4;
 
 /// The admin service of one node.
 #[derive(Clone)]
@@ -51,10 +57,12 @@ struct Inner {
     group: String,
     node_id: NodeId,
     raft: Raft,
-    state: StateStore,
+    /// The applied state, the log as messages are read from it, the derived stores.
+    storage: Storage,
     log: Log,
     forwarder: Forwarder,
     default_queues: u32,
+    queries: tokio::sync::Semaphore,
     /// Serializes topic writes on this node, so "exists?" and the proposal that follows
     /// are not interleaved with another admin write.
     writes: tokio::sync::Mutex<()>,
@@ -181,14 +189,15 @@ fn role(state: ServerState) -> Role {
 }
 
 impl Admin {
-    /// The admin service of node `node_id` of `group`. `forwarder` finds the leader and
-    /// holds the member channels (shared with the messaging service); `default_queues` is the
-    /// queue count of a topic created without one.
+    /// The admin service of node `node_id` of `group`. `storage` is the node's state and
+    /// stores (shared with the messaging service), `log` its CommitLog; `forwarder` finds
+    /// the leader and holds the member channels; `default_queues` is the queue count of a
+    /// topic created without one.
     pub fn new(
         group: &str,
         node_id: NodeId,
         raft: Raft,
-        state: StateStore,
+        storage: Storage,
         log: Log,
         forwarder: Forwarder,
         default_queues: u32,
@@ -198,10 +207,11 @@ impl Admin {
                 group: group.to_string(),
                 node_id,
                 raft,
-                state,
+                storage,
                 log,
                 forwarder,
                 default_queues: default_queues.clamp(1, MAX_QUEUES),
+                queries: tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES),
                 writes: tokio::sync::Mutex::new(()),
             }),
         }
@@ -221,8 +231,12 @@ impl Admin {
         }
     }
 
+    fn state(&self) -> &StateStore {
+        &self.inner.storage.state
+    }
+
     fn topic(&self, topic: &TopicName) -> Option<TopicConfig> {
-        self.inner.state.read(|a| a.machine.topic(topic).cloned())
+        self.state().read(|a| a.machine.topic(topic).cloned())
     }
 
     async fn propose(&self, command: Command) -> Result<(), Status> {
@@ -243,12 +257,12 @@ impl Admin {
     /// After a forwarded write: waits (bounded) until this node's state satisfies `done`.
     async fn await_local(&self, done: impl Fn(&Machine) -> bool) {
         let deadline = Instant::now() + FORWARDED_APPLY_WAIT;
-        let signal = self.inner.state.applied_signal().clone();
+        let signal = self.state().applied_signal().clone();
         loop {
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.inner.state.read(|a| done(&a.machine)) {
+            if self.state().read(|a| done(&a.machine)) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -456,7 +470,7 @@ impl AdminService for Admin {
         &self,
         _request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let topics = self.inner.state.read(|a| a.machine.topics().map(|(n, c)| topic_info(n, c)).collect());
+        let topics = self.state().read(|a| a.machine.topics().map(|(n, c)| topic_info(n, c)).collect());
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
@@ -533,6 +547,24 @@ impl AdminService for Admin {
         }
         nodes.sort_by_key(|n| n.node_id);
         Ok(Response::new(pb::ClusterStatusResponse { nodes, unreachable }))
+    }
+
+    async fn query_message(
+        &self,
+        request: Request<pb::QueryMessageRequest>,
+    ) -> Result<Response<pb::QueryMessageResponse>, Status> {
+        let req = query::parse(request.get_ref())?;
+        let _turn = self
+            .inner
+            .queries
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable(format!("node {} is shutting down", self.inner.node_id)))?;
+        let storage = self.inner.storage.clone();
+        let messages = tokio::task::spawn_blocking(move || query::run(&storage, &req))
+            .await
+            .map_err(|e| Status::internal(format!("the query failed: {e}")))??;
+        Ok(Response::new(pb::QueryMessageResponse { messages }))
     }
 }
 

@@ -135,11 +135,18 @@ impl Node {
         .await?;
         let forwarder = Forwarder::new(cfg.node_id, raft.clone());
         let storage = Storage { state: state.clone(), log: store, stores: stores.clone() };
-        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder.clone());
-        let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
-        let admin =
-            Admin::new(&cfg.group, cfg.node_id, raft.clone(), state.clone(), log.clone(), forwarder, default_queues);
+        let admin = Admin::new(
+            &cfg.group,
+            cfg.node_id,
+            raft.clone(),
+            storage.clone(),
+            log.clone(),
+            forwarder.clone(),
+            default_queues,
+        );
+        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder);
+        let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         // The admin service shares the client endpoint with the RocketMQ service.
         let client_service = Routes::new(
             MessagingServiceServer::new(broker)

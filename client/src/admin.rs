@@ -1,5 +1,5 @@
-//! The admin client: topics, node and cluster status and leader transfer over
-//! `raftmq.admin.v1.AdminService`, and topic routes over the RocketMQ `QueryRoute`.
+//! The admin client: topics, node and cluster status, leader transfer and message queries
+//! over `raftmq.admin.v1.AdminService`, and topic routes over the RocketMQ `QueryRoute`.
 //! Calls go to the given endpoints in turn until one answers (any node serves them).
 
 use std::future::Future;
@@ -16,6 +16,10 @@ use crate::route::{TopicRoute, query_route};
 
 /// The status of every member of a group, as one node gathered it.
 pub type ClusterStatus = pb::ClusterStatusResponse;
+
+/// A message found by [`Admin::query_messages`]: where it is, its properties and the first
+/// bytes of its body.
+pub type QueriedMessage = pb::QueriedMessage;
 
 /// How long a leader transfer may take before the call gives up (the broker waits 5 s).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +61,54 @@ pub struct TopicUpdate {
     pub message_types: Vec<String>,
     /// New permission bits.
     pub perm: Option<u32>,
+}
+
+/// What [`Admin::query_messages`] looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageQuery {
+    /// Messages with this message id (1 to 128 bytes), of `topic` if given.
+    Id {
+        /// The message id.
+        message_id: String,
+        /// Only messages of this topic.
+        topic: Option<String>,
+    },
+    /// Messages carrying this key (1 to 128 bytes), newest first.
+    Key {
+        /// The key.
+        key: String,
+        /// Only messages of this topic.
+        topic: Option<String>,
+        /// Stored at or after this time, in milliseconds since the epoch (None: any time).
+        begin_ms: Option<i64>,
+        /// Stored at or before this time (None: any time).
+        end_ms: Option<i64>,
+    },
+    /// The message at `offset` of queue `queue` of `topic`.
+    QueueOffset {
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue: u32,
+        /// Queue offset.
+        offset: u64,
+    },
+}
+
+impl MessageQuery {
+    fn into_request(self, max_results: Option<u32>) -> pb::QueryMessageRequest {
+        use pb::query_message_request::Query;
+        let query = match self {
+            MessageQuery::Id { message_id, topic } => Query::ById(pb::MessageIdQuery { message_id, topic }),
+            MessageQuery::Key { key, topic, begin_ms, end_ms } => {
+                Query::ByKey(pb::MessageKeyQuery { key, topic, begin_ms, end_ms })
+            }
+            MessageQuery::QueueOffset { topic, queue, offset } => {
+                Query::ByQueueOffset(pb::QueueOffsetQuery { topic, queue, offset })
+            }
+        };
+        pb::QueryMessageRequest { query: Some(query), max_results: max_results.unwrap_or(0) }
+    }
 }
 
 /// Administers a broker group.
@@ -178,6 +230,20 @@ impl Admin {
         )
         .await?;
         Ok(())
+    }
+
+    /// Messages matching `query` (at most `max_results`, default 32, bounded at 64), found
+    /// in the derived stores of the first node that answers: every node holds them, and
+    /// one that has not yet indexed a message just sent does not find it yet. Nothing
+    /// found is an empty list; bad input is an INVALID_ARGUMENT error.
+    pub async fn query_messages(
+        &self,
+        query: MessageQuery,
+        max_results: Option<u32>,
+    ) -> Result<Vec<QueriedMessage>, Error> {
+        let body = query.into_request(max_results);
+        let resp = self.call("query messages", None, body, |mut c, r| async move { c.query_message(r).await });
+        Ok(resp.await?.messages)
     }
 
     /// The route of a topic (its queues and the endpoints serving them, leader first).

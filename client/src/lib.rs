@@ -3,7 +3,7 @@
 //! - [`Producer`]: sends messages (round robin over a topic's queues, or by message group)
 //!   to the leader its route names.
 //! - [`SimpleConsumer`]: receives with long polling, acks, changes invisibility.
-//! - [`Admin`]: topics, node and cluster status, leader transfer, routes.
+//! - [`Admin`]: topics, node and cluster status, leader transfer, routes, message queries.
 //!
 //! Every client takes the endpoint list the RocketMQ clients take (`host:port;host:port`):
 //! any node of a group answers any call (followers forward to the leader). On a transport
@@ -35,7 +35,7 @@ mod message;
 mod producer;
 mod route;
 
-pub use self::admin::{Admin, ClusterStatus, TopicSpec, TopicUpdate};
+pub use self::admin::{Admin, ClusterStatus, MessageQuery, QueriedMessage, TopicSpec, TopicUpdate};
 pub use self::conn::{ClientOptions, MAX_ENDPOINTS, parse_endpoints};
 pub use self::consumer::{MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
 pub use self::error::Error;

@@ -1,5 +1,5 @@
 //! `mqadmin`: the raftmq admin command line: topics, the group's status, leader transfer,
-//! and a produce benchmark.
+//! message queries, and a produce benchmark.
 
 mod cli;
 
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::cli::bench::ProduceArgs;
+use crate::cli::message::QueryArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "mqadmin", version, about = "Administer a raftmq broker group")]
@@ -27,6 +28,9 @@ enum Command {
     /// The group's members and their Raft state; leader transfer.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Find messages by id, key or queue offset.
+    #[command(subcommand)]
+    Message(MessageCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,6 +96,16 @@ enum ClusterCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum MessageCommand {
+    /// Messages by --id, by --key (within --begin/--end), or at --topic/--queue/--offset,
+    /// from the answering node's own stores; prints their properties and body preview.
+    #[command(override_usage = "mqadmin message query --id ID [--topic TOPIC]\n       \
+                                mqadmin message query --key KEY [--topic TOPIC] [--begin TIME] [--end TIME] [--max N]\n       \
+                                mqadmin message query --topic TOPIC --queue QUEUE --offset OFFSET")]
+    Query(QueryArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Concurrent producers, each waiting for its acks; prints throughput and latency.
     Produce(ProduceArgs),
@@ -113,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::TransferLeader { group, to }) => {
             cli::cluster::transfer_leader(endpoints, &group, to).await
         }
+        Command::Message(MessageCommand::Query(args)) => cli::message::query(endpoints, args).await,
         Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
     }
 }

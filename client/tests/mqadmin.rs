@@ -1,5 +1,6 @@
 //! The `mqadmin` binary against a group that creates topics on first use (as `mqbroker dev`
-//! does): the cluster table, topic commands, the produce benchmark, and failures.
+//! does): the cluster table, topic commands, message queries, the produce benchmark, and
+//! failures.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{GROUP, Group};
+use raftmq_client::{Admin, Message, MessageQuery, Producer};
 
 /// Runs `mqadmin` with `args` (off the async threads, which serve the group).
 async fn mqadmin(args: &[&str]) -> anyhow::Result<Output> {
@@ -117,6 +119,90 @@ async fn mqadmin_bench_produce_prints_its_figures() -> anyhow::Result<()> {
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(text(&out).0.contains("messages sent: 50 "), "{}", text(&out).0);
     assert!(started.elapsed() < Duration::from_secs(20));
+    group.shutdown().await;
+    Ok(())
+}
+
+/// Runs `mqadmin message query` against `endpoint` with `more` arguments.
+async fn message_query(endpoint: &str, more: &[&str]) -> anyhow::Result<Output> {
+    let mut args = vec!["--endpoints", endpoint, "message", "query"];
+    args.extend_from_slice(more);
+    mqadmin(&args).await
+}
+
+/// Bad arguments exit non-zero and say why.
+async fn check_refusals(endpoint: &str) -> anyhow::Result<()> {
+    let long = "i".repeat(129);
+    let refused: [(&[&str], &[&str]); 5] = [
+        (&["--id", "x", "--key", "y"], &["cannot be used with"]),
+        (&["--key", "k", "--begin", "yesterday"], &["RFC 3339"]),
+        (&["--queue", "1"], &["--topic"]),
+        (&[], &["required"]),
+        (&["--id", &long], &["cannot query messages by id", "InvalidArgument", "1 to 128 bytes"]),
+    ];
+    for (args, says) in refused {
+        let out = message_query(endpoint, args).await?;
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = text(&out).1;
+        assert!(says.iter().all(|s| stderr.contains(s)), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqadmin_message_query_prints_properties_and_body() -> anyhow::Result<()> {
+    let group = Group::start(Some(8)).await?;
+    let endpoint = group.endpoint(2);
+    let producer = Producer::new(&group.endpoints())?;
+    let hello = Message::new("hello query").with_tag("greeting").with_key("q-key").with_property("region", "eu");
+    let hello = producer.send("audit", hello).await?;
+    let binary = producer.send("audit", Message::new(vec![0u8, 1, 2, 255]).with_key("q-key")).await?;
+    // Dispatch runs behind apply: wait until node 2 has indexed both.
+    let admin = Admin::new(&endpoint)?;
+    let started = std::time::Instant::now();
+    let key = MessageQuery::Key { key: "q-key".into(), topic: None, begin_ms: None, end_ms: None };
+    while admin.query_messages(key.clone(), None).await?.len() < 2 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "node 2 did not index the messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = message_query(&endpoint, &["--id", &hello.message_id]).await?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "query by id failed: {stderr}");
+    let offset = hello.offset.map_or_else(|| "-".to_string(), |o| o.to_string());
+    for line in [
+        "message 1 of 1".to_string(),
+        format!("  message id:   {}", hello.message_id),
+        format!("  queue:        {}", hello.queue_id),
+        format!("  queue offset: {offset}"),
+        "  topic:        audit".to_string(),
+        "  tag:          greeting".to_string(),
+        "  keys:         q-key".to_string(),
+        "  property:     region=eu".to_string(),
+        "  body size:    11 bytes".to_string(),
+        "  body:         hello query".to_string(),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "no line {line:?} in:\n{stdout}");
+    }
+
+    let out = message_query(&endpoint, &["--key", "q-key", "--topic", "audit"]).await?;
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("message 1 of 2\n") && stdout.contains("message 2 of 2\n"), "{stdout}");
+    assert!(stdout.contains(&format!("  message id:   {}", binary.message_id)), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "  body (hex):   000102ff"), "{stdout}");
+
+    let (queue, offset) = (binary.queue_id.to_string(), binary.offset.unwrap_or_default().to_string());
+    let out = message_query(&endpoint, &["--topic", "audit", "--queue", &queue, "--offset", &offset]).await?;
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("message 1 of 1\n"), "{stdout}");
+    assert!(stdout.contains(&format!("  message id:   {}", binary.message_id)), "{stdout}");
+    assert!(stdout.contains(&format!("  queue offset: {offset}\n")), "{stdout}");
+
+    let range = ["--key", "q-key", "--begin", "2000-01-01T00:00:00Z", "--end", "946771200000"];
+    let out = message_query(&endpoint, &range).await?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "no messages found\n");
+    check_refusals(&endpoint).await?;
     group.shutdown().await;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use raftmq_machine::types::TopicName;
-use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset};
+use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset, Slot};
 use tokio::sync::watch;
 
 pub use crate::settings::StoreConfig;
@@ -170,6 +170,17 @@ impl Stores {
         offset: QueueOffset,
     ) -> Result<Option<QueueRecord>, StoreError> {
         self.checked(self.inner.cq.read(topic.as_str(), queue, offset).map_err(StoreError::from))
+    }
+
+    /// The offset of message `slot` of log entry `log_index` in a queue, if the queue holds it.
+    pub fn offset_of(
+        &self,
+        topic: &TopicName,
+        queue: QueueId,
+        log_index: LogIndex,
+        slot: Slot,
+    ) -> Result<Option<QueueOffset>, StoreError> {
+        Ok(self.inner.cq.offset_of(topic.as_str(), queue, log_index, slot)?)
     }
 
     /// Records of a queue from `from` (raised to its first record) to `end` at most, in

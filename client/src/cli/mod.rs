@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod message;
 pub mod table;
 pub mod topic;

@@ -35,6 +35,8 @@ pub fn free_addr() -> anyhow::Result<String> {
 pub struct Group {
     pub nodes: Vec<Option<Node>>,
     pub client_addrs: Vec<String>,
+    /// Each node's configuration, to start it again on its data.
+    configs: Vec<NodeConfig>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,7 @@ impl Group {
             peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
         }
         let mut nodes = Vec::new();
+        let mut configs = Vec::new();
         for id in 1..=3u64 {
             let cfg = NodeConfig {
                 group: GROUP.into(),
@@ -61,10 +64,11 @@ impl Group {
                 service: ServiceSettings { auto_create_queues: auto_create, ..ServiceSettings::default() },
                 ..NodeConfig::default()
             };
+            configs.push(cfg.clone());
             nodes.push(Some(Node::start(cfg).await?));
         }
         let client_addrs = peers.values().map(|p| p.client_addr.clone()).collect();
-        let group = Group { nodes, client_addrs, _dir: dir };
+        let group = Group { nodes, client_addrs, configs, _dir: dir };
         group.leader(Duration::from_secs(10)).await?;
         Ok(group)
     }
@@ -130,6 +134,14 @@ impl Group {
         if let Some(n) = self.nodes.get_mut((id - 1) as usize).and_then(Option::take) {
             n.shutdown().await;
         }
+    }
+
+    /// Starts node `id` again on its data, on the same addresses (stopping it first if it runs).
+    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.stop(id).await;
+        let cfg = self.configs.get((id - 1) as usize).ok_or_else(|| anyhow::anyhow!("no node {id}"))?.clone();
+        self.nodes[(id - 1) as usize] = Some(Node::start(cfg).await?);
+        Ok(())
     }
 
     /// Stops every node.

@@ -193,6 +193,22 @@ impl ConsumeQueues {
         })
     }
 
+    /// The offset of the record of message `slot` of log entry `log_index`, or `None` if the queue does not hold
+    /// it. Binary search: records are in (log index, slot) order along a queue.
+    pub fn offset_of(
+        &self,
+        topic: &str,
+        queue: QueueId,
+        log_index: LogIndex,
+        slot: Slot,
+    ) -> Result<Option<QueueOffset>, CqError> {
+        self.with_queue(topic, queue, false, |s, q| {
+            let at = q.partition_point(s, |rec| (rec.log_index, rec.slot) >= (log_index, slot))?;
+            let found = q.read(s, at)?.is_some_and(|rec| (rec.log_index, rec.slot) == (log_index, slot));
+            Ok(found.then_some(QueueOffset(at)))
+        })
+    }
+
     /// The first offset whose store time is `>= t`, or the queue's end if there is none. Binary search: store
     /// times are non-decreasing along a queue. For a queue without records this is its last known end.
     pub fn offset_at_time(&self, topic: &str, queue: QueueId, t: Millis) -> Result<QueueOffset, CqError> {

@@ -1,4 +1,5 @@
-//! Tests of the log-index operations used on restart: `truncate_after_log_index` and `end_log_index`.
+//! Tests of the log-index operations: `truncate_after_log_index` and `end_log_index` (used on restart) and
+//! `offset_of` (used by message queries).
 
 use super::*;
 
@@ -155,4 +156,24 @@ fn end_log_index_is_that_of_the_last_record() {
     cq.delete_below("orders", QueueId(0), QueueOffset(6)).unwrap();
     assert_eq!(cq.bounds("orders", QueueId(0)).unwrap(), None);
     assert_eq!(ends(&cq), [None, Some(16), Some(2)]);
+}
+
+#[test]
+fn offset_of_finds_each_record_by_its_log_position() {
+    let dir = TempDir::new().unwrap();
+    let written = dispatch(dir.path());
+    let cq = open(dir.path(), 4);
+    for (k, (topic, queue, _)) in QUEUES.into_iter().enumerate() {
+        for (offset, r) in &written[k] {
+            assert_eq!(cq.offset_of(topic, queue, r.log_index, r.slot).unwrap(), Some(*offset), "{topic}/{}", queue.0);
+        }
+    }
+    // Entry 15 holds two messages, both in orders/0 (offsets 4 and 5); it has no third, and entry 16 is elsewhere.
+    let of = |li: u64, slot: u32| cq.offset_of("orders", QueueId(0), LogIndex(li), Slot(slot)).unwrap().map(|o| o.0);
+    assert_eq!((of(15, 0), of(15, 1), of(15, 2), of(16, 0)), (Some(4), Some(5), None, None));
+    assert_eq!((of(0, 0), of(31, 0)), (None, None), "before the first and after the last record");
+    assert_eq!(cq.offset_of("nowhere", QueueId(0), LogIndex(3), Slot(0)).unwrap(), None, "unknown queue");
+    // Records below the queue's minimum are not found any more.
+    cq.delete_below("orders", QueueId(0), QueueOffset(4)).unwrap();
+    assert_eq!((of(3, 0), of(12, 0), of(15, 1)), (None, None, Some(5)));
 }
