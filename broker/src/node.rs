@@ -104,7 +104,12 @@ impl Node {
         let view =
             RouteView::new(&cfg.nameservers, cfg.namesrv_heartbeat).map_err(|e| StartError::Config(e.to_string()))?;
         let started = std::time::Instant::now();
-        let (log, report) = Log::open(&cfg.data_dir.join("commitlog"), cfg.log.clone())?;
+        // Opening verifies the newest segments: file IO off the async workers, so that nodes
+        // started together (`mqbroker dev`) open side by side.
+        let (dir, log_config) = (cfg.data_dir.join("commitlog"), cfg.log.clone());
+        let (log, report) = tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
+            .await
+            .map_err(|e| StartError::Config(format!("the CommitLog opening task failed: {e}")))??;
         let log_opened = started.elapsed();
         if let Some((file, offset)) = &report.torn_tail {
             tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");

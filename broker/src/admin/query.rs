@@ -151,6 +151,11 @@ fn by_index(
         }
         let Some((_, Some(messages))) = &entry else { continue };
         let Some(m) = messages.get(hit.slot.0 as usize).filter(|m| matches(m, key, topic)) else { continue };
+        // Only messages of a topic incarnation that still exists: the IndexFile may keep
+        // entries of a deleted topic, and every node answers alike whatever it still holds.
+        if storage.state.read(|a| a.machine.accepts(m, hit.log_index).is_err()) {
+            continue;
+        }
         let offset = offset_of(storage, m, hit.log_index, hit.slot)?;
         out.push(queried(m, (hit.log_index, hit.slot), hit.store_time, offset));
     }

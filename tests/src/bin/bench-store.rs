@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use raftmq_client::{Admin, ClientOptions, Message, Producer, SimpleConsumer, TopicSpec};
+use raftmq_client::{Admin, ClientOptions, Message, MessageQuery, Producer, SimpleConsumer, TopicSpec};
 
 const TOPIC: &str = "store-bench";
 const QUEUES: u32 = 8;
@@ -317,6 +317,27 @@ async fn main() -> anyhow::Result<()> {
         verdict(send_after <= Duration::from_secs(3))
     );
     println!("restart: first received message after {:.2} s", receive_after.as_secs_f64());
+
+    // Query by key: keys of messages spread over the whole fill, each asked of one node.
+    let mut latencies = Vec::new();
+    for i in 0..20u64 {
+        let n = args.messages * i / 20 / 1000 * 1000;
+        let admin = Admin::with_options(&format!("127.0.0.1:{}", group.ports.0 + (i % 3) as u16), options())?;
+        let query =
+            MessageQuery::Key { key: format!("key-{n}"), topic: Some(TOPIC.into()), begin_ms: None, end_ms: None };
+        let asked = Instant::now();
+        let found = admin.query_messages(query, Some(32)).await?;
+        latencies.push(asked.elapsed());
+        anyhow::ensure!(!found.is_empty(), "key-{n} not found");
+    }
+    latencies.sort();
+    let (p50, worst) = (latencies[latencies.len() / 2], latencies[latencies.len() - 1]);
+    println!(
+        "query by key (20 keys over the fill, all nodes): p50 {:.2} ms, max {:.2} ms   goal <= 10 ms  {}",
+        p50.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        verdict(worst <= Duration::from_millis(10))
+    );
     let log = std::fs::read_to_string(data.join("group.log")).unwrap_or_default();
     for line in log.lines().filter(|l| l.contains("opened its CommitLog") || l.contains("derived stores")).skip(3) {
         println!("  {line}");
