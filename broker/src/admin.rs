@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::forward::{Forwarder, Unavailable, forward};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
-use crate::service::Storage;
+use crate::store::Storage;
 use raftmq_machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
 use raftmq_machine::{Command, CommandError, Machine, Response as Applied};
 

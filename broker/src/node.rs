@@ -21,11 +21,11 @@ use crate::raft::state::StateStore;
 use crate::raft::{Raft, TypeConfig};
 use crate::registration::{Identity, Registration};
 use crate::retention;
+use crate::service::Broker;
 use crate::service::namesrv_view::RouteView;
-use crate::service::{Broker, Storage};
 pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
-use crate::store::{Stores, dispatch};
+use crate::store::{Storage, Stores, dispatch};
 
 /// A running node.
 #[derive(Debug)]

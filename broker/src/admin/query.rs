@@ -16,7 +16,7 @@ use raftmq_proto::admin::v1::query_message_request::Query as By;
 use tonic::Status;
 
 use super::{invalid, topic_name};
-use crate::service::Storage;
+use crate::store::Storage;
 use crate::store::StoreError;
 use crate::store::index_file::{IndexKey, MAX_KEY_LEN};
 

@@ -33,18 +33,7 @@ use crate::raft::Raft;
 use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
 use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
-use crate::store::Stores;
-
-/// The node's storage as the service reads it.
-#[derive(Debug, Clone)]
-pub struct Storage {
-    /// The applied state.
-    pub state: StateStore,
-    /// The CommitLog (message bodies).
-    pub log: AckLogStore,
-    /// The derived stores (ConsumeQueue, IndexFile).
-    pub stores: Stores,
-}
+use crate::store::{Storage, Stores};
 
 /// Pops of one consumer group on one topic are planned and proposed one at a time on the
 /// leader (a plan made while another is in flight would be stale); striped, so the number

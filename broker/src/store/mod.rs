@@ -16,6 +16,8 @@ use raftmq_machine::types::TopicName;
 use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset, Slot};
 use tokio::sync::watch;
 
+use crate::raft::ack::AckLogStore;
+use crate::raft::state::StateStore;
 pub use crate::settings::StoreConfig;
 
 use self::consume_queue::{ConsumeQueues, CqConfig, CqError, QueueRecord};
@@ -34,6 +36,17 @@ pub enum StoreError {
     /// rebuilt); retry shortly.
     #[error("the ConsumeQueue of this node is behind its log (dispatched up to {0}); retry shortly")]
     Behind(LogIndex),
+}
+
+/// The node's storage as the services read it: applied state, log, derived stores.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The applied state.
+    pub state: StateStore,
+    /// The CommitLog (message bodies).
+    pub log: AckLogStore,
+    /// The derived stores (ConsumeQueue, IndexFile).
+    pub stores: Stores,
 }
 
 /// The derived stores of one node; clones share them.

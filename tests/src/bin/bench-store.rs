@@ -318,11 +318,18 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("restart: first received message after {:.2} s", receive_after.as_secs_f64());
 
-    // Query by key: keys of messages spread over the whole fill, each asked of one node.
+    // Query by key: keys of messages spread over the whole fill, each asked of one node over
+    // a connection made beforehand.
+    let mut admins = Vec::new();
+    for node in 0..3u16 {
+        let admin = Admin::with_options(&format!("127.0.0.1:{}", group.ports.0 + node), options())?;
+        admin.list_topics().await?;
+        admins.push(admin);
+    }
     let mut latencies = Vec::new();
     for i in 0..20u64 {
         let n = args.messages * i / 20 / 1000 * 1000;
-        let admin = Admin::with_options(&format!("127.0.0.1:{}", group.ports.0 + (i % 3) as u16), options())?;
+        let admin = &admins[(i % 3) as usize];
         let query =
             MessageQuery::Key { key: format!("key-{n}"), topic: Some(TOPIC.into()), begin_ms: None, end_ms: None };
         let asked = Instant::now();
