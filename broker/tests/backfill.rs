@@ -14,6 +14,7 @@ mod common;
 use broker::node::{Node, NodeConfig};
 use broker::raft::{NodeId, TypeConfig};
 use broker::retention::{self, RetentionConfig};
+use broker::store::index_file::IndexKey;
 use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -227,6 +228,26 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     assert!(snapshot.is_some_and(|s| s > 20), "it caught up through a snapshot: {snapshot:?}");
     let segments = fresh.log.segment_ranges();
     assert!(segments.len() >= 3, "the copy spans several 1 MiB segments: {segments:?}");
+
+    // It answers queries by message id from the IndexFile it built from the copied segments:
+    // the first message sent (in a segment copied in) and the last.
+    let store = RaftLogStore::<TypeConfig>::with_entry_version(fresh.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
+    let ids = [
+        sent.keys().min_by_key(|id| id[1..].parse::<u32>().unwrap_or(0)),
+        sent.keys().max_by_key(|id| id[1..].parse::<u32>().unwrap_or(0)),
+    ];
+    for id in ids.into_iter().flatten() {
+        let hits = fresh.stores.lookup(IndexKey::Id(id), Millis(0), Millis(i64::MAX))?;
+        anyhow::ensure!(hits.len() == 1, "{id}: {hits:?}");
+        let entry = store.retained_entries(hits[0].log_index.0, hits[0].log_index.0 + 1)?.into_iter().next();
+        let Some(EntryPayload::Normal(Command::Send { messages, .. })) = entry.map(|e| e.payload) else {
+            anyhow::bail!("{id}: no messages at {:?}", hits[0]);
+        };
+        anyhow::ensure!(
+            messages.get(hits[0].slot.0 as usize).map(|m| &m.message_id) == Some(id),
+            "{id}: wrong message"
+        );
+    }
 
     // Three days on every message is past the reserved time, but on this follower the queues
     // still start at their first messages (only the leader trims them, through the log):
