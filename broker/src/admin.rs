@@ -266,7 +266,7 @@ impl Admin {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::debug!(node = self.inner.node_id, "forwarded topic change not applied here yet");
+                tracing::debug!(node = self.inner.node_id.0, "forwarded topic change not applied here yet");
                 return;
             }
         }
@@ -280,10 +280,10 @@ impl Admin {
         let me = m.membership_config.membership().get_node(&self.inner.node_id).cloned().unwrap_or_default();
         pb::NodeStatus {
             group: self.inner.group.clone(),
-            node_id: self.inner.node_id,
+            node_id: self.inner.node_id.0,
             role: role(m.state) as i32,
             term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
+            leader_id: m.current_leader.map_or(0, |l| l.0),
             commit_index: m.local_committed.as_ref().map(|l| l.index()),
             last_log_index: view.last.map(|(index, _)| index).or(m.last_log_index),
             last_applied_index: m.last_applied.as_ref().map(|l| l.index()),
@@ -294,7 +294,7 @@ impl Admin {
     }
 
     async fn peer_status(&self, id: NodeId, addr: String) -> Result<pb::NodeStatus, pb::PeerError> {
-        let fail = |message: String| pb::PeerError { node_id: id, message };
+        let fail = |message: String| pb::PeerError { node_id: id.0, message };
         let channel = self.inner.forwarder.channel(&addr).map_err(|e| fail(e.0))?;
         let mut request = Request::new(pb::NodeStatusRequest {});
         request.set_timeout(PEER_TIMEOUT);
@@ -492,7 +492,7 @@ impl AdminService for Admin {
                 self.inner.group, req.group
             )));
         }
-        let to = req.to_node;
+        let to = NodeId(req.to_node);
         let leader = self.inner.forwarder.leader().await.map_err(unavailable)?;
         if leader == to {
             return Ok(Response::new(pb::TransferLeaderResponse {}));
@@ -513,7 +513,7 @@ impl AdminService for Admin {
             )));
         }
         self.check_target_live(to)?;
-        tracing::info!(group = %self.inner.group, from = self.inner.node_id, to, "transferring leadership");
+        tracing::info!(group = %self.inner.group, from = %self.inner.node_id, to = %to, "transferring leadership");
         self.inner
             .raft
             .trigger()

@@ -9,7 +9,7 @@ use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
 use crate::settings::AckMode;
-use crate::settings::{NodeConfig, NodeInfo, ServiceSettings};
+use crate::settings::{NodeConfig, NodeId, NodeInfo, ServiceSettings};
 
 /// Largest configuration file read (a config is a few hundred bytes).
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -215,11 +215,11 @@ impl FileConfig {
                 return Err(invalid("peers.id", "node ids start at 1".into()));
             }
             let info = NodeInfo { raft_addr: p.raft.clone(), client_addr: p.client.clone() };
-            if peers.insert(p.id, info).is_some() {
+            if peers.insert(NodeId(p.id), info).is_some() {
                 return Err(invalid("peers.id", format!("node {} is listed twice", p.id)));
             }
         }
-        if !peers.contains_key(&self.node_id) {
+        if !peers.contains_key(&NodeId(self.node_id)) {
             return Err(invalid("node_id", format!("node {} is not among the peers", self.node_id)));
         }
         for (field, addr) in [("listen_client", &self.listen_client), ("listen_raft", &self.listen_raft)] {
@@ -282,7 +282,7 @@ impl FileConfig {
             cluster: self.cluster,
             nameservers: self.nameservers,
             group: self.group,
-            node_id: self.node_id,
+            node_id: NodeId(self.node_id),
             peers,
             data_dir,
             listen_client: self.listen_client,
@@ -348,9 +348,9 @@ client = "10.0.0.3:8081"
     fn defaults_fill_a_minimal_file() {
         let cfg = load(THREE).expect("valid");
         assert_eq!(cfg.group, "broker-a");
-        assert_eq!(cfg.node_id, 2);
+        assert_eq!(cfg.node_id, NodeId(2));
         assert_eq!(cfg.peers.len(), 3);
-        assert_eq!(cfg.peers[&2].client_addr, "10.0.0.2:8081");
+        assert_eq!(cfg.peers[&NodeId(2)].client_addr, "10.0.0.2:8081");
         assert_eq!(cfg.data_dir, PathBuf::from("data/broker-a-2"));
         assert_eq!(cfg.heartbeat, Duration::from_millis(100));
         assert_eq!(cfg.election_timeout, Duration::from_millis(500));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use broker::config::FileConfig;
 use broker::node::{Node, NodeConfig};
-use broker::raft::NodeInfo;
+use broker::raft::{NodeId, NodeInfo};
 use broker::settings::ServiceSettings;
 use clap::{Parser, Subcommand};
 use raft_log::LogConfig;
@@ -43,13 +43,13 @@ enum Commands {
 }
 
 fn dev_configs(data_dir: &std::path::Path, client_port: u16, raft_port: u16, namesrv: &str) -> Vec<NodeConfig> {
-    let peers: BTreeMap<u64, NodeInfo> = (0..3u16)
+    let peers: BTreeMap<NodeId, NodeInfo> = (0..3u16)
         .map(|i| {
             let info = NodeInfo {
                 raft_addr: format!("127.0.0.1:{}", raft_port + i),
                 client_addr: format!("127.0.0.1:{}", client_port + i),
             };
-            (u64::from(i) + 1, info)
+            (NodeId(u64::from(i) + 1), info)
         })
         .collect();
     peers
@@ -143,13 +143,13 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = FileConfig::load(path)?.into_node_config(path)?;
     let (group, id) = (cfg.group.clone(), cfg.node_id);
     let node = Node::start(cfg).await.map_err(|e| anyhow::anyhow!("node {id} of {group}: {e}"))?;
-    tracing::info!(%group, node = id, client = %node.client_addr, raft = %node.raft_addr, "broker node started");
+    tracing::info!(%group, node = %id, client = %node.client_addr, raft = %node.raft_addr, "broker node started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
     }
-    tracing::info!(%group, node = id, "stopping");
+    tracing::info!(%group, node = %id, "stopping");
     node.shutdown().await;
     Ok(())
 }

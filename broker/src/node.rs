@@ -163,7 +163,7 @@ impl Node {
             serve(cfg.listen_client.as_deref().unwrap_or(&me.client_addr), client_service).await?;
 
         tracing::info!(
-            node = cfg.node_id,
+            node = cfg.node_id.0,
             log_open_ms = log_opened.as_millis() as u64,
             raft_start_ms = (raft_started - log_opened).as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
@@ -172,7 +172,7 @@ impl Node {
         let lowest = cfg.peers.keys().next().copied();
         if lowest == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
             match raft.initialize(cfg.peers.clone()).await {
-                Ok(()) => tracing::info!(group = %cfg.group, node = cfg.node_id, "initialized the group"),
+                Ok(()) => tracing::info!(group = %cfg.group, node = cfg.node_id.0, "initialized the group"),
                 Err(e) => tracing::info!(error = %e, "group already initialized"),
             }
         }

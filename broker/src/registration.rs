@@ -146,10 +146,10 @@ pub fn heartbeat(
     Some(BrokerHeartbeat {
         cluster: me.cluster.clone(),
         group: me.group.clone(),
-        node_id: me.node_id,
+        node_id: me.node_id.0,
         role: role as i32,
         term: m.current_term,
-        leader_id: m.current_leader.unwrap_or(0),
+        leader_id: m.current_leader.map_or(0, |l| l.0),
         client_endpoint: me.client_endpoint.clone(),
         raft_endpoint: me.raft_endpoint.clone(),
         topics,

@@ -11,7 +11,7 @@ use raft_log::LogConfig;
 use serde::{Deserialize, Serialize};
 
 /// Raft node ids: never reused.
-pub type NodeId = u64;
+pub use raftmq_machine::NodeId;
 
 /// The cluster name when none is configured (RocketMQ's default).
 pub const DEFAULT_CLUSTER: &str = "DefaultCluster";
@@ -132,7 +132,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             group: String::new(),
-            node_id: 0,
+            node_id: NodeId(0),
             peers: BTreeMap::new(),
             listen_client: None,
             listen_raft: None,

@@ -152,7 +152,7 @@ async fn leader_alone(dir: &std::path::Path, ack: AckMode) -> anyhow::Result<(No
     let cfgs = configs(dir, ack, Duration::from_secs(3))?;
     let nodes = start(&cfgs).await?;
     let leader = wait_leader(&nodes, Duration::from_secs(20)).await?;
-    let addr = nodes[leader as usize - 1].client_addr.to_string();
+    let addr = nodes[leader.0 as usize - 1].client_addr.to_string();
     send_until_ok(&addr, &["first".to_string()], Duration::from_secs(10)).await?;
     // Committed and applied everywhere before the followers go.
     let start = Instant::now();

@@ -192,7 +192,7 @@ async fn a_follower_back_after_the_purge_installs_a_snapshot_and_copies_the_mess
     assert!(purged > Some(held), "the others purged past {held}: {purged:?}");
 
     // Back on its old data: entries up to `held` are local, the rest must come from others.
-    let back = Node::start(cfgs[(id - 1) as usize].clone()).await?;
+    let back = Node::start(cfgs[(id.0 - 1) as usize].clone()).await?;
     caught_up_and_readable(&back, &rest, &sent).await?;
     let snapshot = back.raft.metrics().borrow_watched().snapshot.map(|s| s.index());
     assert!(snapshot >= purged, "it caught up through a snapshot at or past {purged:?}: {snapshot:?}");

@@ -16,7 +16,7 @@ use openraft::{EntryPayload, Membership, StoredMembership};
 use raft_log::{Log, LogConfig, RaftLogStore, Record};
 use raftmq_machine::codec::{self, ENTRY_VERSION};
 use raftmq_machine::types::{StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Machine, Millis, QueueId};
+use raftmq_machine::{Command, LogIndex, Machine, Millis, NodeId, QueueId};
 
 fn check(name: &str, bytes: &[u8]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -29,7 +29,7 @@ fn check(name: &str, bytes: &[u8]) {
 }
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: 2 }, index)
+    LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: NodeId(2) }, index)
 }
 
 fn send() -> Command {
@@ -80,9 +80,11 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let topic = TopicName::new("orders")?;
     machine.apply(LogIndex(41), &Command::UpsertTopic { topic, config: TopicConfig::all_types(2) });
     machine.apply(LogIndex(42), &send());
-    let nodes =
-        BTreeMap::from([(1, NodeInfo { raft_addr: "10.0.0.1:9081".into(), client_addr: "10.0.0.1:8081".into() })]);
-    let membership = Membership::new(vec![BTreeSet::from([1u64])], nodes)?;
+    let nodes = BTreeMap::from([(
+        NodeId(1),
+        NodeInfo { raft_addr: "10.0.0.1:9081".into(), client_addr: "10.0.0.1:8081".into() },
+    )]);
+    let membership = Membership::new(vec![BTreeSet::from([NodeId(1)])], nodes)?;
     let stored = StoredMembership::new(Some(log_id(1)), membership);
     let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };

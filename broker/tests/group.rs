@@ -108,7 +108,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
 
     // Stop the leader (whoever leads now); the other two elect a new one.
     let leader = wait_leader(&all, None, Duration::from_secs(5)).await?;
-    let old = nodes.remove((leader - 1) as usize);
+    let old = nodes.remove((leader.0 - 1) as usize);
     let stopped_at = Instant::now();
     old.shutdown().await;
     eprintln!("shutdown took {:?}", stopped_at.elapsed());

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::node::{Node, NodeConfig};
-use broker::raft::NodeId;
 use broker::settings::ServiceSettings;
 use raft_log::LogConfig;
 use raftmq_proto::namesrv::v1::name_service_client::NameServiceClient;
@@ -122,7 +121,7 @@ async fn eventually<T>(
 
 /// Waits until the nameserver lists the three nodes with one leader they all name, each
 /// reporting its log and commit progress; returns the leader.
-async fn registered_leader(ns: &NameSrv) -> anyhow::Result<NodeId> {
+async fn registered_leader(ns: &NameSrv) -> anyhow::Result<u64> {
     eventually("3 nodes registered with one leader", DEADLINE, async || {
         let nodes = ns.view().await?.nodes;
         let leaders: Vec<u64> = nodes.iter().filter(|n| n.role() == Role::Leader).map(|n| n.node_id).collect();
@@ -166,7 +165,7 @@ fn groups_of(resp: &pb::QueryRouteResponse) -> anyhow::Result<BTreeMap<String, (
     Ok(groups)
 }
 
-fn client_endpoint(nodes: &[Node], id: NodeId) -> String {
+fn client_endpoint(nodes: &[Node], id: u64) -> String {
     nodes[(id - 1) as usize].client_addr.to_string()
 }
 

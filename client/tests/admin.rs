@@ -141,7 +141,7 @@ async fn transfer_leader_moves_the_leadership_to_the_asked_node() -> anyhow::Res
     admin.transfer_leader(GROUP, target).await?;
     // The answer came after the move: the asked node already sees the new leader.
     let third_node = group.node(third).ok_or_else(|| anyhow::anyhow!("node {third} stopped"))?;
-    assert_eq!(third_node.raft.metrics().borrow_watched().current_leader, Some(target));
+    assert_eq!(third_node.raft.metrics().borrow_watched().current_leader.map(|l| l.0), Some(target));
     let now = group.leader(Duration::from_secs(5)).await?;
     assert_eq!(now, target, "leadership moved from {leader} to {target}");
     let status = admin.cluster_status().await?;

@@ -26,6 +26,10 @@ pub struct QueueId(pub u32);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueOffset(pub u64);
 
+/// A member of a broker group: its Raft node id, never reused within the group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
 /// One delivery (pop) of a message: a receipt is valid only for the newest one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PopId(pub u64);
@@ -54,4 +58,4 @@ macro_rules! display_inner {
     )*};
 }
 
-display_inner!(LogIndex, Slot, Millis, QueueId, QueueOffset, PopId);
+display_inner!(LogIndex, Slot, Millis, QueueId, QueueOffset, PopId, NodeId);

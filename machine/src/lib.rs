@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use self::command::{Command, CommandError, PopTake, Popped, ProposalId, Response, Sent};
-pub use self::ids::{LogIndex, Millis, PopId, QueueId, QueueOffset, Slot};
+pub use self::ids::{LogIndex, Millis, NodeId, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
 use self::types::{GroupName, Permission, StoredMessage, TopicConfig, TopicName};

@@ -258,7 +258,10 @@ mod tests {
     use super::*;
 
     fn log_id(index: u64) -> LogId {
-        openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: 1 }, index)
+        openraft::LogId::new(
+            openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: raftmq_machine::NodeId(1) },
+            index,
+        )
     }
 
     #[tokio::test]

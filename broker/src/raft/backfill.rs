@@ -252,7 +252,7 @@ impl Backfill {
             match self.copy_from(node, &addr, group, from, pending.through).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(node, error = %e, "cannot copy log records from this member; trying the next");
+                    tracing::info!(node = node.0, error = %e, "cannot copy log records from this member; trying the next");
                     last_error = e;
                 }
             }
@@ -315,7 +315,7 @@ impl Backfill {
         if first <= from {
             return Ok(());
         }
-        tracing::info!(node, from, to = first, "log records no longer retained by the source; not copied");
+        tracing::info!(node = node.0, from, to = first, "log records no longer retained by the source; not copied");
         let log = &self.inner.log;
         let touched: Vec<(u64, u64)> =
             log.segment_ranges().into_iter().filter(|&(f, n)| f < n && f < first && n > from).collect();
@@ -331,7 +331,7 @@ impl Backfill {
         let (lo, hi) = (batch[0].index, batch[batch.len() - 1].index);
         let done = self.inner.log.backfill(batch).await?;
         self.blocking(move |b| b.advance(hi + 1)).await?;
-        tracing::info!(node, from = lo, to = hi, segments = done.written.len(), already_held = done.already_held,
+        tracing::info!(node = node.0, from = lo, to = hi, segments = done.written.len(), already_held = done.already_held,
             replaced = ?done.removed, "copied log records in");
         Ok(())
     }

@@ -17,6 +17,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = Response,
+        NodeId = NodeId,
         Node = NodeInfo,
 );
 

@@ -111,7 +111,9 @@ impl NetStreamAppend<TypeConfig> for Connection {
                 let group = group.clone();
                 async move {
                     match encode(&req) {
-                        Ok(payload) => Some(pb::AppendRequest { group, target_node: target, seq: seq as u64, payload }),
+                        Ok(payload) => {
+                            Some(pb::AppendRequest { group, target_node: target.0, seq: seq as u64, payload })
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot encode append request");
                             None
@@ -141,7 +143,7 @@ impl Connection {
         let payload = encode(&rpc).map_err(network_err)?;
         let mut req = tonic::Request::new(pb::VoteRequest {
             group: self.group.clone(),
-            target_node: self.target,
+            target_node: self.target.0,
             payload,
             pre_vote,
         });
@@ -191,7 +193,7 @@ impl NetSnapshot<TypeConfig> for Connection {
             let done = end == data.len();
             chunks.push(pb::SnapshotChunk {
                 group: self.group.clone(),
-                target_node: self.target,
+                target_node: self.target.0,
                 meta: if offset == 0 { meta.clone() } else { bytes::Bytes::new() },
                 offset: offset as u64,
                 data: data.slice(offset..end),
@@ -216,7 +218,11 @@ impl NetTransferLeader<TypeConfig> for Connection {
         let mut client = self.client()?;
         let payload = encode(&req).map_err(network_err)?;
         let resp = client
-            .transfer_leader(pb::TransferLeaderRequest { group: self.group.clone(), target_node: self.target, payload })
+            .transfer_leader(pb::TransferLeaderRequest {
+                group: self.group.clone(),
+                target_node: self.target.0,
+                payload,
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -244,6 +250,6 @@ pub(crate) async fn read_segment(
     let channel = channel(addr).map_err(tonic::Status::invalid_argument)?;
     let mut client = RaftServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let request =
-        pb::ReadSegmentRequest { group: group.to_string(), target_node: target, from_index: from, to_index: to };
+        pb::ReadSegmentRequest { group: group.to_string(), target_node: target.0, from_index: from, to_index: to };
     Ok(client.read_segment(request).await?.into_inner())
 }

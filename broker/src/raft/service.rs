@@ -43,8 +43,8 @@ impl RaftRpc {
         Self { group: group.to_string(), node, raft, log }
     }
 
-    fn check(&self, group: &str, target: NodeId) -> Result<(), Status> {
-        if group != self.group || target != self.node {
+    fn check(&self, group: &str, target: u64) -> Result<(), Status> {
+        if group != self.group || target != self.node.0 {
             return Err(Status::failed_precondition(format!(
                 "this is node {} of group {:?}, the request is for node {target} of group {group:?}",
                 self.node, self.group

@@ -211,7 +211,8 @@ mod tests {
     use raftmq_machine::types::{TopicConfig, TopicName};
 
     fn upsert(index: u64, name: &str) -> Entry {
-        let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index);
+        let log_id =
+            LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: raftmq_machine::NodeId(1) }, index);
         let topic = TopicName::new(name).expect("valid");
         Entry::new(log_id, EntryPayload::Normal(Command::UpsertTopic { topic, config: TopicConfig::all_types(4) }))
     }

@@ -55,7 +55,7 @@ impl Broker {
             .state
             .read(|a| a.machine.topic_epoch(&topic))
             .ok_or_else(|| Refusal::new(Code::TopicNotFound, format!("topic {topic} was just deleted")))?;
-        let node = self.inner.node_id;
+        let node = self.inner.node_id.0;
         let mut stored = convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))?;
         stored.topic_epoch = epoch;
         Ok(stored)

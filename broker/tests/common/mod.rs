@@ -36,13 +36,13 @@ pub fn three_nodes(
 ) -> anyhow::Result<Vec<NodeConfig>> {
     let mut peers = BTreeMap::new();
     for id in 1..=3u64 {
-        peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
+        peers.insert(raftmq_machine::NodeId(id), NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
     }
     Ok((1..=3u64)
         .map(|id| {
             tweak(NodeConfig {
                 group: group.into(),
-                node_id: id,
+                node_id: raftmq_machine::NodeId(id),
                 peers: peers.clone(),
                 data_dir: dir.join(format!("n{id}")),
                 heartbeat: Duration::from_millis(100),

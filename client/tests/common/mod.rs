@@ -46,14 +46,14 @@ impl Group {
         let dir = tempfile::tempdir()?;
         let mut peers = BTreeMap::new();
         for id in 1..=3u64 {
-            peers.insert(id, NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
+            peers.insert(NodeId(id), NodeInfo { raft_addr: free_addr()?, client_addr: free_addr()? });
         }
         let mut nodes = Vec::new();
         let mut configs = Vec::new();
         for id in 1..=3u64 {
             let cfg = NodeConfig {
                 group: GROUP.into(),
-                node_id: id,
+                node_id: NodeId(id),
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("n{id}")),
                 log: LogConfig { segment_size: 4 << 20, max_payload: 1 << 20, ..LogConfig::default() },
@@ -79,21 +79,25 @@ impl Group {
     }
 
     /// The client endpoint of node `id`.
-    pub fn endpoint(&self, id: NodeId) -> String {
+    pub fn endpoint(&self, id: u64) -> String {
         self.client_addrs[(id - 1) as usize].clone()
     }
 
     /// Node `id`, if running.
-    pub fn node(&self, id: NodeId) -> Option<&Node> {
+    pub fn node(&self, id: u64) -> Option<&Node> {
         self.nodes.get((id - 1) as usize).and_then(Option::as_ref)
     }
 
     /// The leader every running node agrees on, waiting up to `deadline`.
-    pub async fn leader(&self, deadline: Duration) -> anyhow::Result<NodeId> {
+    pub async fn leader(&self, deadline: Duration) -> anyhow::Result<u64> {
         let start = Instant::now();
         loop {
-            let seen: Vec<Option<NodeId>> =
-                self.nodes.iter().flatten().map(|n| n.raft.metrics().borrow_watched().current_leader).collect();
+            let seen: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.raft.metrics().borrow_watched().current_leader.map(|l| l.0))
+                .collect();
             if let Some(Some(l)) = seen.first()
                 && seen.iter().all(|s| *s == Some(*l))
                 && self.node(*l).is_some()
@@ -107,7 +111,7 @@ impl Group {
 
     /// Waits until every running node is a voter that knows the leader (a node that has not
     /// yet received the membership reports itself a learner).
-    pub async fn settled(&self, deadline: Duration) -> anyhow::Result<NodeId> {
+    pub async fn settled(&self, deadline: Duration) -> anyhow::Result<u64> {
         let start = Instant::now();
         loop {
             let leader = self.leader(deadline).await?;
@@ -122,7 +126,7 @@ impl Group {
     }
 
     /// A running node other than the leader and `not`.
-    pub async fn follower(&self, not: Option<NodeId>) -> anyhow::Result<NodeId> {
+    pub async fn follower(&self, not: Option<u64>) -> anyhow::Result<u64> {
         let leader = self.leader(Duration::from_secs(5)).await?;
         (1..=3u64)
             .find(|id| *id != leader && Some(*id) != not && self.node(*id).is_some())
@@ -130,14 +134,14 @@ impl Group {
     }
 
     /// Stops node `id`.
-    pub async fn stop(&mut self, id: NodeId) {
+    pub async fn stop(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut((id - 1) as usize).and_then(Option::take) {
             n.shutdown().await;
         }
     }
 
     /// Starts node `id` again on its data, on the same addresses (stopping it first if it runs).
-    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.stop(id).await;
         let cfg = self.configs.get((id - 1) as usize).ok_or_else(|| anyhow::anyhow!("no node {id}"))?.clone();
         self.nodes[(id - 1) as usize] = Some(Node::start(cfg).await?);
