@@ -277,7 +277,12 @@ impl Admin {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow_watched();
         let view = self.inner.log.view();
-        let me = m.membership_config.membership().get_node(&self.inner.node_id).cloned().unwrap_or_default();
+        let me = m
+            .membership_config
+            .membership()
+            .get_node(&self.inner.node_id)
+            .cloned()
+            .unwrap_or_else(|| self.inner.forwarder.configured().clone());
         pb::NodeStatus {
             group: self.inner.group.clone(),
             node_id: self.inner.node_id.0,

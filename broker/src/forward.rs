@@ -30,6 +30,8 @@ pub struct Unavailable(pub String);
 #[derive(Clone)]
 pub struct Forwarder {
     node_id: NodeId,
+    /// This node's addresses as configured (the membership may not list them yet).
+    me: NodeInfo,
     raft: Raft,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -41,9 +43,20 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// Forwarding for node `node_id` of the group `raft` runs.
-    pub fn new(node_id: NodeId, raft: Raft) -> Self {
-        Self { node_id, raft, channels: Arc::new(Mutex::new(HashMap::new())) }
+    /// Forwarding for node `node_id` (at addresses `me`) of the group `raft` runs.
+    pub fn new(node_id: NodeId, me: NodeInfo, raft: Raft) -> Self {
+        Self { node_id, me, raft, channels: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// This node's addresses: from the membership, or as configured while the membership
+    /// does not list this node yet (a member that has not applied it).
+    pub fn me(&self) -> NodeInfo {
+        self.member(self.node_id).unwrap_or_else(|| self.me.clone())
+    }
+
+    /// This node's addresses as configured.
+    pub fn configured(&self) -> &NodeInfo {
+        &self.me
     }
 
     /// This node's id.

@@ -138,7 +138,7 @@ impl Node {
             Routes::new(RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)),
         )
         .await?;
-        let forwarder = Forwarder::new(cfg.node_id, raft.clone());
+        let forwarder = Forwarder::new(cfg.node_id, me.clone(), raft.clone());
         let storage = Storage { state: state.clone(), log: store, stores: stores.clone() };
         let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
         let admin = Admin::new(

@@ -125,7 +125,7 @@ impl Broker {
     }
 
     fn me(&self) -> Option<NodeInfo> {
-        self.inner.forwarder.member(self.inner.node_id)
+        Some(self.inner.forwarder.me())
     }
 
     async fn route<T>(&self, request: &Request<T>) -> Result<Route, Refusal> {
