@@ -8,9 +8,8 @@
 
 use std::io::Read as _;
 
-use openraft::EntryPayload;
 use raftmq_machine::types::{StoredMessage, TopicName};
-use raftmq_machine::{Command, LogIndex, Millis, QueueId, QueueOffset, Slot};
+use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset, Slot};
 use raftmq_proto::admin::v1 as pb;
 use raftmq_proto::admin::v1::query_message_request::Query as By;
 use tonic::Status;
@@ -107,17 +106,7 @@ pub(super) fn run(storage: &Storage, req: &Request) -> Result<Vec<pb::QueriedMes
 /// The messages of log entry `index`; `None` when the log no longer holds it or it holds
 /// no messages.
 fn messages_at(storage: &Storage, index: LogIndex) -> Result<Option<Vec<StoredMessage>>, Status> {
-    let entries = storage
-        .log
-        .retained_entries(index.0, index.0 + 1)
-        .map_err(|e| Status::unavailable(format!("reading log entry {index}: {e}; retry")))?;
-    match entries.into_iter().next() {
-        Some(entry) if entry.log_id.index() == index.0 => match entry.payload {
-            EntryPayload::Normal(Command::Send { messages, .. }) => Ok(Some(messages)),
-            _ => Ok(None),
-        },
-        _ => Ok(None),
-    }
+    storage.log.messages_at(index.0).map_err(|e| Status::unavailable(format!("reading log entry {index}: {e}; retry")))
 }
 
 fn matches(m: &StoredMessage, key: IndexKey<'_>, topic: Option<&TopicName>) -> bool {

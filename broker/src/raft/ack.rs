@@ -24,6 +24,7 @@ use raft_log::RaftLogStore;
 use tokio::sync::oneshot;
 
 use super::{Entry, LogId, TypeConfig};
+use raftmq_machine::types::StoredMessage;
 use raftmq_machine::{Command, ProposalId};
 
 /// Most proposals waiting for their flush at once (one per batch in flight).
@@ -157,6 +158,16 @@ impl AckLogStore {
     /// Decoded entries `from..to` the log still holds (see [`RaftLogStore::retained_entries`]).
     pub fn retained_entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
         self.inner.retained_entries(from, to)
+    }
+
+    /// The messages of the log entry at `index`: `None` when the log no longer holds it or it
+    /// holds no messages.
+    pub fn messages_at(&self, index: u64) -> io::Result<Option<Vec<StoredMessage>>> {
+        let entries = self.inner.retained_entries(index, index + 1)?;
+        Ok(entries.into_iter().next().filter(|e| e.log_id.index() == index).and_then(|e| match e.payload {
+            EntryPayload::Normal(Command::Send { messages, .. }) => Some(messages),
+            _ => None,
+        }))
     }
 
     /// The first index the CommitLog holds (purged ones included while retained).

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use openraft::EntryPayload;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 use raftmq_proto::rocketmq::v2::pull_message_response::Content as PullContent;
@@ -251,20 +250,15 @@ impl Broker {
             if batches.contains_key(&index) {
                 continue;
             }
-            let entries = self
+            let messages = self
                 .inner
                 .store
-                .retained_entries(index, index + 1)
-                .map_err(|e| Refusal::unavailable(format!("reading log entry {index}: {e}")))?;
-            let entry = entries.into_iter().next().ok_or_else(|| {
-                Refusal::new(Code::MessageNotFound, format!("log entry {index} is no longer retained"))
-            })?;
-            match entry.payload {
-                EntryPayload::Normal(Command::Send { messages, .. }) => {
-                    batches.insert(index, messages);
-                }
-                _ => return Err(Refusal::unavailable(format!("log entry {index} holds no messages"))),
-            }
+                .messages_at(index)
+                .map_err(|e| Refusal::unavailable(format!("reading log entry {index}: {e}")))?
+                .ok_or_else(|| {
+                    Refusal::new(Code::MessageNotFound, format!("log entry {index} is no longer retained"))
+                })?;
+            batches.insert(index, messages);
         }
         locations
             .iter()
