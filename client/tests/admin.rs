@@ -96,7 +96,16 @@ async fn cluster_status_shows_every_member_and_one_leader() -> anyhow::Result<()
     // Commit something so the indexes agree on a known entry.
     admin.create_topic(TopicSpec::new("t")).await?;
 
-    let status = admin.cluster_status().await?;
+    // Every member has the entry once it reports it applied (one may still be joining).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = admin.cluster_status().await?;
+        let caught_up = status.nodes.iter().all(|n| n.last_applied_index.is_some() && n.role != Role::Learner as i32);
+        if (caught_up && status.nodes.len() == 3) || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(status.unreachable.is_empty(), "{:?}", status.unreachable);
     assert_eq!(status.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>(), [1, 2, 3]);
     let leaders: Vec<u64> = status.nodes.iter().filter(|n| n.role == Role::Leader as i32).map(|n| n.node_id).collect();
