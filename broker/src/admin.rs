@@ -155,6 +155,7 @@ fn command_error(e: CommandError) -> Status {
         CommandError::NotPermitted(_) => Status::failed_precondition(e.to_string()),
         CommandError::TopicChanged(_) => Status::unavailable(e.to_string()),
         CommandError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
+        CommandError::Damaged(_) => Status::data_loss(e.to_string()),
     }
 }
 

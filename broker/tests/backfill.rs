@@ -12,15 +12,16 @@ use std::time::{Duration, Instant, SystemTime};
 mod common;
 
 use broker::node::{Node, NodeConfig};
+use broker::raft::slot::read_message;
 use broker::raft::{NodeId, TypeConfig};
 use broker::retention::{self, RetentionConfig};
 use broker::store::index_file::IndexKey;
 use bytes::Bytes;
-use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::{LogConfig, RaftLogStore};
+use raftmq_machine::codec::ENTRY_VERSION;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Response};
+use raftmq_machine::{Command, LogIndex, MessageBatch, Response, Slot};
 
 const TOPIC: &str = "orders";
 const QUEUES: u32 = 4;
@@ -77,6 +78,7 @@ async fn send(nodes: &[&Node], first: u32, entries: u32) -> anyhow::Result<BTree
         for m in &messages {
             sent.insert(m.message_id.clone(), m.body.clone());
         }
+        let messages = MessageBatch::encode(&messages)?;
         let (_, r) = write(nodes, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }
@@ -96,20 +98,13 @@ fn read_all(node: &Node, sent: &BTreeMap<String, Bytes>) -> anyhow::Result<Reads
         return Ok(Reads::Copying("the ConsumeQueue is not dispatched that far yet".into()));
     };
     anyhow::ensure!(locations.len() == sent.len(), "{} queue records for {} messages", locations.len(), sent.len());
-    let store = RaftLogStore::<TypeConfig>::with_entry_version(node.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
     for (index, slot) in locations {
-        let entries = match store.retained_entries(index, index + 1) {
-            Ok(entries) => entries,
+        let m = match read_message(&node.log, ENTRY_VERSION, index, Slot(slot)) {
+            Ok(Some(m)) => m,
+            Ok(None) => anyhow::bail!("entry {index} slot {slot} is missing and not marked as being copied in"),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Reads::Copying(e.to_string())),
             Err(e) => anyhow::bail!("reading entry {index}: {e} (not the retryable error)"),
         };
-        let Some(entry) = entries.into_iter().next() else {
-            anyhow::bail!("entry {index} is missing and not marked as being copied in");
-        };
-        let EntryPayload::Normal(Command::Send { messages, .. }) = entry.payload else {
-            anyhow::bail!("entry {index} holds no messages");
-        };
-        let m = messages.get(slot as usize).ok_or_else(|| anyhow::anyhow!("entry {index} has no slot {slot}"))?;
         anyhow::ensure!(sent.get(&m.message_id) == Some(&m.body), "entry {index} slot {slot}: wrong body");
     }
     Ok(Reads::All)
@@ -231,7 +226,6 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
 
     // It answers queries by message id from the IndexFile it built from the copied segments:
     // the first message sent (in a segment copied in) and the last.
-    let store = RaftLogStore::<TypeConfig>::with_entry_version(fresh.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
     let ids = [
         sent.keys().min_by_key(|id| id[1..].parse::<u32>().unwrap_or(0)),
         sent.keys().max_by_key(|id| id[1..].parse::<u32>().unwrap_or(0)),
@@ -239,14 +233,8 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     for id in ids.into_iter().flatten() {
         let hits = fresh.stores.lookup(IndexKey::Id(id), Millis(0), Millis(i64::MAX))?;
         anyhow::ensure!(hits.len() == 1, "{id}: {hits:?}");
-        let entry = store.retained_entries(hits[0].log_index.0, hits[0].log_index.0 + 1)?.into_iter().next();
-        let Some(EntryPayload::Normal(Command::Send { messages, .. })) = entry.map(|e| e.payload) else {
-            anyhow::bail!("{id}: no messages at {:?}", hits[0]);
-        };
-        anyhow::ensure!(
-            messages.get(hits[0].slot.0 as usize).map(|m| &m.message_id) == Some(id),
-            "{id}: wrong message"
-        );
+        let m = read_message(&fresh.log, ENTRY_VERSION, hits[0].log_index.0, hits[0].slot)?;
+        anyhow::ensure!(m.as_ref().map(|m| &m.message_id) == Some(id), "{id}: wrong message at {:?}", hits[0]);
     }
 
     // Three days on every message is past the reserved time, but on this follower the queues
@@ -262,7 +250,7 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     let purge = fresh.log.view().purged.map(|p| p.index).expect("purged");
     assert!(removed.iter().all(|s| s.next <= keep && s.next <= purge + 1), "{removed:?} (keep from {keep})");
     caught_up_and_readable(&fresh, &rest, &sent).await?;
-    let store = RaftLogStore::<TypeConfig>::with_entry_version(fresh.log.clone(), raftmq_machine::codec::ENTRY_VERSION);
+    let store = RaftLogStore::<TypeConfig>::with_entry_version(fresh.log.clone(), ENTRY_VERSION);
     assert_eq!(store.retained_entries(keep, keep + 1)?.len(), 1, "the first referenced entry stays");
     fresh.shutdown().await;
     for n in nodes {

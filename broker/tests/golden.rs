@@ -16,7 +16,7 @@ use openraft::{EntryPayload, Membership, StoredMembership};
 use raft_log::{Log, LogConfig, RaftLogStore, Record};
 use raftmq_machine::codec::{self, ENTRY_VERSION};
 use raftmq_machine::types::{StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Machine, Millis, NodeId, QueueId};
+use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, Millis, NodeId, QueueId};
 
 fn check(name: &str, bytes: &[u8]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -48,7 +48,9 @@ fn send() -> Command {
         body: Bytes::from_static(b"hello, raftmq"),
         body_gzip: false,
     };
-    Command::Send { now: Millis(1_700_000_000_100), messages: vec![message], proposal: None }
+    let second = StoredMessage { message_id: "01ABCDF0".into(), keys: Vec::new(), tag: None, ..message.clone() };
+    let messages = MessageBatch::encode(&[message, second]).expect("encodes");
+    Command::Send { now: Millis(1_700_000_000_100), messages, proposal: None }
 }
 
 #[test]
@@ -60,7 +62,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v2.bin", &bytes);
+    check("entry-v3.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, QueueOffset, Response, Slot};
+use raftmq_machine::{Command, LogIndex, MessageBatch, QueueOffset, Response, Slot};
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
     common::three_nodes(dir, "g1", |c| NodeConfig {
@@ -88,7 +88,11 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     let epoch = LogIndex(r.log_id.index());
     let r = common::write_until_served(
         &all,
-        Command::Send { now: Millis(10), messages: (0..8).map(|i| message(i, epoch)).collect(), proposal: None },
+        Command::Send {
+            now: Millis(10),
+            messages: MessageBatch::encode(&(0..8).map(|i| message(i, epoch)).collect::<Vec<_>>())?,
+            proposal: None,
+        },
         Duration::from_secs(5),
     )
     .await?;
@@ -119,7 +123,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     // retry on "forward to leader" until a write commits, and count failover up to that point.
     let r = common::write_until_served(
         &rest,
-        Command::Send { now: Millis(20), messages: vec![message(1, epoch)], proposal: None },
+        Command::Send { now: Millis(20), messages: MessageBatch::encode(&[message(1, epoch)])?, proposal: None },
         Duration::from_secs(5),
     )
     .await?;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, Response};
+use raftmq_machine::{Command, MessageBatch, Response};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
@@ -74,6 +74,7 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                 }
             })
             .collect();
+        let messages = MessageBatch::encode(&messages)?;
         let r = write(nodes, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(|x| x.is_ok())), "send refused: {r:?}");
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use raft_log::LogConfig;
 use raftmq_machine::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
-use raftmq_machine::{Command, Millis, NodeId, QueueId, QueueOffset, Receipt, Response};
+use raftmq_machine::{Command, MessageBatch, Millis, NodeId, QueueId, QueueOffset, Receipt, Response};
 
 const QUEUES: u32 = 3;
 
@@ -148,8 +148,15 @@ async fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                     })
                     .collect();
                 let ids: Vec<String> = stored.iter().map(|m| m.message_id.clone()).collect();
-                let r = write(&node, Command::Send { now: Millis(common::now_ms()), messages: stored, proposal: None })
-                    .await?;
+                let r = write(
+                    &node,
+                    Command::Send {
+                        now: Millis(common::now_ms()),
+                        messages: MessageBatch::encode(&stored)?,
+                        proposal: None,
+                    },
+                )
+                .await?;
                 let Response::Sent(results) = r else { anyhow::bail!("send answered {r:?}") };
                 for (id, result) in ids.into_iter().zip(results) {
                     let s = result.map_err(|e| anyhow::anyhow!("send refused: {e}"))?;

@@ -10,14 +10,13 @@ use std::time::Duration;
 mod common;
 
 use broker::node::{Node, NodeConfig};
-use broker::raft::TypeConfig;
+use broker::raft::slot::read_message;
 use broker::store::index_file::IndexKey;
 use bytes::Bytes;
-use openraft::EntryPayload;
-use raft_log::{LogConfig, RaftLogStore};
+use raft_log::LogConfig;
 use raftmq_machine::codec::ENTRY_VERSION;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Response};
+use raftmq_machine::{Command, LogIndex, MessageBatch, Response};
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
     common::three_nodes(dir, "st", |c| NodeConfig {
@@ -61,7 +60,8 @@ async fn create(nodes: &[&Node], topic: &str, queues: u32) -> anyhow::Result<()>
 async fn send(nodes: &[&Node], topic: &str, queues: u32, from: u32, to: u32) -> anyhow::Result<()> {
     let epoch = common::epoch(nodes, topic);
     for start in (from..to).step_by(5) {
-        let messages = (start..to.min(start + 5)).map(|i| message(topic, epoch, i, queues)).collect();
+        let messages: Vec<_> = (start..to.min(start + 5)).map(|i| message(topic, epoch, i, queues)).collect();
+        let messages = MessageBatch::encode(&messages)?;
         let r = write(nodes, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
         anyhow::ensure!(matches!(&r, Response::Sent(s) if s.iter().all(Result::is_ok)), "{r:?}");
     }
@@ -88,7 +88,6 @@ fn contents(node: &Node, topics: &[(&str, u32)], keys: &[String]) -> anyhow::Res
             }
         }
     }
-    let store = RaftLogStore::<TypeConfig>::with_entry_version(node.log.clone(), ENTRY_VERSION);
     let mut hits = BTreeMap::new();
     for key in keys {
         let lookup = |k| node.stores.lookup(k, Millis(0), Millis(i64::MAX));
@@ -96,14 +95,9 @@ fn contents(node: &Node, topics: &[(&str, u32)], keys: &[String]) -> anyhow::Res
         let found = if kind == "id" { lookup(IndexKey::Id(k))? } else { lookup(IndexKey::Key(k))? };
         let mut positions = Vec::new();
         for h in found {
-            let entries = store.retained_entries(h.log_index.0, h.log_index.0 + 1)?;
-            let Some(EntryPayload::Normal(Command::Send { messages, .. })) =
-                entries.into_iter().next().map(|e| e.payload)
-            else {
-                anyhow::bail!("hit {h:?} names no message");
-            };
-            let m = messages.get(h.slot.0 as usize).ok_or_else(|| anyhow::anyhow!("hit {h:?} names no slot"))?;
-            if node.state.read(|a| a.machine.accepts(m, h.log_index).is_ok()) {
+            let m = read_message(&node.log, ENTRY_VERSION, h.log_index.0, h.slot)?
+                .ok_or_else(|| anyhow::anyhow!("hit {h:?} names no message"))?;
+            if node.state.read(|a| a.machine.accepts(&m, h.log_index).is_ok()) {
                 positions.push((h.log_index.0, h.slot.0));
             }
         }
@@ -142,7 +136,7 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     create(&all, "audit", 3).await?;
     let stale = Command::Send {
         now: Millis(common::now_ms()),
-        messages: vec![message("audit", old_epoch, 99, 2)],
+        messages: MessageBatch::encode(&[message("audit", old_epoch, 99, 2)])?,
         proposal: None,
     };
     anyhow::ensure!(matches!(write(&all, stale).await?, Response::Sent(s) if s.iter().all(Result::is_err)));

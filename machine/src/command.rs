@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::MessageBatch;
 use crate::ids::{Millis, QueueId, QueueOffset};
 use crate::receipt::Receipt;
-use crate::types::{GroupName, StoredMessage, TopicConfig, TopicName};
+use crate::types::{GroupName, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,8 +34,9 @@ pub enum Command {
         /// The proposer's clock: the store time of every message (raised to the state
         /// machine's clock if behind).
         now: Millis,
-        /// The messages, each with its queue chosen.
-        messages: Vec<StoredMessage>,
+        /// The messages, each with its queue chosen, encoded so that one is read without the
+        /// others.
+        messages: MessageBatch,
         /// Set by a proposer that answers once the leader's own write is durable
         /// (`ack = "leader"`), to recognise its entry; apply ignores it.
         proposal: Option<ProposalId>,
@@ -163,6 +165,9 @@ pub enum CommandError {
     /// A bound of the replicated state was reached.
     #[error("{0}")]
     LimitReached(String),
+    /// The command's bytes are damaged (a message's CRC32C does not match).
+    #[error("damaged command: {0}")]
+    Damaged(String),
 }
 
 /// Result of sending one message.

@@ -10,6 +10,7 @@
 //! writes the ConsumeQueue needs no apply result and gives every message the offset apply
 //! gave it.
 
+pub mod batch;
 pub mod codec;
 pub mod command;
 pub mod ids;
@@ -22,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::batch::{MessageBatch, MessageHead};
+use self::codec::CodecError;
 pub use self::command::{Command, CommandError, PopTake, Popped, ProposalId, Response, Sent};
 pub use self::ids::{LogIndex, Millis, NodeId, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
@@ -171,13 +174,28 @@ impl Machine {
     /// creation on, and it keeps its queue counts by index, so dispatch running behind apply
     /// gets the answer apply got for every message of a topic that still exists.
     pub fn accepts(&self, m: &StoredMessage, index: LogIndex) -> Result<(), CommandError> {
-        let t = self.topics.get(&m.topic).ok_or_else(|| CommandError::TopicNotFound(m.topic.to_string()))?;
-        if t.created_at != m.topic_epoch || index < t.created_at {
-            return Err(CommandError::TopicChanged(m.topic.to_string()));
+        self.accepts_at(&m.topic, m.queue, m.topic_epoch, index)
+    }
+
+    /// [`Self::accepts`] for a message of which only the head was decoded.
+    pub fn accepts_head(&self, m: &MessageHead, index: LogIndex) -> Result<(), CommandError> {
+        self.accepts_at(&m.topic, m.queue, m.topic_epoch, index)
+    }
+
+    fn accepts_at(
+        &self,
+        topic: &TopicName,
+        queue: QueueId,
+        topic_epoch: LogIndex,
+        index: LogIndex,
+    ) -> Result<(), CommandError> {
+        let t = self.topics.get(topic).ok_or_else(|| CommandError::TopicNotFound(topic.to_string()))?;
+        if t.created_at != topic_epoch || index < t.created_at {
+            return Err(CommandError::TopicChanged(topic.to_string()));
         }
         let count = t.queue_count_at(index);
-        if m.queue.0 >= count {
-            return Err(CommandError::QueueNotFound { topic: m.topic.to_string(), queue: m.queue.0, count });
+        if queue.0 >= count {
+            return Err(CommandError::QueueNotFound { topic: topic.to_string(), queue: queue.0, count });
         }
         Ok(())
     }
@@ -219,7 +237,7 @@ impl Machine {
             }
             Command::Send { now, messages, .. } => {
                 self.tick(*now);
-                Response::Sent(messages.iter().map(|m| self.store(m)).collect())
+                Response::Sent(messages.heads().map(|(slot, m)| self.store(slot, m)).collect())
             }
             Command::Pop { now, group, topic, invisible_ms, takes } => {
                 let now = self.tick(*now);
@@ -259,9 +277,11 @@ impl Machine {
         }
     }
 
-    /// Stores one message of a `Send`: the next offset of its queue.
-    fn store(&mut self, m: &StoredMessage) -> Result<Sent, CommandError> {
-        self.accepts(m, self.last_applied)?;
+    /// Stores one message of a `Send`: the next offset of its queue. A message whose bytes
+    /// are damaged is refused alike on every node (dispatch skips it too).
+    fn store(&mut self, slot: Slot, m: Result<MessageHead, CodecError>) -> Result<Sent, CommandError> {
+        let m = m.map_err(|e| CommandError::Damaged(format!("message {} of the entry: {e}", slot.0)))?;
+        self.accepts_head(&m, self.last_applied)?;
         let queue = &mut self.topics.get_mut(&m.topic).expect("accepted above").queues[m.queue.0 as usize];
         let offset = queue.max_offset;
         queue.max_offset += 1;

@@ -64,6 +64,7 @@ impl World {
     }
 
     fn send_at(&mut self, now: i64, messages: Vec<StoredMessage>) -> Vec<Result<Sent, CommandError>> {
+        let messages = MessageBatch::encode(&messages).expect("encodes");
         match self.apply(Command::Send { now: Millis(now), messages, proposal: None }) {
             Response::Sent(r) => r,
             other => panic!("send answered {other:?}"),
@@ -129,12 +130,13 @@ fn message(t: &str, epoch: LogIndex, queue: u32, tag: Option<&str>, body: &str) 
 fn dispatch(m: &Machine, cq: &mut BTreeMap<(TopicName, QueueId), Vec<Rec>>, index: LogIndex, command: &Command) {
     match command {
         Command::Send { messages, .. } => {
-            for (slot, msg) in messages.iter().enumerate() {
-                if m.accepts(msg, index).is_ok() {
+            for (slot, msg) in messages.iter() {
+                let msg = msg.expect("decodes");
+                if m.accepts(&msg, index).is_ok() {
                     let tag = msg.tag.as_deref().map(tag_hash);
                     cq.entry((msg.topic.clone(), msg.queue)).or_default().push(Rec {
                         log_index: index,
-                        slot: slot as u32,
+                        slot: slot.0,
                         tag,
                     });
                 }

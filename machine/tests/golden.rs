@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
 use raftmq_machine::types::{GroupName, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, Machine, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response};
+use raftmq_machine::{
+    Command, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response,
+};
 
 fn sample_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
@@ -70,7 +72,7 @@ fn commands() -> Vec<Command> {
         Command::UpsertTopic { topic: topic(), config: TopicConfig::all_types(2) },
         Command::Send {
             now: Millis(1_700_000_000_100),
-            messages: vec![message(0), message(1), message(2)],
+            messages: MessageBatch::encode(&[message(0), message(1), message(2)]).expect("encodes"),
             proposal: None,
         },
         Command::Pop {
@@ -102,7 +104,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 2, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 3, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -112,7 +114,7 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v2.bin", &all);
+    check("commands-v3.bin", &all);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::error::{LogError, Result};
 use crate::fs::{FileIo, Fs};
 use crate::meta::{MetaFile, MetaState, Purged};
-use crate::record::{self, HEADER_LEN, Record};
+use crate::record::{self, HEADER_LEN, PayloadPart, Record};
 use crate::segment::{self, SEGMENT_HEADER_LEN, Segment};
 
 mod backfill;
@@ -528,6 +528,16 @@ impl LogCore {
             out.extend(seg.read_range(lo, hi, self.config.max_payload)?);
         }
         Ok(out)
+    }
+
+    /// Bytes `range` of record `index`'s payload ([`Segment::read_payload_part`]); `None`
+    /// when no segment holds the record.
+    pub fn read_payload_part(&self, index: u64, range: std::ops::Range<u64>) -> Result<Option<PayloadPart>> {
+        let Some((_, seg)) = self.segments.range(..=index).next_back() else { return Ok(None) };
+        if index < seg.first || index >= seg.next {
+            return Ok(None);
+        }
+        seg.read_payload_part(index, range, self.config.max_payload).map(Some)
     }
 
     /// Deletes whole sealed segments as `policy` allows; returns what was deleted.

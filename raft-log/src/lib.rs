@@ -27,5 +27,5 @@ pub use crate::core::{
 pub use crate::error::{LogError, Result};
 pub use crate::log::{Log, LogView, OnDurable};
 pub use crate::meta::{MAX_META_FIELD, MetaState, Purged};
-pub use crate::record::Record;
+pub use crate::record::{PayloadPart, Record};
 pub use crate::segment::FORMAT_VERSION;

@@ -22,7 +22,7 @@ use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Re
 use crate::error::{LogError, Result};
 use crate::fs::Fs;
 use crate::meta::Purged;
-use crate::record::Record;
+use crate::record::{PayloadPart, Record};
 
 /// Called once the appended records are durable (under [`SyncPolicy::Interval`]: once they
 /// are written, in order, not yet fsynced), or with the error that stopped the log.
@@ -370,6 +370,29 @@ impl Log {
     /// own entries past the purge point, which a mark set ahead of a purge may cover).
     pub(crate) fn read_for_raft(&self, from: u64, to: u64) -> Result<Vec<Record>> {
         self.read_records(from, to, false)
+    }
+
+    /// Bytes `range` of record `index`'s payload, cut at its end, without reading the rest
+    /// of the record: from memory when cached, else one read of the header and one of the
+    /// part. Not checksum-verified (the caller checks its own checksums over the part);
+    /// `None` when the log does not hold the record. Gated like [`Log::read`].
+    pub fn read_payload_part(&self, index: u64, range: Range<u64>) -> Result<Option<PayloadPart>> {
+        {
+            let mem = self.shared.mem.read();
+            mem.check_complete(index, index + 1)?;
+            if mem.last.is_none_or(|l| index > l.0) {
+                return Ok(None);
+            }
+            if mem.cache.first_index().is_some_and(|f| f <= index) {
+                return Ok(mem.cache.range(index, index + 1).next().map(|r| PayloadPart::of(r, range)));
+            }
+        }
+        let core = self.shared.core.read();
+        self.shared.mem.read().check_complete(index, index + 1)?;
+        match self.shared.mem.read().cache.range(index, index + 1).next() {
+            Some(r) => Ok(Some(PayloadPart::of(r, range))),
+            None => core.read_payload_part(index, range),
+        }
     }
 
     fn read_records(&self, from: u64, to: u64, gated: bool) -> Result<Vec<Record>> {

@@ -32,6 +32,37 @@ impl Record {
     }
 }
 
+/// Part of a record's payload, read without the rest: not checksum-verified (the caller
+/// checks its own checksums over what it reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadPart {
+    /// Raft log index.
+    pub index: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Length of the whole payload.
+    pub payload_len: u64,
+    /// Where `bytes` start within the payload.
+    pub offset: u64,
+    /// The bytes read: the range asked for, cut at the payload's end.
+    pub bytes: Bytes,
+}
+
+impl PayloadPart {
+    /// Takes `range` of a whole record's payload.
+    pub fn of(record: &Record, range: std::ops::Range<u64>) -> PayloadPart {
+        let len = record.payload.len() as u64;
+        let (start, end) = (range.start.min(len), range.end.min(len).max(range.start.min(len)));
+        PayloadPart {
+            index: record.index,
+            term: record.term,
+            payload_len: len,
+            offset: start,
+            bytes: record.payload.slice(start as usize..end as usize),
+        }
+    }
+}
+
 /// A decoded, not yet checksum-verified header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {

@@ -10,6 +10,7 @@
 //! sealing fsyncs both files, so later opens trust a sealed segment's index.
 
 use std::io::IoSlice;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{LogError, Result};
 use crate::fs::{FileIo, Fs};
-use crate::record::{self, HEADER_LEN, Record, RecordError};
+use crate::record::{self, HEADER_LEN, PayloadPart, Record, RecordError};
 
 mod rewrite;
 
@@ -285,6 +286,35 @@ impl Segment {
             ));
         }
         Ok((rec, used))
+    }
+
+    /// Reads bytes `range` of record `index`'s payload (cut at its end) without reading the
+    /// rest of the record. Its header is checked (magic, length, index); its CRC cannot be:
+    /// the caller checks its own checksums over the part.
+    pub fn read_payload_part(&self, index: u64, range: Range<u64>, max_payload: u32) -> Result<PayloadPart> {
+        let pos = self.position(index)?;
+        let mut h = [0u8; HEADER_LEN];
+        self.data.read_exact_at(&mut h, pos).map_err(|e| LogError::io("read", &self.data_path, e))?;
+        let header = record::decode_header(&h, max_payload)
+            .map_err(|e| LogError::corrupt(&self.data_path, pos, e.to_string()))?;
+        if header.index != index {
+            return Err(LogError::corrupt(
+                &self.data_path,
+                pos,
+                format!("record has index {}, expected {index}", header.index),
+            ));
+        }
+        if pos + header.stored_len() > self.end {
+            return Err(LogError::corrupt(&self.data_path, pos, "the record runs past the segment's end"));
+        }
+        let len = u64::from(header.len);
+        let start = range.start.min(len);
+        let end = range.end.min(len).max(start);
+        let mut buf = BytesMut::zeroed((end - start) as usize);
+        self.data
+            .read_exact_at(&mut buf, pos + HEADER_LEN as u64 + start)
+            .map_err(|e| LogError::io("read", &self.data_path, e))?;
+        Ok(PayloadPart { index, term: header.term, payload_len: len, offset: start, bytes: buf.freeze() })
     }
 
     /// Reads records `from..to` (within this segment), verifying each.

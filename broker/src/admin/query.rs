@@ -103,10 +103,13 @@ pub(super) fn run(storage: &Storage, req: &Request) -> Result<Vec<pb::QueriedMes
     }
 }
 
-/// The messages of log entry `index`; `None` when the log no longer holds it or it holds
-/// no messages.
-fn messages_at(storage: &Storage, index: LogIndex) -> Result<Option<Vec<StoredMessage>>, Status> {
-    storage.log.messages_at(index.0).map_err(|e| Status::unavailable(format!("reading log entry {index}: {e}; retry")))
+/// The message in `slot` of log entry `index`, read without the rest of the entry; `None`
+/// when the log no longer holds it.
+fn message_at(storage: &Storage, index: LogIndex, slot: Slot) -> Result<Option<StoredMessage>, Status> {
+    storage
+        .log
+        .message_at(index.0, slot)
+        .map_err(|e| Status::unavailable(format!("reading message {} of log entry {index}: {e}; retry", slot.0)))
 }
 
 fn matches(m: &StoredMessage, key: IndexKey<'_>, topic: Option<&TopicName>) -> bool {
@@ -126,8 +129,6 @@ fn by_index(
 ) -> Result<Vec<pb::QueriedMessage>, Status> {
     let hits = storage.stores.lookup(key, begin, end).map_err(store_error)?;
     let mut out: Vec<pb::QueriedMessage> = Vec::new();
-    // Hits of one entry usually come together: its messages are read once for them.
-    let mut entry: Option<(LogIndex, Option<Vec<StoredMessage>>)> = None;
     for hit in hits {
         if out.len() >= max {
             break;
@@ -135,18 +136,16 @@ fn by_index(
         if out.iter().any(|q| (q.log_index, q.slot) == (hit.log_index.0, hit.slot.0)) {
             continue;
         }
-        if entry.as_ref().is_none_or(|(index, _)| *index != hit.log_index) {
-            entry = Some((hit.log_index, messages_at(storage, hit.log_index)?));
-        }
-        let Some((_, Some(messages))) = &entry else { continue };
-        let Some(m) = messages.get(hit.slot.0 as usize).filter(|m| matches(m, key, topic)) else { continue };
+        let Some(m) = message_at(storage, hit.log_index, hit.slot)?.filter(|m| matches(m, key, topic)) else {
+            continue;
+        };
         // Only messages of a topic incarnation that still exists: the IndexFile may keep
         // entries of a deleted topic, and every node answers alike whatever it still holds.
-        if storage.state.read(|a| a.machine.accepts(m, hit.log_index).is_err()) {
+        if storage.state.read(|a| a.machine.accepts(&m, hit.log_index).is_err()) {
             continue;
         }
-        let offset = offset_of(storage, m, hit.log_index, hit.slot)?;
-        out.push(queried(m, (hit.log_index, hit.slot), hit.store_time, offset));
+        let offset = offset_of(storage, &m, hit.log_index, hit.slot)?;
+        out.push(queried(&m, (hit.log_index, hit.slot), hit.store_time, offset));
     }
     Ok(out)
 }
@@ -178,10 +177,9 @@ fn by_offset(
     let Some(record) = storage.stores.record(topic, queue, offset).map_err(store_error)? else {
         return Ok(Vec::new());
     };
-    let Some(messages) = messages_at(storage, record.log_index)? else { return Ok(Vec::new()) };
-    match messages.get(record.slot.0 as usize) {
+    match message_at(storage, record.log_index, record.slot)? {
         Some(m) if m.topic == *topic && m.queue == queue => {
-            Ok(vec![queried(m, (record.log_index, record.slot), record.store_time, Some(offset.0))])
+            Ok(vec![queried(&m, (record.log_index, record.slot), record.store_time, Some(offset.0))])
         }
         _ => {
             tracing::warn!(%topic, queue = queue.0, offset = offset.0, log_index = record.log_index.0,

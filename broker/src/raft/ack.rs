@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{Entry, LogId, TypeConfig};
 use raftmq_machine::types::StoredMessage;
-use raftmq_machine::{Command, ProposalId};
+use raftmq_machine::{Command, ProposalId, Slot};
 
 /// Most proposals waiting for their flush at once (one per batch in flight).
 pub const DEFAULT_WAITERS: usize = 256;
@@ -160,14 +160,11 @@ impl AckLogStore {
         self.inner.retained_entries(from, to)
     }
 
-    /// The messages of the log entry at `index`: `None` when the log no longer holds it or it
-    /// holds no messages.
-    pub fn messages_at(&self, index: u64) -> io::Result<Option<Vec<StoredMessage>>> {
-        let entries = self.inner.retained_entries(index, index + 1)?;
-        Ok(entries.into_iter().next().filter(|e| e.log_id.index() == index).and_then(|e| match e.payload {
-            EntryPayload::Normal(Command::Send { messages, .. }) => Some(messages),
-            _ => None,
-        }))
+    /// The message in `slot` of the log entry at `index`, read without the entry's other
+    /// messages ([`super::slot::read_message`]): `None` when the log no longer holds the
+    /// entry or it holds no such message; a damaged message is an error.
+    pub fn message_at(&self, index: u64, slot: Slot) -> io::Result<Option<StoredMessage>> {
+        super::slot::read_message(self.inner.log(), self.inner.entry_version(), index, slot)
     }
 
     /// The first index the CommitLog holds (purged ones included while retained).

@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod codec;
 pub mod network;
 pub mod service;
+pub mod slot;
 pub mod state;
 
 use raftmq_machine::{Command, Response};

@@ -21,7 +21,7 @@ use super::status::Refusal;
 use crate::raft::ack::FlushWaiters;
 use crate::raft::{Raft, TypeConfig};
 use raftmq_machine::types::{Millis, QueueId, QueueOffset, StoredMessage};
-use raftmq_machine::{Command, CommandError, Response};
+use raftmq_machine::{Command, CommandError, MessageBatch, Response};
 
 /// Bounds of one batch.
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +179,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, ack: 
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let raft = raft.clone();
-        let batch = Batch::new(jobs);
+        let batch = match Batch::new(jobs) {
+            Ok(batch) => batch,
+            Err((dones, refusal)) => {
+                refuse(dones, &refusal);
+                continue;
+            }
+        };
         match &ack {
             Ack::Quorum => {
                 tokio::spawn(async move {
@@ -208,7 +214,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(jobs: Vec<Job>) -> Self {
+    /// The entry of `jobs`; when their messages cannot be encoded, the senders to refuse.
+    #[allow(clippy::type_complexity)]
+    fn new(jobs: Vec<Job>) -> Result<Self, (Vec<oneshot::Sender<SendOutcome>>, Refusal)> {
         let sizes: Vec<usize> = jobs.iter().map(|j| j.messages.len()).collect();
         let mut dones = Vec::with_capacity(jobs.len());
         let mut messages = Vec::with_capacity(sizes.iter().sum());
@@ -217,8 +225,14 @@ impl Batch {
             dones.push(job.done);
         }
         let queues = messages.iter().map(|m| m.queue).collect();
+        let messages = match MessageBatch::encode(&messages) {
+            Ok(batch) => batch,
+            Err(e) => {
+                return Err((dones, Refusal::new(Code::BadRequest, format!("the messages cannot be stored: {e}"))));
+            }
+        };
         let command = Command::Send { now: now_ms(), messages, proposal: None };
-        Self { command, sizes, dones, queues }
+        Ok(Self { command, sizes, dones, queues })
     }
 
     /// `ack = "quorum"`: proposes, waits for commit and apply, answers with the offsets.

@@ -4,7 +4,6 @@
 //! idle consumer costs no Raft entries. It waits for new entries or for invisible messages
 //! to reappear, and always answers before the client's deadline.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftmq_proto::rocketmq::v2 as pb;
@@ -19,7 +18,7 @@ use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use super::{BoxStream, Broker};
 use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter, TopicName};
-use raftmq_machine::{Command, Popped, Response};
+use raftmq_machine::{Command, Popped, Response, Slot};
 
 /// Time kept between our answer and the client's deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
@@ -242,32 +241,24 @@ impl Broker {
         self.load_at(&locations)
     }
 
-    /// Reads messages by (log index, slot), each entry once; the store time is the
-    /// ConsumeQueue's.
+    /// Reads messages by (log index, slot), each without the rest of its entry; the store
+    /// time is the ConsumeQueue's.
     fn load_at(&self, locations: &[(u64, u32, Millis)]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
-        let mut batches: BTreeMap<u64, Vec<StoredMessage>> = BTreeMap::new();
-        for &(index, _, _) in locations {
-            if batches.contains_key(&index) {
-                continue;
-            }
-            let messages = self
-                .inner
-                .store
-                .messages_at(index)
-                .map_err(|e| Refusal::unavailable(format!("reading log entry {index}: {e}")))?
-                .ok_or_else(|| {
-                    Refusal::new(Code::MessageNotFound, format!("log entry {index} is no longer retained"))
-                })?;
-            batches.insert(index, messages);
-        }
         locations
             .iter()
             .map(|&(index, slot, stored)| {
-                batches[&index]
-                    .get(slot as usize)
-                    .cloned()
-                    .map(|m| (m, stored))
-                    .ok_or_else(|| Refusal::unavailable(format!("log entry {index} has no message {slot}")))
+                let m = self
+                    .inner
+                    .store
+                    .message_at(index, Slot(slot))
+                    .map_err(|e| Refusal::unavailable(format!("reading log entry {index}: {e}")))?
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            Code::MessageNotFound,
+                            format!("log entry {index} is no longer retained or has no message {slot}"),
+                        )
+                    })?;
+                Ok((m, stored))
             })
             .collect()
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use raftmq_machine::types::{StoredMessage, tag_hash};
-use raftmq_machine::{Command, LogIndex, Machine, Millis, QueueId, QueueOffset, Slot};
+use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, Millis, QueueId, QueueOffset, Slot};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::consume_queue::{CqError, QueueRecord};
@@ -280,10 +280,8 @@ impl Dispatch {
             }
             match command {
                 Command::Send { messages, .. } => {
-                    for (slot, m) in messages.iter().enumerate() {
-                        if machine.accepts(m, index).is_ok() {
-                            self.store(index, Slot(slot as u32), m, min_offsets)?;
-                        }
+                    for (slot, m) in stored(machine, index, messages) {
+                        self.store(index, slot, &m, min_offsets)?;
                     }
                 }
                 Command::DeleteTopic { topic } => {
@@ -360,8 +358,12 @@ impl Dispatch {
         self.each_entry(first, applied, |entry| {
             let index = LogIndex(entry.log_id.index());
             if let EntryPayload::Normal(Command::Send { messages, .. }) = &entry.payload {
-                for m in messages.iter().filter(|m| machine.accepts(m, index).is_ok()) {
-                    *counts.entry((m.topic.as_str().to_string(), m.queue)).or_default() += 1;
+                for (_, m) in messages.heads() {
+                    if let Ok(m) = m
+                        && machine.accepts_head(&m, index).is_ok()
+                    {
+                        *counts.entry((m.topic.as_str().to_string(), m.queue)).or_default() += 1;
+                    }
                 }
             }
             Ok(())
@@ -439,6 +441,29 @@ async fn checkpoint(me: Dispatch) -> Dispatch {
         tracing::warn!(error = %e, "writing the store checkpoint failed; retrying later");
     }
     me
+}
+
+/// The messages of a `Send` entry that apply stored, with their slots, judged by `machine`
+/// (a state at or after the entry). Apply judges each message by its head alone; a message
+/// whose head decodes but whose rest does not (this broker never writes one) still takes its
+/// offset, as a bare record that names no key, so every later offset stays apply's.
+fn stored(machine: &Machine, index: LogIndex, batch: &MessageBatch) -> Vec<(Slot, StoredMessage)> {
+    let mut out = Vec::with_capacity(batch.len());
+    for (slot, m) in batch.iter() {
+        match m {
+            Ok(m) if machine.accepts(&m, index).is_ok() => out.push((slot, m)),
+            Ok(_) => {}
+            Err(e) => {
+                let Some(Ok(head)) = batch.head(slot) else { continue };
+                if machine.accepts_head(&head, index).is_ok() {
+                    tracing::error!(log_index = index.0, slot = slot.0, error = %e,
+                        "a stored message does not decode; its queue offset is kept, it cannot be read");
+                    out.push((slot, StoredMessage::bare(head)));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The proposer time a command carries, if any.

@@ -178,7 +178,8 @@ proptest! {
                     let messages = msgs.iter().map(|&(t, q, stale)| {
                         let epoch = if stale { stale_epochs.get(&name(t)).copied() } else { m.topic_epoch(&name(t)) };
                         message(&format!("t{t}"), epoch.unwrap_or_default(), q, None, "x")
-                    }).collect();
+                    }).collect::<Vec<_>>();
+                    let messages = MessageBatch::encode(&messages).expect("encodes");
                     Command::Send { now: Millis(0), messages, proposal: None }
                 }
                 TopicOp::Catch => {
@@ -190,10 +191,11 @@ proptest! {
                 }
             };
             if let (Command::Send { messages, .. }, Response::Sent(results)) = (&command, m.apply(index, &command)) {
-                for (slot, (msg, r)) in messages.iter().zip(results).enumerate() {
+                for ((slot, msg), r) in messages.iter().zip(results) {
                     if let Ok(sent) = r {
+                        let msg = msg.expect("decodes");
                         stored.entry((msg.topic.clone(), msg.topic_epoch, sent.queue)).or_default()
-                            .insert(sent.offset.0, (index, slot as u32));
+                            .insert(sent.offset.0, (index, slot.0));
                     }
                 }
             }
