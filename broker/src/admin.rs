@@ -100,12 +100,9 @@ fn message_types(names: &[String]) -> Result<BTreeSet<MessageType>, Status> {
     }
     names
         .iter()
-        .map(|n| match n.trim().to_ascii_uppercase().as_str() {
-            "NORMAL" => Ok(MessageType::Normal),
-            "FIFO" => Ok(MessageType::Fifo),
-            "DELAY" => Ok(MessageType::Delay),
-            "TRANSACTION" => Ok(MessageType::Transaction),
-            _ => Err(invalid(format!("unknown message type {n:?}; use NORMAL, FIFO, DELAY or TRANSACTION"))),
+        .map(|n| {
+            MessageType::parse(n)
+                .ok_or_else(|| invalid(format!("unknown message type {n:?}; use NORMAL, FIFO, DELAY or TRANSACTION")))
         })
         .collect()
 }
@@ -123,21 +120,12 @@ fn permission(perm: u32) -> Result<Permission, Status> {
     }
 }
 
-fn type_name(t: MessageType) -> &'static str {
-    match t {
-        MessageType::Normal => "NORMAL",
-        MessageType::Fifo => "FIFO",
-        MessageType::Delay => "DELAY",
-        MessageType::Transaction => "TRANSACTION",
-    }
-}
-
 /// The wire form of a topic's configuration.
 pub fn topic_info(name: &TopicName, config: &TopicConfig) -> TopicInfo {
     TopicInfo {
         name: name.as_str().to_string(),
         queue_count: config.queue_count,
-        message_types: config.message_types.iter().map(|t| type_name(*t).to_string()).collect(),
+        message_types: config.message_types.iter().map(|t| t.name().to_string()).collect(),
         perm: match config.permission {
             Permission::ReadWrite => 6,
             Permission::Read => 4,

@@ -71,6 +71,13 @@ fn default_keep_after_snapshot() -> u64 {
 fn default_segment_size() -> u64 {
     1 << 30
 }
+fn default_max_delay_ms() -> u64 {
+    ServiceSettings::default().max_delay_ms
+}
+
+/// Longest `max_delay_ms` a configuration may set (30 days).
+const MAX_DELAY_LIMIT_MS: u64 = 30 * 24 * 3600 * 1000;
+
 fn default_max_body() -> usize {
     4 << 20
 }
@@ -134,6 +141,9 @@ pub struct FileConfig {
     /// Largest message body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Longest delay a delay message may ask for; a later delivery time is refused.
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -271,6 +281,12 @@ impl FileConfig {
                 ),
             ));
         }
+        if !(1_000..=MAX_DELAY_LIMIT_MS).contains(&self.max_delay_ms) {
+            return Err(invalid(
+                "max_delay_ms",
+                format!("{} is not within 1000 (1 s) and {MAX_DELAY_LIMIT_MS} (30 days)", self.max_delay_ms),
+            ));
+        }
         let data_dir =
             self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/{}-{}", self.group, self.node_id)));
         let max_payload = (self.segment_size_bytes / 2).min(u64::from(LogConfig::default().max_payload)) as u32;
@@ -294,6 +310,7 @@ impl FileConfig {
             keep_after_snapshot: self.keep_after_snapshot,
             service: ServiceSettings {
                 max_body_bytes: self.max_body_bytes,
+                max_delay_ms: self.max_delay_ms,
                 auto_create_queues: self.auto_create_topics.then_some(self.default_queues),
                 ack: self.ack,
                 ..ServiceSettings::default()
@@ -357,6 +374,7 @@ client = "10.0.0.3:8081"
         assert_eq!(cfg.log.segment_size, 1 << 30);
         assert_eq!(cfg.log.sync, SyncPolicy::EveryBatch);
         assert_eq!(cfg.service.max_body_bytes, 4 << 20);
+        assert_eq!(cfg.service.max_delay_ms, 24 * 3600 * 1000);
         assert_eq!(cfg.service.auto_create_queues, Some(8));
         assert_eq!(cfg.listen_client, None);
         assert_eq!(cfg.cluster, "DefaultCluster");
@@ -379,6 +397,8 @@ client = "10.0.0.3:8081"
         assert!(e.contains("broker.toml") && e.contains("flush"), "{e}");
         let e = error_of(&format!("colour = 1\n{THREE}"));
         assert!(e.contains("unknown field") && e.contains("colour"), "{e}");
+        let e = error_of(&format!("max_delay_ms = 500\n{THREE}"));
+        assert!(e.contains("max_delay_ms") && e.contains("30 days"), "{e}");
         let e = error_of(&format!("election_timeout_ms = 200\n{THREE}"));
         assert!(e.contains("election_timeout_ms"), "{e}");
         let e = error_of(&format!("group = \"a b\"\n{}", THREE.replace("group = \"broker-a\"", "")));

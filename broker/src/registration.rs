@@ -22,7 +22,7 @@ use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft, TypeConfig};
 pub use crate::settings::{DEFAULT_CLUSTER, DEFAULT_INTERVAL};
 use raftmq_machine::Machine;
-use raftmq_machine::types::{MessageType, Permission};
+use raftmq_machine::types::Permission;
 
 /// Longest time one nameserver call may take (connecting included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -96,15 +96,6 @@ pub fn role(state: ServerState) -> Option<Role> {
     }
 }
 
-fn type_name(t: MessageType) -> &'static str {
-    match t {
-        MessageType::Normal => "NORMAL",
-        MessageType::Fifo => "FIFO",
-        MessageType::Delay => "DELAY",
-        MessageType::Transaction => "TRANSACTION",
-    }
-}
-
 /// RocketMQ's permission bits.
 fn perm_bits(p: Permission) -> u32 {
     match p {
@@ -127,7 +118,7 @@ pub fn topic_table(machine: &Machine) -> (Vec<TopicInfo>, usize) {
         topics.push(TopicInfo {
             name: name.as_str().to_string(),
             queue_count: config.queue_count,
-            message_types: config.message_types.iter().map(|t| type_name(*t).to_string()).collect(),
+            message_types: config.message_types.iter().map(|t| t.name().to_string()).collect(),
             perm: perm_bits(config.permission),
         });
     }
@@ -328,7 +319,7 @@ mod tests {
     fn the_topic_table_lists_queues_types_and_permission() {
         let read_only = TopicConfig {
             queue_count: 2,
-            message_types: [MessageType::Fifo].into_iter().collect(),
+            message_types: [raftmq_machine::types::MessageType::Fifo].into_iter().collect(),
             permission: Permission::Read,
         };
         let machine = machine_with(&[("orders", TopicConfig::all_types(8)), ("audit", read_only)]);

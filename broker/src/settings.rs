@@ -51,6 +51,9 @@ pub struct ServiceSettings {
     /// Largest log entry the CommitLog takes (its `max_payload`): group commit keeps each
     /// entry below it and refuses a send that alone would not fit.
     pub max_entry_bytes: usize,
+    /// Longest delay a delay message may ask for (default 24 h); a later delivery time is
+    /// refused.
+    pub max_delay_ms: u64,
     /// When a send is answered: after commit (`Quorum`, the default), or once the leader's own
     /// write is durable (`Leader`: the receipt's offset is -1, a failover can lose the tail).
     pub ack: AckMode,
@@ -65,6 +68,7 @@ impl Default for ServiceSettings {
             invisible_range_ms: (1_000, 12 * 3600 * 1000),
             max_long_polling_ms: 30_000,
             max_receive_batch: 32,
+            max_delay_ms: 24 * 3600 * 1000,
             max_entry_bytes: LogConfig::default().max_payload as usize,
             ack: AckMode::Quorum,
         }

@@ -23,6 +23,8 @@ pub struct Message {
     pub properties: HashMap<String, String>,
     /// FIFO message group: messages of one group go to one queue, in order.
     pub message_group: Option<String>,
+    /// Delay message: delivered not before this time (RocketMQ 5's delivery timestamp).
+    pub delivery_time: Option<std::time::SystemTime>,
 }
 
 impl Message {
@@ -52,6 +54,12 @@ impl Message {
     /// Sets the FIFO message group.
     pub fn with_message_group(mut self, group: impl Into<String>) -> Self {
         self.message_group = Some(group.into());
+        self
+    }
+
+    /// Makes it a delay message, delivered not before `at`.
+    pub fn with_delivery_time(mut self, at: std::time::SystemTime) -> Self {
+        self.delivery_time = Some(at);
         self
     }
 }
@@ -117,14 +125,24 @@ pub(crate) fn group_hash(group: &str) -> u64 {
     h
 }
 
-fn now() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn now() -> prost_types::Timestamp {
+    timestamp(std::time::SystemTime::now())
 }
 
 /// The wire form of `m` for `topic`, going to `queue_id`, with id `message_id`.
 pub(crate) fn outgoing(topic: &str, m: &Message, queue_id: u32, message_id: String) -> pb::Message {
-    let message_type = if m.message_group.is_some() { pb::MessageType::Fifo } else { pb::MessageType::Normal };
+    let message_type = if m.message_group.is_some() {
+        pb::MessageType::Fifo
+    } else if m.delivery_time.is_some() {
+        pb::MessageType::Delay
+    } else {
+        pb::MessageType::Normal
+    };
     pb::Message {
         topic: Some(pb::Resource { resource_namespace: String::new(), name: topic.to_string() }),
         user_properties: m.properties.clone(),
@@ -138,6 +156,7 @@ pub(crate) fn outgoing(topic: &str, m: &Message, queue_id: u32, message_id: Stri
             born_timestamp: Some(now()),
             queue_id: i32::try_from(queue_id).unwrap_or(i32::MAX),
             message_group: m.message_group.clone(),
+            delivery_timestamp: m.delivery_time.map(timestamp),
             ..Default::default()
         }),
         body: m.body.clone(),

@@ -101,8 +101,9 @@ impl Producer {
         let code = |s: Option<&pb::Status>| s.map(|s| s.code);
         let top = code(resp.status.as_ref());
         if top != Some(ok) {
-            // All refused alike: the request's status says why (and whether to retry).
-            if resp.entries.iter().all(|e| code(e.status.as_ref()) == top) {
+            // Nothing stored (a batch is stored whole or not at all): the request's status
+            // says why (and whether to retry).
+            if !resp.entries.iter().any(|e| code(e.status.as_ref()) == Some(ok)) {
                 return Err(Error::broker(OP, &endpoint, resp.status.as_ref()));
             }
             // Some were stored: name the first refused one; a retry would duplicate the rest.

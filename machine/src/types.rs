@@ -111,6 +111,27 @@ pub enum MessageType {
     Transaction,
 }
 
+impl MessageType {
+    /// Every type, in order.
+    pub const ALL: [MessageType; 4] =
+        [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
+
+    /// RocketMQ's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageType::Normal => "NORMAL",
+            MessageType::Fifo => "FIFO",
+            MessageType::Delay => "DELAY",
+            MessageType::Transaction => "TRANSACTION",
+        }
+    }
+
+    /// The type named `name` (RocketMQ's names, any case).
+    pub fn parse(name: &str) -> Option<MessageType> {
+        MessageType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
 /// What clients may do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Permission {
@@ -136,13 +157,7 @@ pub struct TopicConfig {
 impl TopicConfig {
     /// A read-write topic with `queue_count` queues taking every message type.
     pub fn all_types(queue_count: u32) -> Self {
-        Self {
-            queue_count,
-            message_types: [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction]
-                .into_iter()
-                .collect(),
-            permission: Permission::ReadWrite,
-        }
+        Self { queue_count, message_types: MessageType::ALL.into_iter().collect(), permission: Permission::ReadWrite }
     }
 }
 

@@ -10,7 +10,8 @@ import time
 import uuid
 
 from rocketmq import (ClientConfiguration, Credentials, FilterExpression,
-                      Message, Producer, SimpleConsumer)
+                      Message, Producer, SimpleConsumer, TransactionChecker,
+                      TransactionResolution)
 
 
 def fail(why):
@@ -30,6 +31,21 @@ def receive_all(consumer, want, deadline_s):
             got[body] = m.tag
             consumer.ack(m)
     return got
+
+
+class RollBackAll(TransactionChecker):
+    def check(self, message):
+        return TransactionResolution.ROLLBACK
+
+
+def refused(what, send):
+    """Runs a send the broker must refuse; fails the test if it is accepted."""
+    try:
+        receipt = send()
+    except Exception as e:  # the client raises the broker's status
+        print(f"{what}: refused as expected ({type(e).__name__}: {e})", flush=True)
+        return
+    fail(f"{what}: accepted (message id {receipt.message_id}), it must be refused until supported")
 
 
 def main():
@@ -53,6 +69,21 @@ def main():
             fail(f"send {i} returned no message id")
         sent[f"body-{i}"] = msg.tag
     print(f"sent {len(sent)} messages to {topic}", flush=True)
+
+    # Kinds the broker cannot keep its promise for yet are refused, never delivered at once.
+    for unit, at in (("ms", int(time.time() * 1000) + 60_000), ("s", int(time.time()) + 60)):
+        later = Message()
+        later.topic = topic
+        later.body = b"later"
+        later.delivery_timestamp = at
+        refused(f"a delay message 60 s ahead (delivery_timestamp in {unit})", lambda: producer.send(later))
+    tx_producer = Producer(config, (topic,), RollBackAll())
+    tx_producer.startup()
+    half = Message()
+    half.topic = topic
+    half.body = b"half"
+    refused("a transactional message", lambda: tx_producer.send(half, tx_producer.begin_transaction()))
+    tx_producer.shutdown()
 
     # A consumer group that takes TagA only sees the even messages.
     only_a = SimpleConsumer(config, f"group-a-{suffix}", {topic: FilterExpression("TagA")}, await_duration=5)

@@ -7,6 +7,7 @@
 
 mod consume;
 pub mod convert;
+mod message_type;
 pub mod namesrv_view;
 pub mod proposer;
 mod receive;

@@ -235,16 +235,6 @@ async fn fetch(nameservers: &Clients, topic: &str) -> Option<Vec<GroupRoute>> {
     None
 }
 
-fn message_type(name: &str) -> Option<MessageType> {
-    match name {
-        "NORMAL" => Some(MessageType::Normal),
-        "FIFO" => Some(MessageType::Fifo),
-        "DELAY" => Some(MessageType::Delay),
-        "TRANSACTION" => Some(MessageType::Transaction),
-        _ => None,
-    }
-}
-
 /// A group's topic configuration as a nameserver reports it (the route carries no permission:
 /// read-write is assumed).
 fn config_of(route: &GroupRoute) -> Option<TopicConfig> {
@@ -252,7 +242,7 @@ fn config_of(route: &GroupRoute) -> Option<TopicConfig> {
         return None;
     }
     let mut message_types: std::collections::BTreeSet<_> =
-        route.message_types.iter().filter_map(|t| message_type(t)).collect();
+        route.message_types.iter().filter_map(|t| MessageType::parse(t)).collect();
     if message_types.is_empty() {
         message_types.insert(MessageType::Normal);
     }

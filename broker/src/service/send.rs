@@ -8,9 +8,10 @@ use raftmq_proto::rocketmq::v2::Code;
 
 use super::Broker;
 use super::convert;
+use super::message_type::{self, check_topic_accepts, classify};
 use super::route::topic_of;
 use super::status::{self, Refusal};
-use raftmq_machine::types::{Permission, QueueId, StoredMessage};
+use raftmq_machine::types::{MessageType, Millis, Permission, QueueId, StoredMessage};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -36,10 +37,76 @@ pub fn failed_send(r: &Refusal) -> pb::SendMessageResponse {
     }
 }
 
+/// Refuses, clearly and before anything is stored, the kinds of message this broker cannot
+/// yet keep their promise for: transactional messages, and delay messages not yet due (a
+/// delivery time already past is delivered at once, as it would be anyway).
+fn refuse_unbuilt(m: &message_type::Classified, now: Millis) -> Result<(), Refusal> {
+    match m.kind {
+        MessageType::Transaction => Err(Refusal::new(
+            Code::NotImplemented,
+            "transactional messages are not supported by this broker yet; the message was not stored",
+        )),
+        MessageType::Delay if m.deliver_at.is_some_and(|at| at > now) => Err(Refusal::new(
+            Code::NotImplemented,
+            "delay messages (a delivery time in the future) are not supported by this broker yet; the message was \
+             not stored",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A request whose messages name more than one topic: a batch goes to one topic, as in
+/// RocketMQ.
+fn mixed_topics(messages: &[pb::Message]) -> Option<Refusal> {
+    let first = messages.first()?.topic.as_ref().map(|t| t.name.as_str());
+    let other = messages.iter().find(|m| m.topic.as_ref().map(|t| t.name.as_str()) != first)?;
+    Some(Refusal::new(
+        Code::BadRequest,
+        format!(
+            "a batch goes to one topic; this one names {:?} and {:?}",
+            first.unwrap_or_default(),
+            other.topic.as_ref().map_or("", |t| t.name.as_str())
+        ),
+    ))
+}
+
+/// The answer to a batch of which message `index` (first) was refused: nothing is stored;
+/// each refused message carries its own reason, the others say which one stopped them.
+fn refused_batch(
+    prepared: Vec<Result<StoredMessage, Refusal>>,
+    index: usize,
+    first: &Refusal,
+    count: usize,
+) -> pb::SendMessageResponse {
+    let entries = prepared
+        .into_iter()
+        .map(|p| {
+            let r = match p {
+                Err(r) => r,
+                Ok(_) => Refusal::new(
+                    first.code,
+                    format!("not stored: message {index} of the batch of {count} was refused: {}", first.message),
+                ),
+            };
+            pb::SendResultEntry { status: Some(r.status()), ..Default::default() }
+        })
+        .collect();
+    pb::SendMessageResponse { status: Some(first.status()), entries }
+}
+
 impl Broker {
     async fn prepare(&self, msg: pb::Message) -> Result<StoredMessage, Refusal> {
         let topic = topic_of(msg.topic.as_ref())?;
         let config = self.ensure_topic(&topic).await?;
+        let now = super::proposer::now_ms();
+        let classified = classify(
+            msg.system_properties.as_ref().unwrap_or(&pb::SystemProperties::default()),
+            &msg.user_properties,
+            now,
+            self.inner.settings.max_delay_ms,
+        )?;
+        check_topic_accepts(topic.as_str(), &config.message_types, classified.kind)?;
+        refuse_unbuilt(&classified, now)?;
         let sys = msg.system_properties.as_ref();
         let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
         let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {
@@ -58,6 +125,7 @@ impl Broker {
         let node = self.inner.node_id.0;
         let mut stored = convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))?;
         stored.topic_epoch = epoch;
+        stored.deliver_at = classified.deliver_at;
         Ok(stored)
     }
 
@@ -71,9 +139,19 @@ impl Broker {
                 format!("{} messages in one request, the limit is {MAX_MESSAGES_PER_SEND}", req.messages.len()),
             ));
         }
-        let mut prepared: Vec<Result<StoredMessage, Refusal>> = Vec::with_capacity(req.messages.len());
+        if let Some(r) = mixed_topics(&req.messages) {
+            return failed_send(&r);
+        }
+        let count = req.messages.len();
+        let mut prepared: Vec<Result<StoredMessage, Refusal>> = Vec::with_capacity(count);
         for msg in req.messages {
             prepared.push(self.prepare(msg).await);
+        }
+        // A batch is stored whole or not at all: one refused message refuses the request.
+        if let Some((i, first)) =
+            prepared.iter().enumerate().find_map(|(i, p)| p.as_ref().err().map(|r| (i, r.clone())))
+        {
+            return refused_batch(prepared, i, &first, count);
         }
         let valid: Vec<StoredMessage> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
         let ids: Vec<String> = valid.iter().map(|m| m.message_id.clone()).collect();
