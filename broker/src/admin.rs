@@ -144,6 +144,7 @@ fn command_error(e: CommandError) -> Status {
         CommandError::TopicChanged(_) => Status::unavailable(e.to_string()),
         CommandError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
         CommandError::Damaged(_) => Status::data_loss(e.to_string()),
+        CommandError::StalePlan(_) => Status::aborted(e.to_string()),
     }
 }
 

@@ -131,7 +131,7 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     eprintln!("failover: node {leader} stopped, a write committed {failover:?} later");
     assert!(failover < Duration::from_secs(2), "failover took {failover:?}");
     let Response::Sent(sent) = &r.data else { panic!("expected Sent") };
-    assert_eq!(sent[0].as_ref().map(|s| s.offset.0), Ok(2), "offsets continue after failover");
+    assert_eq!(sent[0].as_ref().map(|s| s.offset), Ok(Some(QueueOffset(2))), "offsets continue after failover");
     for n in nodes {
         n.shutdown().await;
     }

@@ -161,7 +161,11 @@ async fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                 for (id, result) in ids.into_iter().zip(results) {
                     let s = result.map_err(|e| anyhow::anyhow!("send refused: {e}"))?;
                     let queue = model.queues.entry(s.queue.0).or_default();
-                    anyhow::ensure!(s.offset.0 == queue.len() as u64, "offset {} for {id}", s.offset.0);
+                    anyhow::ensure!(
+                        s.offset == Some(QueueOffset(queue.len() as u64)),
+                        "offset {:?} for {id}",
+                        s.offset
+                    );
                     queue.push(id);
                 }
             }

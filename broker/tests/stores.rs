@@ -15,8 +15,9 @@ use broker::store::index_file::IndexKey;
 use bytes::Bytes;
 use raft_log::LogConfig;
 use raftmq_machine::codec::ENTRY_VERSION;
+use raftmq_machine::timer::Fire;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
-use raftmq_machine::{Command, LogIndex, MessageBatch, Response};
+use raftmq_machine::{Command, LogIndex, MessageBatch, Response, Sent, Slot};
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
     common::three_nodes(dir, "st", |c| NodeConfig {
@@ -142,6 +143,26 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     anyhow::ensure!(matches!(write(&all, stale).await?, Response::Sent(s) if s.iter().all(Result::is_err)));
     send(&all, "audit", 3, 100, 130).await?;
     send(&all, "orders", 4, 60, 90).await?;
+    // Two delay messages wait for their timers (found by id at once, in no queue yet); one
+    // fires; a stale fire (planned before it) fires nothing.
+    let epoch = common::epoch(&all, "orders");
+    let at = Millis(common::now_ms() + 3_600_000);
+    let delayed: Vec<StoredMessage> =
+        (200..202).map(|i| StoredMessage { deliver_at: Some(at), ..message("orders", epoch, i, 4) }).collect();
+    let messages = MessageBatch::encode(&delayed)?;
+    let r = write(&all, Command::Send { now: Millis(common::now_ms()), messages, proposal: None }).await?;
+    anyhow::ensure!(
+        matches!(&r, Response::Sent(s) if s.iter().all(|x| matches!(x, Ok(Sent { offset: None, .. })))),
+        "{r:?}"
+    );
+    let send_index = common::leader_of(&all).map(|l| l.state.read(|a| a.machine.last_applied())).expect("a leader");
+    let fire = |slot: u32| Fire { log_index: send_index, slot: Slot(slot), head: delayed[slot as usize].head() };
+    let fired = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(1)] };
+    let r = write(&all, fired).await?;
+    anyhow::ensure!(matches!(&r, Response::Sent(s) if s.len() == 1 && s[0].is_ok()), "{r:?}");
+    let stale = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(0), fire(1)] };
+    anyhow::ensure!(matches!(write(&all, stale).await?, Response::Failed(_)), "a stale fire is refused");
+    send(&all, "orders", 4, 90, 95).await?;
     caught_up(&all).await?;
 
     let topics = [("orders", 4), ("audit", 3)];
@@ -149,10 +170,17 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     keys.extend((0..90).map(|i| format!("id:orders-{i}")));
     keys.extend((100..130).map(|i| format!("id:audit-{i}")));
     keys.push("id:audit-5".into());
+    keys.extend(["id:orders-200".to_string(), "id:orders-201".to_string()]);
     let expected = contents(&nodes[0], &topics, &keys)?;
-    anyhow::ensure!(expected.0.len() == 90 + 30, "{} ConsumeQueue records", expected.0.len());
-    // order-3: orders 3, 10, .., 87 and the new audit's 101, 108, .., 129 (not the old audit's).
-    anyhow::ensure!(expected.1["key:order-3"].len() == 13 + 5, "order-3 hits: {:?}", expected.1["key:order-3"]);
+    anyhow::ensure!(expected.0.len() == 95 + 30 + 1, "{} ConsumeQueue records", expected.0.len());
+    // The fired message (slot 1 of its send) is in queue 1 (201 % 4) after the 23 sent before
+    // it; message 93, sent after the fire, follows it.
+    let at_offset = |o: u64| expected.0.get(&("orders".to_string(), 1, o)).cloned().unwrap_or_default();
+    anyhow::ensure!(at_offset(23).starts_with(&format!("{}/1/", send_index.0)), "offset 23: {}", at_offset(23));
+    anyhow::ensure!(!at_offset(24).is_empty() && !at_offset(24).starts_with(&format!("{}/", send_index.0)));
+    anyhow::ensure!(expected.1["id:orders-200"].len() == 1 && expected.1["id:orders-201"].len() == 1);
+    // order-3: orders 3, 10, .., 94 and the new audit's 101, 108, .., 129 (not the old audit's).
+    anyhow::ensure!(expected.1["key:order-3"].len() == 14 + 5, "order-3 hits: {:?}", expected.1["key:order-3"]);
     anyhow::ensure!(expected.1["id:audit-5"].is_empty(), "a message of the deleted topic is found");
     anyhow::ensure!(expected.1["id:orders-42"].len() == 1);
     for (i, n) in nodes.iter().enumerate() {

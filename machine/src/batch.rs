@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::CodecError;
-use crate::ids::{LogIndex, QueueId, Slot};
+use crate::ids::{LogIndex, Millis, QueueId, Slot};
 use crate::types::{StoredMessage, TopicName};
 
 /// Bytes of the count at the start of a batch.
@@ -37,6 +37,8 @@ pub struct MessageHead {
     pub queue: QueueId,
     /// The topic incarnation the proposer checked the message against.
     pub topic_epoch: LogIndex,
+    /// Earliest delivery time (delay messages).
+    pub deliver_at: Option<Millis>,
 }
 
 /// Where one slot's bytes are, relative to the start of the batch, and their CRC32C.
@@ -262,7 +264,12 @@ impl<'de> Deserialize<'de> for MessageBatch {
 impl StoredMessage {
     /// The fields that say where the message goes.
     pub fn head(&self) -> MessageHead {
-        MessageHead { topic: self.topic.clone(), queue: self.queue, topic_epoch: self.topic_epoch }
+        MessageHead {
+            topic: self.topic.clone(),
+            queue: self.queue,
+            topic_epoch: self.topic_epoch,
+            deliver_at: self.deliver_at,
+        }
     }
 
     /// A message with only the fields of `head` (the rest empty): what is known of a stored
@@ -272,13 +279,13 @@ impl StoredMessage {
             topic: head.topic,
             queue: head.queue,
             topic_epoch: head.topic_epoch,
+            deliver_at: head.deliver_at,
             message_id: String::new(),
             tag: None,
             keys: Vec::new(),
             message_group: None,
             properties: Default::default(),
             born: Default::default(),
-            deliver_at: None,
             born_host: String::new(),
             body: Bytes::new(),
             body_gzip: false,
@@ -291,7 +298,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::ids::Millis;
 
     fn message(i: u32) -> StoredMessage {
         StoredMessage {

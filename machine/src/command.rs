@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::MessageBatch;
-use crate::ids::{Millis, QueueId, QueueOffset};
+use crate::ids::{LogIndex, Millis, QueueId, QueueOffset};
 use crate::receipt::Receipt;
+use crate::timer::Fire;
 use crate::types::{GroupName, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
@@ -91,6 +92,17 @@ pub enum Command {
         /// Next offset to consume.
         offset: QueueOffset,
     },
+    /// Makes due delay messages visible: each gets the next offset of its queue (if its topic
+    /// incarnation still exists). Taken only if the last accepted `FireTimers` is `prev_fire`
+    /// (see [`crate::timer`]); else refused whole.
+    FireTimers {
+        /// The proposer's clock.
+        now: Millis,
+        /// The last accepted `FireTimers` the plan was made after (0: none).
+        prev_fire: LogIndex,
+        /// The messages (at most [`crate::timer::MAX_FIRES_PER_COMMAND`]).
+        fires: Vec<Fire>,
+    },
     /// Retention: each named queue's minimum offset moves up to the offset given (never
     /// down, never past its maximum); consumer state below the new minimum goes too. The
     /// leader proposes it from its ConsumeQueue when messages are past the reserved time.
@@ -113,6 +125,7 @@ impl std::fmt::Display for Command {
                 write!(f, "commit-offset {group} {topic} q{} @{}", queue.0, offset.0)
             }
             Command::TrimQueues { mins } => write!(f, "trim-queues n={}", mins.len()),
+            Command::FireTimers { fires, .. } => write!(f, "fire-timers n={}", fires.len()),
         }
     }
 }
@@ -165,18 +178,22 @@ pub enum CommandError {
     /// A bound of the replicated state was reached.
     #[error("{0}")]
     LimitReached(String),
+    /// A plan made from a state that has changed since (another was taken first).
+    #[error("stale plan: {0}; plan again")]
+    StalePlan(String),
     /// The command's bytes are damaged (a message's CRC32C does not match).
     #[error("damaged command: {0}")]
     Damaged(String),
 }
 
-/// Result of sending one message.
+/// Result of sending (or firing) one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
     /// Queue.
     pub queue: QueueId,
-    /// Offset assigned.
-    pub offset: QueueOffset,
+    /// Offset assigned; `None` for a delay message, which gets its offset when its timer
+    /// fires.
+    pub offset: Option<QueueOffset>,
 }
 
 /// A popped message and its receipt (its body is found through the ConsumeQueue).
@@ -201,7 +218,7 @@ pub enum Response {
     Done,
     /// The command was refused.
     Failed(CommandError),
-    /// One result per message of a `Send`, in order.
+    /// One result per message of a `Send` or a `FireTimers`, in order.
     Sent(Vec<Result<Sent, CommandError>>),
     /// The messages a `Pop` took.
     Popped(Vec<Popped>),

@@ -17,6 +17,7 @@ pub mod ids;
 mod plan;
 pub mod pop;
 pub mod receipt;
+pub mod timer;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ pub use self::command::{Command, CommandError, PopTake, Popped, ProposalId, Resp
 pub use self::ids::{LogIndex, Millis, NodeId, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
+use self::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use self::types::{GroupName, Permission, StoredMessage, TopicConfig, TopicName};
 
 /// Most messages one pop may take.
@@ -99,6 +101,8 @@ pub struct Machine {
     /// The largest proposer time seen: store and visibility times never go backwards, even
     /// when a new leader's clock is behind the old one's.
     clock: Millis,
+    /// Delay timers' progress.
+    timers: TimerState,
 }
 
 fn validate_config(config: &TopicConfig) -> Result<(), CommandError> {
@@ -153,6 +157,11 @@ impl Machine {
         self.offsets.get(&(group.clone(), topic.clone(), queue)).map(|o| QueueOffset(o.0.max(min)))
     }
 
+    /// Delay timers' progress.
+    pub fn timers(&self) -> TimerState {
+        self.timers
+    }
+
     /// Pop state of a group on a queue.
     pub fn pop_state(&self, group: &GroupName, topic: &TopicName, queue: QueueId) -> Option<&PopState> {
         self.pops.get(&(group.clone(), topic.clone(), queue))
@@ -200,6 +209,28 @@ impl Machine {
         Ok(())
     }
 
+    /// The fires of the `FireTimers` entry at `index` that got queue offsets, in order, as
+    /// apply gave them (asked of the state after that entry, or of any later one).
+    /// `last_fire` is the caller's own record of the last accepted `FireTimers` (the entries
+    /// before this one decide it); it moves to `index` when this one was accepted.
+    pub fn fired<'a>(
+        &self,
+        last_fire: &mut LogIndex,
+        index: LogIndex,
+        prev_fire: LogIndex,
+        fires: &'a [Fire],
+    ) -> Vec<&'a Fire> {
+        if prev_fire != *last_fire || fires.len() > MAX_FIRES_PER_COMMAND {
+            return Vec::new();
+        }
+        *last_fire = index;
+        let mut seen = BTreeSet::new();
+        fires
+            .iter()
+            .filter(|f| timer::check_fire(&mut seen, f).is_ok() && self.accepts_head(&f.head, index).is_ok())
+            .collect()
+    }
+
     /// Takes the proposer's time `now` unless the clock is already past it.
     fn tick(&mut self, now: Millis) -> Millis {
         self.clock = self.clock.max(now);
@@ -237,7 +268,14 @@ impl Machine {
             }
             Command::Send { now, messages, .. } => {
                 self.tick(*now);
-                Response::Sent(messages.heads().map(|(slot, m)| self.store(slot, m)).collect())
+                Response::Sent(messages.heads().map(|(slot, m)| self.store(*now, slot, m)).collect())
+            }
+            Command::FireTimers { now, prev_fire, fires } => {
+                self.tick(*now);
+                match self.fire(log_index, *prev_fire, fires) {
+                    Ok(results) => Response::Sent(results),
+                    Err(e) => Response::Failed(e),
+                }
             }
             Command::Pop { now, group, topic, invisible_ms, takes } => {
                 let now = self.tick(*now);
@@ -279,13 +317,58 @@ impl Machine {
 
     /// Stores one message of a `Send`: the next offset of its queue. A message whose bytes
     /// are damaged is refused alike on every node (dispatch skips it too).
-    fn store(&mut self, slot: Slot, m: Result<MessageHead, CodecError>) -> Result<Sent, CommandError> {
+    /// A message whose delivery time is later than `now`, the entry's time, is scheduled: it
+    /// gets no offset until its timer fires.
+    fn store(&mut self, now: Millis, slot: Slot, m: Result<MessageHead, CodecError>) -> Result<Sent, CommandError> {
         let m = m.map_err(|e| CommandError::Damaged(format!("message {} of the entry: {e}", slot.0)))?;
         self.accepts_head(&m, self.last_applied)?;
-        let queue = &mut self.topics.get_mut(&m.topic).expect("accepted above").queues[m.queue.0 as usize];
+        if timer::scheduled(m.deliver_at, now) {
+            self.timers.pending += 1;
+            return Ok(Sent { queue: m.queue, offset: None });
+        }
+        Ok(Sent { queue: m.queue, offset: Some(self.append_to_queue(&m)) })
+    }
+
+    /// The next offset of an accepted message's queue, taken.
+    fn append_to_queue(&mut self, m: &MessageHead) -> QueueOffset {
+        let queue = &mut self.topics.get_mut(&m.topic).expect("accepted by the caller").queues[m.queue.0 as usize];
         let offset = queue.max_offset;
         queue.max_offset += 1;
-        Ok(Sent { queue: m.queue, offset: QueueOffset(offset) })
+        QueueOffset(offset)
+    }
+
+    /// Fires due timers if the plan was made after the last accepted fire; each message whose
+    /// topic incarnation still exists gets the next offset of its queue.
+    fn fire(
+        &mut self,
+        log_index: LogIndex,
+        prev_fire: LogIndex,
+        fires: &[Fire],
+    ) -> Result<Vec<Result<Sent, CommandError>>, CommandError> {
+        if fires.len() > MAX_FIRES_PER_COMMAND {
+            return Err(CommandError::LimitReached(format!(
+                "{} timers in one fire, the limit is {MAX_FIRES_PER_COMMAND}",
+                fires.len()
+            )));
+        }
+        if prev_fire != self.timers.last_fire {
+            return Err(CommandError::StalePlan(format!(
+                "timers were fired at log index {} after the plan's {}",
+                self.timers.last_fire.0, prev_fire.0
+            )));
+        }
+        self.timers.last_fire = log_index;
+        let mut seen = BTreeSet::new();
+        let results = fires
+            .iter()
+            .map(|f| {
+                timer::check_fire(&mut seen, f)?;
+                self.timers.pending = self.timers.pending.saturating_sub(1);
+                self.accepts_head(&f.head, log_index)?;
+                Ok(Sent { queue: f.head.queue, offset: Some(self.append_to_queue(&f.head)) })
+            })
+            .collect();
+        Ok(results)
     }
 
     /// Moves the named queues' minimum offsets up, and the pop state and committed offsets

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 use super::*;
+use crate::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use crate::types::{StoredMessage, TagFilter, tag_hash};
 
 fn topic(name: &str) -> TopicName {
@@ -33,11 +34,13 @@ struct Rec {
 struct World {
     m: Machine,
     cq: BTreeMap<(TopicName, QueueId), Vec<Rec>>,
+    /// Dispatch's record of the last accepted `FireTimers`.
+    last_fire: LogIndex,
 }
 
 impl World {
     fn new() -> Self {
-        Self { m: Machine::new("g1"), cq: BTreeMap::new() }
+        Self { m: Machine::new("g1"), cq: BTreeMap::new(), last_fire: LogIndex(0) }
     }
 
     fn next(&self) -> LogIndex {
@@ -48,7 +51,7 @@ impl World {
     fn apply(&mut self, command: Command) -> Response {
         let index = self.next();
         let response = self.m.apply(index, &command);
-        dispatch(&self.m, &mut self.cq, index, &command);
+        dispatch(&self.m, &mut self.cq, &mut self.last_fire, index, &command);
         response
     }
 
@@ -127,12 +130,18 @@ fn message(t: &str, epoch: LogIndex, queue: u32, tag: Option<&str>, body: &str) 
 
 /// The broker's dispatch rule over an applied entry, judged by the state `m` (the state after
 /// the entry, or any later one).
-fn dispatch(m: &Machine, cq: &mut BTreeMap<(TopicName, QueueId), Vec<Rec>>, index: LogIndex, command: &Command) {
+fn dispatch(
+    m: &Machine,
+    cq: &mut BTreeMap<(TopicName, QueueId), Vec<Rec>>,
+    last_fire: &mut LogIndex,
+    index: LogIndex,
+    command: &Command,
+) {
     match command {
-        Command::Send { messages, .. } => {
+        Command::Send { now, messages, .. } => {
             for (slot, msg) in messages.iter() {
                 let msg = msg.expect("decodes");
-                if m.accepts(&msg, index).is_ok() {
+                if m.accepts(&msg, index).is_ok() && !timer::scheduled(msg.deliver_at, *now) {
                     let tag = msg.tag.as_deref().map(tag_hash);
                     cq.entry((msg.topic.clone(), msg.queue)).or_default().push(Rec {
                         log_index: index,
@@ -140,6 +149,14 @@ fn dispatch(m: &Machine, cq: &mut BTreeMap<(TopicName, QueueId), Vec<Rec>>, inde
                         tag,
                     });
                 }
+            }
+        }
+        Command::FireTimers { prev_fire, fires, .. } => {
+            for f in m.fired(last_fire, index, *prev_fire, fires) {
+                // The broker reads the tag from the message in the log; these tests fire
+                // untagged messages.
+                let rec = Rec { log_index: f.log_index, slot: f.slot.0, tag: None };
+                cq.entry((f.head.topic.clone(), f.head.queue)).or_default().push(rec);
             }
         }
         Command::DeleteTopic { topic } => cq.retain(|(t, _), _| t != topic),
@@ -154,9 +171,9 @@ fn send_assigns_consecutive_offsets_per_queue() {
     let messages =
         vec![w.msg("t", 0, None, "a"), w.msg("t", 1, None, "b"), w.msg("t", 0, None, "c"), w.msg("t", 5, None, "d")];
     let results = w.send_at(50, messages);
-    assert_eq!(results[0], Ok(Sent { queue: QueueId(0), offset: QueueOffset(0) }));
-    assert_eq!(results[1], Ok(Sent { queue: QueueId(1), offset: QueueOffset(0) }));
-    assert_eq!(results[2], Ok(Sent { queue: QueueId(0), offset: QueueOffset(1) }));
+    assert_eq!(results[0], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) }));
+    assert_eq!(results[1], Ok(Sent { queue: QueueId(1), offset: Some(QueueOffset(0)) }));
+    assert_eq!(results[2], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(1)) }));
     assert!(matches!(results[3], Err(CommandError::QueueNotFound { queue: 5, count: 2, .. })));
     assert_eq!(w.record("t", 0, QueueOffset(1)), Rec { log_index: LogIndex(2), slot: 2, tag: None });
     let q0 = w.m.queue(&topic("t"), QueueId(0)).expect("queue");
@@ -172,7 +189,7 @@ fn a_message_for_a_missing_or_recreated_topic_is_not_stored() {
     let first_epoch = w.m.topic_epoch(&topic("t")).expect("exists");
     assert_eq!(
         w.send_at(1, vec![w.msg("t", 1, None, "x")]),
-        vec![Ok(Sent { queue: QueueId(1), offset: QueueOffset(0) })]
+        vec![Ok(Sent { queue: QueueId(1), offset: Some(QueueOffset(0)) })]
     );
     // Deleted and created anew while a send checked against the old one was in flight.
     assert_eq!(w.apply(Command::DeleteTopic { topic: topic("t") }), Response::Done);
@@ -374,4 +391,73 @@ fn applying_an_older_log_index_is_a_bug() {
     let mut w = World::new();
     w.create("t", 1);
     w.m.apply(LogIndex(1), &Command::DeleteTopic { topic: topic("t") });
+}
+
+/// A message for `t` due at `at` (ms).
+fn delayed(w: &World, t: &str, queue: u32, at: i64, body: &str) -> StoredMessage {
+    StoredMessage { deliver_at: Some(Millis(at)), ..w.msg(t, queue, None, body) }
+}
+
+fn fire_of(index: u64, slot: u32, m: &StoredMessage) -> Fire {
+    Fire { log_index: LogIndex(index), slot: Slot(slot), head: m.head() }
+}
+
+#[test]
+fn a_delay_message_waits_for_its_timer_and_fires_once() {
+    let mut w = World::new();
+    w.create("t", 2);
+    let later = delayed(&w, "t", 0, 5_000, "later");
+    let due = delayed(&w, "t", 0, 900, "due");
+    let send_index = w.next().0;
+    let r = w.send_at(1_000, vec![later.clone(), due, w.msg("t", 0, None, "plain")]);
+    // Scheduled: no offset; a delivery time already past and a plain message are stored.
+    assert_eq!(r[0], Ok(Sent { queue: QueueId(0), offset: None }));
+    assert_eq!(r[1], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) }));
+    assert_eq!(r[2], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(1)) }));
+    assert_eq!(w.m.timers().pending, 1);
+    assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 2, "the scheduled message has no record yet");
+
+    // Fired: the next offset of its queue, once.
+    let fire =
+        Command::FireTimers { now: Millis(5_000), prev_fire: LogIndex(0), fires: vec![fire_of(send_index, 0, &later)] };
+    let fire_index = w.next();
+    assert_eq!(
+        w.apply(fire.clone()),
+        Response::Sent(vec![Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(2)) })])
+    );
+    assert_eq!(w.m.timers(), TimerState { pending: 0, last_fire: fire_index });
+    assert_eq!(w.record("t", 0, QueueOffset(2)), Rec { log_index: LogIndex(send_index), slot: 0, tag: None });
+
+    // The same plan again (an old leader's) is stale: nothing fires twice.
+    assert!(matches!(w.apply(fire), Response::Failed(CommandError::StalePlan(_))));
+    assert_eq!(w.m.queue(&topic("t"), QueueId(0)).map(Queue::max_offset), Some(3));
+    assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 3);
+}
+
+#[test]
+fn a_fire_names_each_message_once_and_skips_deleted_topics() {
+    let mut w = World::new();
+    w.create("t", 1);
+    w.create("gone", 1);
+    let a = delayed(&w, "t", 0, 9_000, "a");
+    let b = delayed(&w, "gone", 0, 9_000, "b");
+    let index = w.next().0;
+    w.send_at(1_000, vec![a.clone(), b.clone()]);
+    assert_eq!(w.m.timers().pending, 2);
+    assert_eq!(w.apply(Command::DeleteTopic { topic: topic("gone") }), Response::Done);
+    let fires = vec![fire_of(index, 0, &a), fire_of(index, 0, &a), fire_of(index, 1, &b)];
+    let Response::Sent(r) = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire: LogIndex(0), fires }) else {
+        panic!("the fire is taken");
+    };
+    assert_eq!(r[0], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) }));
+    assert!(matches!(r[1], Err(CommandError::StalePlan(_))), "named twice: {:?}", r[1]);
+    assert!(matches!(r[2], Err(CommandError::TopicNotFound(_))), "{:?}", r[2]);
+    assert_eq!(w.m.timers().pending, 0);
+    assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 1, "dispatch agrees with apply");
+
+    let too_many = vec![fire_of(index, 0, &a); MAX_FIRES_PER_COMMAND + 1];
+    let prev_fire = w.m.timers().last_fire;
+    let r = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire, fires: too_many });
+    assert!(matches!(r, Response::Failed(CommandError::LimitReached(_))), "{r:?}");
+    assert_eq!(w.m.timers().last_fire, prev_fire, "a refused fire is not the last fire");
 }

@@ -172,6 +172,9 @@ pub struct StoredMessage {
     /// index that created it ([`crate::Machine::topic_epoch`]). A message for a topic deleted
     /// or created anew since is not stored.
     pub topic_epoch: LogIndex,
+    /// Earliest delivery time (delay messages; one later than the entry's time waits for a
+    /// timer, [`crate::timer::scheduled`]).
+    pub deliver_at: Option<Millis>,
     /// Message id (the client's, or one the broker made).
     pub message_id: String,
     /// Tag, for filtering.
@@ -184,8 +187,6 @@ pub struct StoredMessage {
     pub properties: BTreeMap<String, String>,
     /// When the producer made it.
     pub born: Millis,
-    /// Earliest delivery time (delay messages).
-    pub deliver_at: Option<Millis>,
     /// Producer host.
     pub born_host: String,
     /// The body, as the producer sent it.

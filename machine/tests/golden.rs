@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
+use raftmq_machine::timer::Fire;
 use raftmq_machine::types::{GroupName, StoredMessage, TopicConfig, TopicName};
 use raftmq_machine::{
-    Command, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response,
+    Command, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response, Slot,
 };
 
 fn sample_path(name: &str) -> PathBuf {
@@ -60,6 +61,11 @@ fn message(slot: u8) -> StoredMessage {
     }
 }
 
+/// Slot 3: a delay message, scheduled (its time is after the entry's), fired below.
+fn delayed() -> StoredMessage {
+    StoredMessage { deliver_at: Some(Millis(1_700_000_060_000)), ..message(3) }
+}
+
 fn commands() -> Vec<Command> {
     // The pop takes offsets 0 and 1 of queue 0 (slots 0 and 2) with pop id 0.
     let receipt = |offset| Receipt {
@@ -72,7 +78,7 @@ fn commands() -> Vec<Command> {
         Command::UpsertTopic { topic: topic(), config: TopicConfig::all_types(2) },
         Command::Send {
             now: Millis(1_700_000_000_100),
-            messages: MessageBatch::encode(&[message(0), message(1), message(2)]).expect("encodes"),
+            messages: MessageBatch::encode(&[message(0), message(1), message(2), delayed()]).expect("encodes"),
             proposal: None,
         },
         Command::Pop {
@@ -97,6 +103,11 @@ fn commands() -> Vec<Command> {
             invisible_ms: 60_000,
         },
         Command::CommitOffset { group: group(), topic: topic(), queue: QueueId(0), offset: QueueOffset(1) },
+        Command::FireTimers {
+            now: Millis(1_700_000_060_000),
+            prev_fire: LogIndex(0),
+            fires: vec![Fire { log_index: LogIndex(2), slot: Slot(3), head: delayed().head() }],
+        },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
     ]
@@ -104,7 +115,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 3, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 4, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -114,12 +125,12 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v3.bin", &all);
+    check("commands-v4.bin", &all);
 }
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 2, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 3, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -134,5 +145,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v2.bin", &bytes);
+    check("snapshot-v3.bin", &bytes);
 }

@@ -72,7 +72,7 @@ pub struct Accepted {
     /// Queue.
     pub queue: QueueId,
     /// Its offset in the queue; `None` when the send was answered before apply assigned it
-    /// (`ack = "leader"`).
+    /// (`ack = "leader"`), or for a delay message (it gets one when its timer fires).
     pub offset: Option<QueueOffset>,
 }
 
@@ -345,7 +345,7 @@ fn answer_applied(dones: Vec<oneshot::Sender<SendOutcome>>, sizes: &[usize], dat
         Response::Sent(results) => {
             let accepted = results
                 .into_iter()
-                .map(|r| r.map(|sent| Accepted { queue: sent.queue, offset: Some(sent.offset) }))
+                .map(|r| r.map(|sent| Accepted { queue: sent.queue, offset: sent.offset }))
                 .collect();
             split_answer(dones, sizes, accepted);
         }

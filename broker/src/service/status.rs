@@ -62,7 +62,7 @@ impl From<CommandError> for Refusal {
             // Retryable: the sender checks the topic again.
             CommandError::TopicChanged(_) => Code::InternalServerError,
             CommandError::LimitReached(_) => Code::TooManyRequests,
-            CommandError::Damaged(_) => Code::InternalServerError,
+            CommandError::Damaged(_) | CommandError::StalePlan(_) => Code::InternalServerError,
         };
         Refusal::new(code, e.to_string())
     }

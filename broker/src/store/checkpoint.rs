@@ -1,5 +1,5 @@
 //! How far the derived stores are durable: the last log index dispatched into them, the
-//! dispatch clock, and each queue's next offset at that point. Written (temporary file,
+//! dispatch clock, each queue's next offset and the last accepted timer fire at that point. Written (temporary file,
 //! fsync, rename) only after the ConsumeQueue and IndexFile were synced, so on restart every
 //! record up to `dispatched` is on disk and later ones are cut and dispatched again.
 
@@ -16,7 +16,7 @@ use crate::durable::write_durably;
 /// First bytes of the checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"RMQCKPT\0";
 /// Format version of the checkpoint file.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 /// The checkpoint's file name in the store directory.
 pub const FILE_NAME: &str = "checkpoint";
 
@@ -30,6 +30,8 @@ pub struct Checkpoint {
     /// The offset the next stored message of each queue gets (queues of deleted topics are
     /// dropped).
     pub next: BTreeMap<(String, QueueId), u64>,
+    /// The last accepted `FireTimers` dispatched (which fires were accepted follows from it).
+    pub last_fire: LogIndex,
 }
 
 /// Why the checkpoint could not be read.
@@ -85,11 +87,12 @@ mod tests {
             dispatched: LogIndex(42),
             clock: Millis(1_700_000_000_000),
             next: BTreeMap::from([(("orders".to_string(), QueueId(3)), 17)]),
+            last_fire: LogIndex(40),
         };
         cp.write(dir.path())?;
         assert_eq!(Checkpoint::read(dir.path())?, cp);
         // The format is pinned: a change here needs a new CHECKPOINT_VERSION.
-        let golden = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint-v1.bin");
+        let golden = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint-v2.bin");
         let bytes = std::fs::read(dir.path().join(FILE_NAME))?;
         if std::env::var_os("RAFTMQ_BLESS").is_some() {
             std::fs::write(&golden, &bytes)?;

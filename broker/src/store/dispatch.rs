@@ -19,7 +19,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
-use raftmq_machine::types::{StoredMessage, tag_hash};
+use raftmq_machine::timer::{self, Fire};
+use raftmq_machine::types::{StoredMessage, TopicName, tag_hash};
 use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, Millis, QueueId, QueueOffset, Slot};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
@@ -279,9 +280,20 @@ impl Dispatch {
                 self.progress.clock = self.progress.clock.max(now);
             }
             match command {
-                Command::Send { messages, .. } => {
+                Command::Send { now, messages, .. } => {
                     for (slot, m) in stored(machine, index, messages) {
-                        self.store(index, slot, &m, min_offsets)?;
+                        // A delay message gets its queue record when its timer fires; it is
+                        // found by id and key from the start.
+                        if !timer::scheduled(m.deliver_at, *now) {
+                            self.queue_record(index, slot, &m, min_offsets)?;
+                        }
+                        self.index_keys(index, slot, &m)?;
+                    }
+                }
+                Command::FireTimers { prev_fire, fires, .. } => {
+                    for f in machine.fired(&mut self.progress.last_fire, index, *prev_fire, fires) {
+                        let m = self.fired_message(f);
+                        self.queue_record(f.log_index, f.slot, &m, min_offsets)?;
                     }
                 }
                 Command::DeleteTopic { topic } => {
@@ -296,7 +308,22 @@ impl Dispatch {
         Ok(())
     }
 
-    fn store(
+    /// A fired delay message, read from the log for its tag and size; one that cannot be read
+    /// (this is a bug or damage: retention keeps every unfired message's segment) still takes
+    /// its offset, as a bare record.
+    fn fired_message(&self, f: &Fire) -> StoredMessage {
+        match self.log.message_at(f.log_index.0, f.slot) {
+            Ok(Some(m)) => m,
+            other => {
+                tracing::error!(log_index = f.log_index.0, slot = f.slot.0, result = ?other.map(|m| m.is_some()),
+                    "a fired delay message cannot be read from the CommitLog; its queue offset is kept, it cannot be read");
+                StoredMessage::bare(f.head.clone())
+            }
+        }
+    }
+
+    /// Appends the ConsumeQueue record of a message stored at (`index`, `slot`).
+    fn queue_record(
         &mut self,
         index: LogIndex,
         slot: Slot,
@@ -322,6 +349,12 @@ impl Dispatch {
             store_time,
         };
         cq.append(&key.0, m.queue, QueueOffset(offset), &record)?;
+        Ok(())
+    }
+
+    /// Adds a message's id and keys to the IndexFile.
+    fn index_keys(&mut self, index: LogIndex, slot: Slot, m: &StoredMessage) -> Result<(), DispatchError> {
+        let store_time = self.progress.clock;
         let index_files = self.stores.index();
         let keys = std::iter::once(IndexKey::Id(&m.message_id)).chain(m.keys.iter().map(|k| IndexKey::Key(k)));
         for k in keys {
@@ -353,18 +386,34 @@ impl Dispatch {
         let applied = machine.last_applied();
         let first = self.log_first();
         let started = Instant::now();
-        // Pass 1: how many stored messages of each queue the log holds.
+        // Which timer fires in the retained log were accepted follows from the last one: the
+        // chain of `prev_fire` links back to the one before the first retained entry.
+        let last_fire_before = self.last_fire_before(first, machine.timers().last_fire)?;
+        // Pass 1: how many messages of each queue the log holds (stored, or fired).
         let mut counts: BTreeMap<(String, QueueId), u64> = BTreeMap::new();
+        let mut last_fire = last_fire_before;
         self.each_entry(first, applied, |entry| {
             let index = LogIndex(entry.log_id.index());
-            if let EntryPayload::Normal(Command::Send { messages, .. }) = &entry.payload {
-                for (_, m) in messages.heads() {
-                    if let Ok(m) = m
-                        && machine.accepts_head(&m, index).is_ok()
-                    {
-                        *counts.entry((m.topic.as_str().to_string(), m.queue)).or_default() += 1;
+            let mut count = |topic: &TopicName, queue: QueueId| {
+                *counts.entry((topic.as_str().to_string(), queue)).or_default() += 1;
+            };
+            match &entry.payload {
+                EntryPayload::Normal(Command::Send { now, messages, .. }) => {
+                    for (_, m) in messages.heads() {
+                        if let Ok(m) = m
+                            && machine.accepts_head(&m, index).is_ok()
+                            && !timer::scheduled(m.deliver_at, *now)
+                        {
+                            count(&m.topic, m.queue);
+                        }
                     }
                 }
+                EntryPayload::Normal(Command::FireTimers { prev_fire, fires, .. }) => {
+                    for f in machine.fired(&mut last_fire, index, *prev_fire, fires) {
+                        count(&f.head.topic, f.head.queue);
+                    }
+                }
+                _ => {}
             }
             Ok(())
         })?;
@@ -388,7 +437,12 @@ impl Dispatch {
         }
         // Pass 2: write them, from a clean slate.
         self.stores.clear()?;
-        self.progress = Checkpoint { dispatched: LogIndex(first.0.saturating_sub(1)), clock: Millis(0), next };
+        self.progress = Checkpoint {
+            dispatched: LogIndex(first.0.saturating_sub(1)),
+            clock: Millis(0),
+            next,
+            last_fire: last_fire_before,
+        };
         let mut entries_done = 0u64;
         let mut from = first;
         while from <= applied {
@@ -409,6 +463,29 @@ impl Dispatch {
             "rebuilt the ConsumeQueue and IndexFile from the CommitLog"
         );
         Ok(())
+    }
+
+    /// The last accepted timer fire before `first`: walks the `prev_fire` links back from
+    /// `last_fire`, the state's last accepted fire.
+    fn last_fire_before(&self, first: LogIndex, last_fire: LogIndex) -> Result<LogIndex, DispatchError> {
+        let mut at = last_fire;
+        while at >= first && at.0 > 0 {
+            let entry = self.entries(at, at)?.into_iter().next();
+            match entry.map(|e| e.payload) {
+                Some(EntryPayload::Normal(Command::FireTimers { prev_fire, .. })) if prev_fire < at => at = prev_fire,
+                other => {
+                    return Err(DispatchError::Store(StoreError::ConsumeQueue(CqError::Invalid(format!(
+                        "the state's timer fire chain names log entry {}, which holds {}",
+                        at.0,
+                        other.map_or("nothing".to_string(), |p| match p {
+                            EntryPayload::Normal(c) => c.to_string(),
+                            _ => "no command".to_string(),
+                        })
+                    )))));
+                }
+            }
+        }
+        Ok(at)
     }
 
     /// The first index the log holds (1 when it is empty).

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::{Rec, World, dispatch, message, topic};
-use crate::types::TopicConfig;
+use crate::timer::Fire;
+use crate::types::{StoredMessage, TopicConfig};
 use crate::*;
 
 #[derive(Debug, Clone)]
@@ -129,8 +130,12 @@ enum TopicOp {
     Create(u8, u32),
     Grow(u8),
     Delete(u8),
-    /// Messages to topic `.0`, queue `.1`, naming its current incarnation or a stale one.
-    Send(Vec<(u8, u32, bool)>),
+    /// Messages to topic `.0`, queue `.1`, naming its current incarnation or a stale one
+    /// (`.2`), delayed or not (`.3`).
+    Send(Vec<(u8, u32, bool, bool)>),
+    /// Fires delayed messages picked from those sent (fired ones and repeats included), after
+    /// the last accepted fire or a stale one.
+    Fire(Vec<usize>, bool),
     /// The lagging dispatch catches up.
     Catch,
 }
@@ -140,7 +145,8 @@ fn topic_op() -> impl Strategy<Value = TopicOp> {
         (0u8..3, 1u32..4).prop_map(|(t, q)| TopicOp::Create(t, q)),
         (0u8..3).prop_map(TopicOp::Grow),
         (0u8..3).prop_map(TopicOp::Delete),
-        prop::collection::vec((0u8..3, 0u32..5, any::<bool>()), 1..6).prop_map(TopicOp::Send),
+        prop::collection::vec((0u8..3, 0u32..5, any::<bool>(), any::<bool>()), 1..6).prop_map(TopicOp::Send),
+        (prop::collection::vec(any::<usize>(), 0..5), any::<bool>()).prop_map(|(p, s)| TopicOp::Fire(p, s)),
         Just(TopicOp::Catch),
     ]
 }
@@ -157,9 +163,13 @@ proptest! {
         // What apply said: (topic, epoch, queue) -> offsets -> (log index, slot).
         let mut stored: BTreeMap<(TopicName, LogIndex, QueueId), Positions> = BTreeMap::new();
         let mut cq: BTreeMap<(TopicName, QueueId), Vec<Rec>> = BTreeMap::new();
+        let mut last_fire = LogIndex(0);
         let mut dispatched = 0usize;
         let name = |t: u8| topic(&format!("t{t}"));
         let mut stale_epochs: BTreeMap<TopicName, LogIndex> = BTreeMap::new();
+        // Delayed messages apply scheduled, and the fires accepted so far.
+        let mut waiting: Vec<Fire> = Vec::new();
+        let mut fires_taken: Vec<LogIndex> = vec![LogIndex(0)];
         for op in ops {
             let index = m.last_applied().next();
             let command = match op {
@@ -175,34 +185,60 @@ proptest! {
                     Command::DeleteTopic { topic: name(t) }
                 }
                 TopicOp::Send(msgs) => {
-                    let messages = msgs.iter().map(|&(t, q, stale)| {
+                    let messages = msgs.iter().map(|&(t, q, stale, delayed)| {
                         let epoch = if stale { stale_epochs.get(&name(t)).copied() } else { m.topic_epoch(&name(t)) };
-                        message(&format!("t{t}"), epoch.unwrap_or_default(), q, None, "x")
+                        let m = message(&format!("t{t}"), epoch.unwrap_or_default(), q, None, "x");
+                        StoredMessage { deliver_at: delayed.then_some(Millis(10)), ..m }
                     }).collect::<Vec<_>>();
                     let messages = MessageBatch::encode(&messages).expect("encodes");
                     Command::Send { now: Millis(0), messages, proposal: None }
                 }
+                TopicOp::Fire(picks, stale) => {
+                    let fires = if waiting.is_empty() {
+                        Vec::new()
+                    } else {
+                        picks.iter().map(|p| waiting[p % waiting.len()].clone()).collect()
+                    };
+                    let prev_fire = if stale { fires_taken[fires_taken.len().saturating_sub(2)] } else { m.timers().last_fire };
+                    Command::FireTimers { now: Millis(10), prev_fire, fires }
+                }
                 TopicOp::Catch => {
                     for (i, c) in &applied[dispatched..] {
-                        dispatch(&m, &mut cq, *i, c);
+                        dispatch(&m, &mut cq, &mut last_fire, *i, c);
                     }
                     dispatched = applied.len();
                     continue;
                 }
             };
-            if let (Command::Send { messages, .. }, Response::Sent(results)) = (&command, m.apply(index, &command)) {
-                for ((slot, msg), r) in messages.iter().zip(results) {
-                    if let Ok(sent) = r {
+            match (&command, m.apply(index, &command)) {
+                (Command::Send { messages, .. }, Response::Sent(results)) => {
+                    for ((slot, msg), r) in messages.iter().zip(results) {
                         let msg = msg.expect("decodes");
-                        stored.entry((msg.topic.clone(), msg.topic_epoch, sent.queue)).or_default()
-                            .insert(sent.offset.0, (index, slot.0));
+                        match r {
+                            Ok(Sent { offset: Some(offset), queue }) => {
+                                stored.entry((msg.topic.clone(), msg.topic_epoch, queue)).or_default()
+                                    .insert(offset.0, (index, slot.0));
+                            }
+                            Ok(Sent { offset: None, .. }) => waiting.push(Fire { log_index: index, slot, head: msg.head() }),
+                            Err(_) => {}
+                        }
                     }
                 }
+                (Command::FireTimers { fires, .. }, Response::Sent(results)) => {
+                    fires_taken.push(index);
+                    for (f, r) in fires.iter().zip(results) {
+                        if let Ok(Sent { offset: Some(offset), queue }) = r {
+                            stored.entry((f.head.topic.clone(), f.head.topic_epoch, queue)).or_default()
+                                .insert(offset.0, (f.log_index, f.slot.0));
+                        }
+                    }
+                }
+                _ => {}
             }
             applied.push((index, command));
         }
         for (i, c) in &applied[dispatched..] {
-            dispatch(&m, &mut cq, *i, c);
+            dispatch(&m, &mut cq, &mut last_fire, *i, c);
         }
         for (t, config) in m.topics() {
             let epoch = m.topic_epoch(t).expect("exists");
