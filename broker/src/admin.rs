@@ -28,9 +28,10 @@ use tonic::{Request, Response, Status};
 use crate::forward::{Forwarder, Unavailable, forward};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
+use crate::sessions::Sessions;
 use crate::store::Storage;
-use raftmq_machine::types::{MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
-use raftmq_machine::{Command, CommandError, Machine, Response as Applied};
+use raftmq_machine::types::{GroupName, MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
+use raftmq_machine::{Command, CommandError, Machine, QueueId, QueueOffset, Response as Applied};
 
 /// Queues of a topic created without a queue count, unless the node's settings say otherwise.
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -46,6 +47,8 @@ const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_TYPES: usize = 8;
 /// Most message queries one node runs at a time; more wait their turn.
 const MAX_CONCURRENT_QUERIES: usize = 4;
+/// Longest group or topic name a client listing takes (names are at most 127 characters).
+const MAX_NAME_BYTES: usize = 256;
 
 /// The admin service of one node.
 #[derive(Clone)]
@@ -66,6 +69,8 @@ struct Inner {
     /// Serializes topic writes on this node, so "exists?" and the proposal that follows
     /// are not interleaved with another admin write.
     writes: tokio::sync::Mutex<()>,
+    /// This node's live clients.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Admin {
@@ -118,6 +123,76 @@ fn permission(perm: u32) -> Result<Permission, Status> {
         (false, true) => Ok(Permission::Write),
         (false, false) => Err(invalid(format!("permission {perm} allows neither read (4) nor write (2)"))),
     }
+}
+
+fn group_name(name: &str) -> Result<GroupName, Status> {
+    GroupName::new(name).map_err(|e| invalid(format!("consumer group {name:?}: {e}")))
+}
+
+fn progress_of(p: raftmq_machine::QueueProgress) -> pb::QueueProgress {
+    pb::QueueProgress {
+        topic: p.topic.to_string(),
+        queue: p.queue.0,
+        broker_offset: p.max_offset,
+        consumer_offset: p.consumer_offset(),
+        inflight: p.inflight as u64,
+        ready: p.ready(),
+        lag: p.lag(),
+        min_offset: p.min_offset,
+    }
+}
+
+/// Where a reset moves each queue of `topic`: its first offset, its end, or the first
+/// message its ConsumeQueue says was stored at or after a time (store times only grow
+/// within a queue, so a binary search finds it).
+fn reset_targets(
+    storage: &Storage,
+    topic: &TopicName,
+    to: pb::reset_offset_request::To,
+) -> Result<Vec<(QueueId, QueueOffset)>, Status> {
+    use pb::reset_offset_request::To;
+    let queues: Vec<(QueueId, u64, u64)> = storage
+        .state
+        .read(|a| {
+            let count = a.machine.topic(topic)?.queue_count;
+            Some(
+                (0..count)
+                    .filter_map(|q| {
+                        a.machine.queue(topic, QueueId(q)).map(|x| (QueueId(q), x.min_offset(), x.max_offset()))
+                    })
+                    .collect(),
+            )
+        })
+        .ok_or_else(|| Status::not_found(format!("topic {topic} does not exist")))?;
+    let mut out = Vec::with_capacity(queues.len());
+    for (queue, min, max) in queues {
+        let offset = match to {
+            To::Earliest(_) => min,
+            To::Latest(_) => max,
+            To::TimestampMs(t) => {
+                let (mut lo, mut hi) = (min, max);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    let stored = storage
+                        .stores
+                        .record(topic, queue, QueueOffset(mid))
+                        .map_err(|e| {
+                            Status::unavailable(format!("reading the ConsumeQueue of {topic}:{}: {e}; retry", queue.0))
+                        })?
+                        .map(|r| r.store_time.0);
+                    // Not dispatched yet: stored after any time asked.
+                    if stored.is_none_or(|s| s >= t) {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo
+            }
+        };
+        out.push((queue, QueueOffset(offset)));
+    }
+    Ok(out)
 }
 
 /// The wire form of a topic's configuration.
@@ -185,17 +260,18 @@ impl Admin {
     /// topic created without one.
     pub fn new(
         group: &str,
-        node_id: NodeId,
         raft: Raft,
         storage: Storage,
         log: Log,
         forwarder: Forwarder,
         default_queues: u32,
+        sessions: Sessions,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 group: group.to_string(),
-                node_id,
+                node_id: forwarder.node_id(),
+                sessions,
                 raft,
                 storage,
                 log,
@@ -285,6 +361,52 @@ impl Admin {
             purged_index: view.purged.map(|p| p.index).or(m.purged.as_ref().map(|l| l.index())),
             client_endpoint: me.client_addr,
             raft_endpoint: me.raft_addr,
+        }
+    }
+
+    /// The group's members with their client endpoints.
+    fn members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().nodes().map(|(id, info)| (*id, info.client_addr.clone())).collect()
+    }
+
+    /// This node's live clients of `group` (a consumer group or a topic; empty: all).
+    fn local_clients(&self, group: &str) -> Vec<pb::ClientInfo> {
+        let group = Some(group).filter(|g| !g.is_empty());
+        self.inner
+            .sessions
+            .list(group)
+            .into_iter()
+            .map(|s| pb::ClientInfo {
+                client_id: s.client_id,
+                kind: s.kind.name().to_string(),
+                group: s.group.unwrap_or_default(),
+                topics: s.topics.into_iter().collect(),
+                address: s.address.map(|a| a.to_string()).unwrap_or_default(),
+                agent: s.agent,
+                node_id: self.inner.node_id.0,
+                idle_ms: s.last_seen.elapsed().as_millis() as u64,
+                telemetry: s.telemetry,
+            })
+            .collect()
+    }
+
+    async fn peer_clients(
+        &self,
+        id: NodeId,
+        addr: String,
+        group: String,
+    ) -> Result<Vec<pb::ClientInfo>, pb::PeerError> {
+        let fail = |message: String| pb::PeerError { node_id: id.0, message };
+        let channel = self.inner.forwarder.channel(&addr).map_err(|e| fail(e.0))?;
+        let mut request = Request::new(pb::ListClientsRequest { group, local_only: true });
+        request.set_timeout(PEER_TIMEOUT);
+        let mut client = AdminServiceClient::new(channel);
+        match tokio::time::timeout(PEER_TIMEOUT, client.list_clients(request)).await {
+            Err(_) => Err(fail(format!("{addr}: deadline exceeded after {PEER_TIMEOUT:?}"))),
+            Ok(Err(s)) => Err(fail(format!("{addr}: {}", s.message()))),
+            Ok(Ok(resp)) => Ok(resp.into_inner().clients),
         }
     }
 
@@ -523,11 +645,7 @@ impl AdminService for Admin {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let members: Vec<(NodeId, String)> = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow_watched();
-            m.membership_config.membership().nodes().map(|(id, info)| (*id, info.client_addr.clone())).collect()
-        };
+        let members = self.members();
         let mut nodes = vec![Admin::node_status(self)];
         let peers = members
             .into_iter()
@@ -542,6 +660,70 @@ impl AdminService for Admin {
         }
         nodes.sort_by_key(|n| n.node_id);
         Ok(Response::new(pb::ClusterStatusResponse { nodes, unreachable }))
+    }
+
+    async fn list_clients(
+        &self,
+        request: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let req = request.into_inner();
+        if req.group.len() > MAX_NAME_BYTES {
+            return Err(invalid(format!("a group or topic name has at most {MAX_NAME_BYTES} bytes")));
+        }
+        let mut clients = self.local_clients(&req.group);
+        let mut unreachable = Vec::new();
+        if !req.local_only {
+            let peers = self
+                .members()
+                .into_iter()
+                .filter(|(id, _)| *id != self.inner.node_id)
+                .map(|(id, addr)| self.peer_clients(id, addr, req.group.clone()));
+            for answer in futures::future::join_all(peers).await {
+                match answer {
+                    Ok(mut more) => clients.append(&mut more),
+                    Err(e) => unreachable.push(e),
+                }
+            }
+        }
+        clients.sort_by(|a, b| (&a.client_id, a.node_id).cmp(&(&b.client_id, b.node_id)));
+        Ok(Response::new(pb::ListClientsResponse { clients, unreachable }))
+    }
+
+    async fn group_progress(
+        &self,
+        request: Request<pb::GroupProgressRequest>,
+    ) -> Result<Response<pb::GroupProgressResponse>, Status> {
+        let group = group_name(&request.get_ref().group)?;
+        let (progress, applied) =
+            self.inner.storage.state.read(|a| (a.machine.group_progress(&group), a.machine.last_applied()));
+        let queues = progress.into_iter().map(progress_of).collect();
+        Ok(Response::new(pb::GroupProgressResponse { queues, node_id: self.inner.node_id.0, applied_index: applied.0 }))
+    }
+
+    async fn reset_offset(
+        &self,
+        request: Request<pb::ResetOffsetRequest>,
+    ) -> Result<Response<pb::ResetOffsetResponse>, Status> {
+        let req = request.get_ref();
+        let group = group_name(&req.group)?;
+        let topic = topic_name(&req.topic)?;
+        let to = req.to.ok_or_else(|| invalid("say where to: a time, earliest or latest"))?;
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            return leader.reset_offset(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s));
+        }
+        let _serial = self.inner.writes.lock().await;
+        self.linearize().await?;
+        let storage = self.inner.storage.clone();
+        let plan_topic = topic.clone();
+        let offsets = tokio::task::spawn_blocking(move || reset_targets(&storage, &plan_topic, to))
+            .await
+            .map_err(|e| Status::internal(format!("planning the reset failed: {e}")))??;
+        let queues = offsets.len();
+        self.propose(Command::ResetOffset { group: group.clone(), topic: topic.clone(), offsets }).await?;
+        tracing::info!(%group, %topic, queues, ?to, "consumer offsets reset");
+        let progress = self.state().read(|a| a.machine.group_progress(&group));
+        let queues = progress.into_iter().filter(|p| p.topic == topic).map(progress_of).collect();
+        Ok(Response::new(pb::ResetOffsetResponse { queues }))
     }
 
     async fn query_message(

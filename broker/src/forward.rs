@@ -102,8 +102,26 @@ impl Forwarder {
                 self.node_id
             )));
         }
-        let info = self.member(leader).ok_or_else(|| Unavailable(format!("leader {leader} has no address")))?;
-        Ok(Some(info.client_addr))
+        Ok(Some(self.member_address(leader).await?.client_addr))
+    }
+
+    /// A member's addresses, waiting up to [`LEADER_WAIT`] for this node to learn them (a
+    /// node that just started knows who leads before it has the membership that says where).
+    async fn member_address(&self, id: NodeId) -> Result<NodeInfo, Unavailable> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(info) = rx.borrow_watched().membership_config.membership().get_node(&id) {
+                    return Ok(info.clone());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Unavailable("this node is shutting down".into()));
+                }
+            }
+        };
+        tokio::time::timeout(LEADER_WAIT, wait).await.unwrap_or_else(|_| {
+            Err(Unavailable(format!("leader {id} has no address in this node's membership yet; retry")))
+        })
     }
 
     /// A lazily connected channel to a member's client endpoint, shared by every call to it.

@@ -10,5 +10,6 @@ pub mod raft;
 pub mod registration;
 pub mod retention;
 pub mod service;
+pub mod sessions;
 pub mod settings;
 pub mod store;

@@ -23,6 +23,7 @@ use crate::registration::{Identity, Registration};
 use crate::retention;
 use crate::service::Broker;
 use crate::service::namesrv_view::RouteView;
+use crate::sessions::Sessions;
 pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
 use crate::store::{Storage, Stores, dispatch};
@@ -141,16 +142,17 @@ impl Node {
         let forwarder = Forwarder::new(cfg.node_id, me.clone(), raft.clone());
         let storage = Storage { state: state.clone(), log: store, stores: stores.clone() };
         let default_queues = cfg.service.auto_create_queues.unwrap_or(DEFAULT_QUEUES);
+        let sessions = Sessions::new();
         let admin = Admin::new(
             &cfg.group,
-            cfg.node_id,
             raft.clone(),
             storage.clone(),
             log.clone(),
             forwarder.clone(),
             default_queues,
+            sessions.clone(),
         );
-        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder);
+        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder, sessions);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         // The admin service shares the client endpoint with the RocketMQ service.
         let client_service = Routes::new(

@@ -16,6 +16,21 @@ use crate::route::{TopicRoute, query_route};
 
 /// The status of every member of a group, as one node gathered it.
 pub type ClusterStatus = pb::ClusterStatusResponse;
+/// Live clients of the members, and the members that did not answer.
+pub type ClientList = pb::ListClientsResponse;
+/// A consumer group's progress per queue.
+pub type GroupProgress = pb::GroupProgressResponse;
+
+/// Where a consumer group's offset reset moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first message stored at or after this time (milliseconds since the epoch).
+    Time(i64),
+    /// The first message each queue still holds.
+    Earliest,
+    /// After the last message.
+    Latest,
+}
 
 /// A message found by [`Admin::query_messages`]: where it is, its properties and the first
 /// bytes of its body.
@@ -216,6 +231,35 @@ impl Admin {
             |mut c, r| async move { c.cluster_status(r).await },
         )
         .await
+    }
+
+    /// The live clients of every member for a consumer group, or publishing to or subscribed
+    /// to a topic of that name (empty: every client), gathered by the first node that
+    /// answers; members that did not answer it are listed as unreachable.
+    pub async fn list_clients(&self, group: &str) -> Result<ClientList, Error> {
+        let body = pb::ListClientsRequest { group: group.to_string(), local_only: false };
+        self.call("list clients", None, body, |mut c, r| async move { c.list_clients(r).await }).await
+    }
+
+    /// A consumer group's progress on every queue it has consumed from, from the applied
+    /// state of the node that answers.
+    pub async fn group_progress(&self, group: &str) -> Result<GroupProgress, Error> {
+        let body = pb::GroupProgressRequest { group: group.to_string() };
+        self.call("group progress", None, body, |mut c, r| async move { c.group_progress(r).await }).await
+    }
+
+    /// Moves `group`'s position on every queue of `topic` (through the leader); returns the
+    /// group's progress on the topic afterwards.
+    pub async fn reset_offset(&self, group: &str, topic: &str, to: ResetTo) -> Result<Vec<pb::QueueProgress>, Error> {
+        use pb::reset_offset_request::To;
+        let to = match to {
+            ResetTo::Time(ms) => To::TimestampMs(ms),
+            ResetTo::Earliest => To::Earliest(true),
+            ResetTo::Latest => To::Latest(true),
+        };
+        let body = pb::ResetOffsetRequest { group: group.to_string(), topic: topic.to_string(), to: Some(to) };
+        let resp = self.call("reset offset", None, body, |mut c, r| async move { c.reset_offset(r).await }).await?;
+        Ok(resp.queues)
     }
 
     /// Moves the leadership of `group` (empty: the answering node's group) to node `to`,

@@ -35,7 +35,9 @@ mod message;
 mod producer;
 mod route;
 
-pub use self::admin::{Admin, ClusterStatus, MessageQuery, QueriedMessage, TopicSpec, TopicUpdate};
+pub use self::admin::{
+    Admin, ClientList, ClusterStatus, GroupProgress, MessageQuery, QueriedMessage, ResetTo, TopicSpec, TopicUpdate,
+};
 pub use self::conn::{ClientOptions, MAX_ENDPOINTS, parse_endpoints};
 pub use self::consumer::{MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
 pub use self::error::Error;
@@ -45,6 +47,6 @@ pub use self::route::{RouteQueue, TopicRoute};
 /// The generated protocol types the admin client returns (`TopicInfo`, `NodeStatus`, ...).
 pub use raftmq_proto as proto;
 /// Node status as the admin service reports it.
-pub use raftmq_proto::admin::v1::{NodeStatus, PeerError};
+pub use raftmq_proto::admin::v1::{ClientInfo, NodeStatus, PeerError};
 /// A topic's configuration as the admin service reports it.
 pub use raftmq_proto::namesrv::v1::{Role, TopicInfo};

@@ -31,6 +31,9 @@ enum Command {
     /// Find messages by id, key or queue offset.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Consumer groups and the clients connected to the members.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -106,6 +109,35 @@ enum MessageCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// The live clients of a consumer group (or of a topic they publish or subscribe to) on
+    /// every member: kind, topics, address, language and version, idle time.
+    Clients {
+        /// Consumer group or topic.
+        group: String,
+    },
+    /// A consumer group's progress per queue: broker offset, consumer offset, in flight,
+    /// ready and lag.
+    Progress {
+        /// Consumer group.
+        group: String,
+    },
+    /// Moves a consumer group's position on every queue of a topic (回溯消费); its consumers
+    /// then receive from there.
+    ResetOffset {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// `earliest`, `latest`, an RFC 3339 time or milliseconds since the epoch: the first
+        /// message stored at or after it.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Concurrent producers, each waiting for its acks; prints throughput and latency.
     Produce(ProduceArgs),
@@ -128,6 +160,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::cluster::transfer_leader(endpoints, &group, to).await
         }
         Command::Message(MessageCommand::Query(args)) => cli::message::query(endpoints, args).await,
+        Command::Group(GroupCommand::Clients { group }) => cli::group::clients(endpoints, &group).await,
+        Command::Group(GroupCommand::Progress { group }) => cli::group::progress(endpoints, &group).await,
+        Command::Group(GroupCommand::ResetOffset { group, topic, to }) => {
+            cli::group::reset_offset(endpoints, &group, &topic, &to).await
+        }
         Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
     }
 }

@@ -103,6 +103,19 @@ pub enum Command {
         /// The messages (at most [`crate::timer::MAX_FIRES_PER_COMMAND`]).
         fires: Vec<Fire>,
     },
+    /// Moves a consumer group's position on a topic's queues (RocketMQ's reset offset,
+    /// 回溯消费): on each named queue its receives start again from the offset given (clamped
+    /// to what the queue holds; messages in flight are forgotten, their receipts no longer
+    /// ack) and its committed offset (pulls) becomes it. The leader turns a time into
+    /// offsets from its ConsumeQueue.
+    ResetOffset {
+        /// Consumer group.
+        group: GroupName,
+        /// Topic.
+        topic: TopicName,
+        /// New positions (at most [`crate::types::MAX_QUEUES`]).
+        offsets: Vec<(QueueId, QueueOffset)>,
+    },
     /// Retention: each named queue's minimum offset moves up to the offset given (never
     /// down, never past its maximum); consumer state below the new minimum goes too. The
     /// leader proposes it from its ConsumeQueue when messages are past the reserved time.
@@ -126,6 +139,9 @@ impl std::fmt::Display for Command {
             }
             Command::TrimQueues { mins } => write!(f, "trim-queues n={}", mins.len()),
             Command::FireTimers { fires, .. } => write!(f, "fire-timers n={}", fires.len()),
+            Command::ResetOffset { group, topic, offsets } => {
+                write!(f, "reset-offset {group} {topic} queues={}", offsets.len())
+            }
         }
     }
 }

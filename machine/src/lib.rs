@@ -48,6 +48,45 @@ pub const MAX_RECEIPTS_PER_ACK: usize = 1024;
 /// Most queues one `TrimQueues` names.
 pub const MAX_TRIM_QUEUES: usize = 4096;
 
+/// A consumer group's progress on one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProgress {
+    /// Topic.
+    pub topic: TopicName,
+    /// Queue.
+    pub queue: QueueId,
+    /// The queue's first offset still held.
+    pub min_offset: u64,
+    /// The offset the queue's next message gets (RocketMQ's broker offset).
+    pub max_offset: u64,
+    /// Receives (pop): every offset below is acknowledged.
+    pub acked_below: Option<u64>,
+    /// Receives (pop): the first offset never delivered.
+    pub next_fresh: Option<u64>,
+    /// Receives (pop): delivered, not yet acknowledged.
+    pub inflight: usize,
+    /// Pulls: the committed offset.
+    pub committed: Option<u64>,
+}
+
+impl QueueProgress {
+    /// The group's consumer offset: acknowledged below it (pops), else its committed offset,
+    /// else the queue's start.
+    pub fn consumer_offset(&self) -> u64 {
+        self.acked_below.or(self.committed).unwrap_or(self.min_offset).max(self.min_offset)
+    }
+
+    /// Messages the group has not consumed (RocketMQ's diff): broker offset − consumer offset.
+    pub fn lag(&self) -> u64 {
+        self.max_offset.saturating_sub(self.consumer_offset())
+    }
+
+    /// Messages never delivered to the group (pops), or not yet consumed.
+    pub fn ready(&self) -> u64 {
+        self.max_offset.saturating_sub(self.next_fresh.unwrap_or(self.consumer_offset()).max(self.min_offset))
+    }
+}
+
 /// One queue: the offsets it holds are `min_offset..max_offset`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queue {
@@ -160,6 +199,52 @@ impl Machine {
     /// Delay timers' progress.
     pub fn timers(&self) -> TimerState {
         self.timers
+    }
+
+    /// A consumer group's progress on every queue of the topics it has consumed from (pops
+    /// or committed offsets), by topic and queue; a queue it has not touched yet counts from
+    /// its first offset.
+    pub fn group_progress(&self, group: &GroupName) -> Vec<QueueProgress> {
+        let mut out: BTreeMap<(TopicName, QueueId), QueueProgress> = BTreeMap::new();
+        let topics: BTreeSet<&TopicName> =
+            self.pops.keys().chain(self.offsets.keys()).filter(|(g, _, _)| g == group).map(|(_, t, _)| t).collect();
+        for topic in topics {
+            let count = self.topics.get(topic).map_or(0, |t| t.config.queue_count);
+            for q in 0..count {
+                entry(self, &mut out, topic, QueueId(q));
+            }
+        }
+        fn entry<'a>(
+            m: &Machine,
+            out: &'a mut BTreeMap<(TopicName, QueueId), QueueProgress>,
+            topic: &TopicName,
+            queue: QueueId,
+        ) -> Option<&'a mut QueueProgress> {
+            let q = m.queue(topic, queue)?;
+            Some(out.entry((topic.clone(), queue)).or_insert_with(|| QueueProgress {
+                topic: topic.clone(),
+                queue,
+                min_offset: q.min_offset,
+                max_offset: q.max_offset,
+                acked_below: None,
+                next_fresh: None,
+                inflight: 0,
+                committed: None,
+            }))
+        }
+        for ((_, topic, queue), state) in self.pops.iter().filter(|((g, _, _), _)| g == group) {
+            if let Some(p) = entry(self, &mut out, topic, *queue) {
+                p.acked_below = Some(state.ack_offset);
+                p.next_fresh = Some(state.next_fresh);
+                p.inflight = state.inflight_count();
+            }
+        }
+        for ((_, topic, queue), offset) in self.offsets.iter().filter(|((g, _, _), _)| g == group) {
+            if let Some(p) = entry(self, &mut out, topic, *queue) {
+                p.committed = Some(offset.0.max(p.min_offset));
+            }
+        }
+        out.into_values().collect()
     }
 
     /// Pop state of a group on a queue.
@@ -308,6 +393,10 @@ impl Machine {
                 self.offsets.insert(key, *offset);
                 Response::Done
             }
+            Command::ResetOffset { group, topic, offsets } => match self.reset_offset(group, topic, offsets) {
+                Ok(()) => Response::Done,
+                Err(e) => Response::Failed(e),
+            },
             Command::TrimQueues { mins } => match self.trim_queues(mins) {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Failed(e),
@@ -446,6 +535,34 @@ impl Machine {
             });
         }
         Ok(t)
+    }
+
+    /// Moves `group`'s position on `topic`'s named queues; all or nothing.
+    fn reset_offset(
+        &mut self,
+        group: &GroupName,
+        topic: &TopicName,
+        offsets: &[(QueueId, QueueOffset)],
+    ) -> Result<(), CommandError> {
+        if offsets.len() > types::MAX_QUEUES as usize {
+            return Err(CommandError::LimitReached(format!(
+                "{} queues in one reset, the limit is {}",
+                offsets.len(),
+                types::MAX_QUEUES
+            )));
+        }
+        for (queue, _) in offsets {
+            self.check_queue(topic, *queue)?;
+            self.check_group(&(group.clone(), topic.clone(), *queue))?;
+        }
+        for &(queue, offset) in offsets {
+            let q = self.queue(topic, queue).copied().expect("checked above");
+            let at = offset.0.clamp(q.min_offset, q.max_offset);
+            let key = (group.clone(), topic.clone(), queue);
+            self.pops.insert(key.clone(), PopState::starting_at(at));
+            self.offsets.insert(key, QueueOffset(at));
+        }
+        Ok(())
     }
 
     /// Refuses state for `key` when its group is new and [`MAX_GROUPS`] groups have state

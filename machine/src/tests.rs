@@ -461,3 +461,55 @@ fn a_fire_names_each_message_once_and_skips_deleted_topics() {
     assert!(matches!(r, Response::Failed(CommandError::LimitReached(_))), "{r:?}");
     assert_eq!(w.m.timers().last_fire, prev_fire, "a refused fire is not the last fire");
 }
+
+#[test]
+fn group_progress_lists_every_queue_of_the_topics_a_group_consumed() {
+    let mut w = World::new();
+    w.create("t", 3);
+    w.send_at(
+        10,
+        vec![w.msg("t", 0, None, "a"), w.msg("t", 0, None, "b"), w.msg("t", 1, None, "c"), w.msg("t", 2, None, "d")],
+    );
+    assert!(w.m.group_progress(&group("g")).is_empty(), "no state, no progress");
+    // A pull consumer committed queue 0 at 1.
+    let commit =
+        Command::CommitOffset { group: group("g"), topic: topic("t"), queue: QueueId(0), offset: QueueOffset(1) };
+    assert_eq!(w.apply(commit), Response::Done);
+    let p = w.m.group_progress(&group("g"));
+    let rows: Vec<(u32, u64, u64, u64)> =
+        p.iter().map(|q| (q.queue.0, q.max_offset, q.consumer_offset(), q.lag())).collect();
+    assert_eq!(rows, [(0, 2, 1, 1), (1, 1, 0, 1), (2, 1, 0, 1)]);
+    assert_eq!(p[1].ready(), 1);
+}
+
+#[test]
+fn reset_offset_moves_receives_and_commits_and_forgets_what_was_in_flight() {
+    let mut w = World::new();
+    w.create("t", 2);
+    let msgs: Vec<_> = (0..4).map(|i| w.msg("t", 0, None, &format!("m{i}"))).collect();
+    w.send_at(10, msgs);
+    let popped = w.pop_with(20, "g", "t", 2, "*", 60_000);
+    assert_eq!(popped.len(), 2);
+    // Back to the start of queue 0 (and far past the end of queue 1: clamped).
+    let reset = Command::ResetOffset {
+        group: group("g"),
+        topic: topic("t"),
+        offsets: vec![(QueueId(0), QueueOffset(0)), (QueueId(1), QueueOffset(99))],
+    };
+    assert_eq!(w.apply(reset), Response::Done);
+    let state = w.m.pop_state(&group("g"), &topic("t"), QueueId(0)).expect("state");
+    assert_eq!((state.ack_offset, state.next_fresh, state.inflight_count()), (0, 0, 0));
+    assert_eq!(w.m.committed_offset(&group("g"), &topic("t"), QueueId(1)), Some(QueueOffset(0)));
+    // The old receipts no longer ack; the messages are delivered again.
+    let ack = Command::Ack { group: group("g"), topic: topic("t"), receipts: vec![popped[0].receipt.clone()] };
+    assert!(matches!(w.apply(ack), Response::Acked(r) if r[0].is_err()));
+    assert_eq!(w.pop_with(30, "g", "t", 4, "*", 60_000).len(), 4);
+    // A queue that does not exist refuses the whole reset.
+    let bad = Command::ResetOffset {
+        group: group("g"),
+        topic: topic("t"),
+        offsets: vec![(QueueId(0), QueueOffset(1)), (QueueId(7), QueueOffset(0))],
+    };
+    assert!(matches!(w.apply(bad), Response::Failed(CommandError::QueueNotFound { .. })));
+    assert_eq!(w.m.pop_state(&group("g"), &topic("t"), QueueId(0)).map(|s| s.next_fresh), Some(4));
+}

@@ -108,6 +108,7 @@ fn commands() -> Vec<Command> {
             prev_fire: LogIndex(0),
             fires: vec![Fire { log_index: LogIndex(2), slot: Slot(3), head: delayed().head() }],
         },
+        Command::ResetOffset { group: group(), topic: topic(), offsets: vec![(QueueId(1), QueueOffset(0))] },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
     ]
@@ -115,7 +116,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 4, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 5, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -125,7 +126,7 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v4.bin", &all);
+    check("commands-v5.bin", &all);
 }
 
 #[test]

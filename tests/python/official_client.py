@@ -5,6 +5,8 @@ Usage: python official_client.py <endpoints> [topic-suffix]
 Exits non-zero, with the reason, when anything a user would notice goes wrong.
 """
 
+import os
+import subprocess
 import sys
 import time
 import uuid
@@ -103,6 +105,15 @@ def main():
     if set(got) != set(sent):
         fail(f"expected all {len(sent)} messages, got {len(got)}: missing {sorted(set(sent) - set(got))}")
     print("simple consumer: received and acked all 20 messages", flush=True)
+
+    # The broker knows its live clients: `mqadmin group clients` lists this consumer.
+    mqadmin = os.environ.get("RAFTMQ_MQADMIN")
+    if mqadmin:
+        out = subprocess.run([mqadmin, "--endpoints", endpoints, "group", "clients", f"group-all-{suffix}"],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0 or "SIMPLE_CONSUMER" not in out.stdout or "PYTHON" not in out.stdout:
+            fail(f"mqadmin group clients did not list the Python simple consumer: {out.stdout}{out.stderr}")
+        print("mqadmin group clients lists the Python simple consumer", flush=True)
     again = everyone.receive(16, 15)
     if again:
         fail(f"acked messages were delivered again: {[bytes(m.body) for m in again]}")

@@ -41,7 +41,7 @@ for port in "$client_port" "$((client_port + 1))" "$((client_port + 2))"; do
 done
 
 endpoints="127.0.0.1:$client_port;127.0.0.1:$((client_port + 1));127.0.0.1:$((client_port + 2))"
-if ! timeout 300 "$venv/bin/python" "$here/official_client.py" "$endpoints"; then
+if ! RAFTMQ_MQADMIN="${RAFTMQ_MQADMIN:-$(dirname "$mqbroker")/mqadmin}" timeout 300 "$venv/bin/python" "$here/official_client.py" "$endpoints"; then
     echo "official client test failed; mqbroker log tail:" >&2
     tail -n 50 "$log" >&2
     exit 1

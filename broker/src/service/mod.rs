@@ -33,6 +33,7 @@ use crate::forward::{Forwarder, forward};
 use crate::raft::Raft;
 use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
+use crate::sessions::{self, Sessions};
 use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
 use crate::store::{Storage, Stores};
 
@@ -74,6 +75,8 @@ struct Inner {
     forwarder: Forwarder,
     /// Routes as the nameservers see them.
     view: RouteView,
+    /// This node's live clients.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Broker {
@@ -98,6 +101,7 @@ impl Broker {
         settings: ServiceSettings,
         view: RouteView,
         forwarder: Forwarder,
+        sessions: Sessions,
     ) -> Self {
         let Storage { state, log: store, stores } = storage;
         let ack = match settings.ack {
@@ -121,6 +125,7 @@ impl Broker {
                 settings,
                 forwarder,
                 view,
+                sessions,
             }),
         }
     }
@@ -191,8 +196,11 @@ impl MessagingService for Broker {
 
     async fn heartbeat(
         &self,
-        _request: Request<pb::HeartbeatRequest>,
+        request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        if let Some(id) = sessions::client_id(request.metadata()) {
+            self.inner.sessions.heartbeat(&id, request.remote_addr(), request.get_ref());
+        }
         Ok(Response::new(pb::HeartbeatResponse { status: Some(status::ok()) }))
     }
 
@@ -299,13 +307,17 @@ impl MessagingService for Broker {
         &self,
         request: Request<Streaming<pb::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, Status> {
-        Ok(Response::new(self.serve_telemetry(request.into_inner())))
+        let client = sessions::client_id(request.metadata()).map(|id| (id, request.remote_addr()));
+        Ok(Response::new(self.serve_telemetry(request.into_inner(), client)))
     }
 
     async fn notify_client_termination(
         &self,
-        _request: Request<pb::NotifyClientTerminationRequest>,
+        request: Request<pb::NotifyClientTerminationRequest>,
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        if let Some(id) = sessions::client_id(request.metadata()) {
+            self.inner.sessions.terminated(&id);
+        }
         Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(status::ok()) }))
     }
 

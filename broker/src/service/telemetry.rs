@@ -1,6 +1,8 @@
 //! Telemetry: the client's settings are answered with status OK and this broker's real
 //! limits; the stream stays open for as long as the client keeps it.
 
+use std::net::SocketAddr;
+
 use futures::StreamExt;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::settings::PubSub;
@@ -10,10 +12,23 @@ use tonic::Streaming;
 use super::convert::duration;
 use super::status;
 use super::{BoxStream, Broker};
+use crate::sessions::Sessions;
 
 /// Backoff the clients are told to use between send retries.
 const RETRY_INITIAL_MS: u64 = 10;
 const RETRY_MAX_MS: u64 = 1_000;
+
+/// Marks a client's Telemetry stream closed when dropped.
+struct StreamOpen {
+    sessions: Sessions,
+    client_id: String,
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.sessions.telemetry_closed(&self.client_id);
+    }
+}
 
 impl Broker {
     fn answer_settings(&self, client: pb::Settings) -> pb::Settings {
@@ -53,13 +68,27 @@ impl Broker {
         }
     }
 
-    pub(super) fn serve_telemetry(&self, input: Streaming<pb::TelemetryCommand>) -> BoxStream<pb::TelemetryCommand> {
+    /// Answers a client's Telemetry stream; `client` (its id and address) is recorded in the
+    /// live clients while the stream is open.
+    pub(super) fn serve_telemetry(
+        &self,
+        input: Streaming<pb::TelemetryCommand>,
+        client: Option<(String, Option<SocketAddr>)>,
+    ) -> BoxStream<pb::TelemetryCommand> {
         let this = self.clone();
+        let open =
+            client.as_ref().map(|(id, _)| StreamOpen { sessions: self.inner.sessions.clone(), client_id: id.clone() });
         let output = input.filter_map(move |item| {
             let this = this.clone();
+            let client = client.clone();
+            // Held by the stream: when the stream goes, the session's telemetry is closed.
+            let _open = &open;
             async move {
                 match item {
                     Ok(pb::TelemetryCommand { command: Some(Telemetry::Settings(s)), .. }) => {
+                        if let Some((id, address)) = &client {
+                            this.inner.sessions.settings(id, *address, &s);
+                        }
                         Some(Ok(pb::TelemetryCommand {
                             status: Some(status::ok()),
                             command: Some(Telemetry::Settings(this.answer_settings(s))),

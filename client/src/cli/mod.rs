@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod group;
 pub mod message;
 pub mod table;
 pub mod topic;

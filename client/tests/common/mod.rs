@@ -155,3 +155,13 @@ impl Group {
         }
     }
 }
+
+/// Runs `mqadmin` with `args` (errors only in its log) and returns its output.
+pub async fn mqadmin(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mqadmin")).args(&args).env("RUST_LOG", "error").output()
+    })
+    .await??;
+    Ok(out)
+}

@@ -1,0 +1,111 @@
+//! `mqadmin group ...`: consumer groups and the clients connected to the members.
+
+use anyhow::Context as _;
+use raftmq_client::{Admin, ClientList, GroupProgress, ResetTo};
+
+use super::table::Table;
+
+/// The `group clients` table, then the members that did not answer.
+pub fn render_clients(list: &ClientList) -> String {
+    let mut t = Table::new(&["CLIENT", "KIND", "GROUP", "TOPICS", "NODE", "ADDRESS", "AGENT", "IDLE", "TELEMETRY"]);
+    for c in &list.clients {
+        t.row(vec![
+            c.client_id.clone(),
+            c.kind.clone(),
+            if c.group.is_empty() { "-".to_string() } else { c.group.clone() },
+            if c.topics.is_empty() { "-".to_string() } else { c.topics.join(",") },
+            c.node_id.to_string(),
+            if c.address.is_empty() { "-".to_string() } else { c.address.clone() },
+            if c.agent.is_empty() { "-".to_string() } else { c.agent.clone() },
+            format!("{:.1}s", c.idle_ms as f64 / 1000.0),
+            if c.telemetry { "open" } else { "closed" }.to_string(),
+        ]);
+    }
+    let mut out = t.render();
+    for u in &list.unreachable {
+        out.push_str(&format!("unreachable: node {}: {}\n", u.node_id, u.message));
+    }
+    out
+}
+
+/// `group clients GROUP`.
+#[allow(clippy::print_stdout)]
+pub async fn clients(endpoints: &str, group: &str) -> anyhow::Result<()> {
+    let admin = Admin::new(endpoints)?;
+    let list = admin.list_clients(group).await.with_context(|| format!("cannot list the clients of {group}"))?;
+    if list.clients.is_empty() {
+        println!("no live clients of {group}");
+    }
+    print!("{}", render_clients(&list));
+    Ok(())
+}
+
+/// The `group progress` table: per queue the broker offset, the group's consumer offset,
+/// in flight, ready and lag, then the totals.
+pub fn render_progress(progress: &GroupProgress) -> String {
+    let mut t = Table::new(&["TOPIC", "QUEUE", "BROKER OFFSET", "CONSUMER OFFSET", "INFLIGHT", "READY", "LAG"]);
+    let (mut inflight, mut ready, mut lag) = (0u64, 0u64, 0u64);
+    for q in &progress.queues {
+        t.row(vec![
+            q.topic.clone(),
+            q.queue.to_string(),
+            q.broker_offset.to_string(),
+            q.consumer_offset.to_string(),
+            q.inflight.to_string(),
+            q.ready.to_string(),
+            q.lag.to_string(),
+        ]);
+        inflight += q.inflight;
+        ready += q.ready;
+        lag += q.lag;
+    }
+    let mut out = t.render();
+    out.push_str(&format!(
+        "total: inflight {inflight}, ready {ready}, lag {lag} (node {} at log index {})\n",
+        progress.node_id, progress.applied_index
+    ));
+    out
+}
+
+/// `group progress GROUP`.
+#[allow(clippy::print_stdout)]
+pub async fn progress(endpoints: &str, group: &str) -> anyhow::Result<()> {
+    let admin = Admin::new(endpoints)?;
+    let progress = admin.group_progress(group).await.with_context(|| format!("cannot read the progress of {group}"))?;
+    if progress.queues.is_empty() {
+        println!("consumer group {group} has consumed from no queue");
+    }
+    print!("{}", render_progress(&progress));
+    Ok(())
+}
+
+/// Reads `--to`: `earliest`, `latest`, an RFC 3339 time or milliseconds since the epoch.
+pub fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
+    match text.trim() {
+        "earliest" => Ok(ResetTo::Earliest),
+        "latest" => Ok(ResetTo::Latest),
+        other => super::message::parse_time(other).map(ResetTo::Time),
+    }
+}
+
+/// `group reset-offset GROUP --topic T --to TIME|earliest|latest`.
+#[allow(clippy::print_stdout)]
+pub async fn reset_offset(endpoints: &str, group: &str, topic: &str, to: &str) -> anyhow::Result<()> {
+    let to = parse_reset_to(to).map_err(|e| anyhow::anyhow!("--to {to:?}: {e}; give earliest, latest or a time"))?;
+    let admin = Admin::new(endpoints)?;
+    let queues = admin
+        .reset_offset(group, topic, to)
+        .await
+        .with_context(|| format!("cannot reset the offsets of {group} on {topic}"))?;
+    println!("consumer group {group} on topic {topic} now starts at:");
+    let progress = GroupProgress { queues, node_id: 0, applied_index: 0 };
+    print!(
+        "{}",
+        render_progress(&progress)
+            .lines()
+            .filter(|l| !l.starts_with("total:"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    Ok(())
+}
