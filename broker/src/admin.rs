@@ -392,35 +392,46 @@ impl Admin {
             .collect()
     }
 
+    /// Asks member `id` at `addr` one admin call (`call` on a client, with [`PEER_TIMEOUT`]);
+    /// any failure becomes a [`pb::PeerError`] naming the member.
+    async fn ask_peer<Req, Resp, Fut>(
+        &self,
+        id: NodeId,
+        addr: &str,
+        body: Req,
+        call: impl FnOnce(AdminServiceClient<Channel>, Request<Req>) -> Fut,
+    ) -> Result<Resp, pb::PeerError>
+    where
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let fail = |message: String| pb::PeerError { node_id: id.0, message };
+        let channel = self.inner.forwarder.channel(addr).map_err(|e| fail(e.0))?;
+        let mut request = Request::new(body);
+        request.set_timeout(PEER_TIMEOUT);
+        match tokio::time::timeout(PEER_TIMEOUT, call(AdminServiceClient::new(channel), request)).await {
+            Err(_) => Err(fail(format!("{addr}: deadline exceeded after {PEER_TIMEOUT:?}"))),
+            Ok(Err(s)) => Err(fail(format!("{addr}: {}", s.message()))),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+
     async fn peer_clients(
         &self,
         id: NodeId,
         addr: String,
         group: String,
     ) -> Result<Vec<pb::ClientInfo>, pb::PeerError> {
-        let fail = |message: String| pb::PeerError { node_id: id.0, message };
-        let channel = self.inner.forwarder.channel(&addr).map_err(|e| fail(e.0))?;
-        let mut request = Request::new(pb::ListClientsRequest { group, local_only: true });
-        request.set_timeout(PEER_TIMEOUT);
-        let mut client = AdminServiceClient::new(channel);
-        match tokio::time::timeout(PEER_TIMEOUT, client.list_clients(request)).await {
-            Err(_) => Err(fail(format!("{addr}: deadline exceeded after {PEER_TIMEOUT:?}"))),
-            Ok(Err(s)) => Err(fail(format!("{addr}: {}", s.message()))),
-            Ok(Ok(resp)) => Ok(resp.into_inner().clients),
-        }
+        let body = pb::ListClientsRequest { group, local_only: true };
+        let resp = self.ask_peer(id, &addr, body, |mut c, r| async move { c.list_clients(r).await }).await?;
+        Ok(resp.clients)
     }
 
     async fn peer_status(&self, id: NodeId, addr: String) -> Result<pb::NodeStatus, pb::PeerError> {
-        let fail = |message: String| pb::PeerError { node_id: id.0, message };
-        let channel = self.inner.forwarder.channel(&addr).map_err(|e| fail(e.0))?;
-        let mut request = Request::new(pb::NodeStatusRequest {});
-        request.set_timeout(PEER_TIMEOUT);
-        let mut client = AdminServiceClient::new(channel);
-        match tokio::time::timeout(PEER_TIMEOUT, client.node_status(request)).await {
-            Err(_) => Err(fail(format!("{addr}: deadline exceeded after {PEER_TIMEOUT:?}"))),
-            Ok(Err(s)) => Err(fail(format!("{addr}: {}", s.message()))),
-            Ok(Ok(resp)) => resp.into_inner().node.ok_or_else(|| fail(format!("{addr}: the answer carried no status"))),
-        }
+        let resp = self
+            .ask_peer(id, &addr, pb::NodeStatusRequest {}, |mut c, r| async move { c.node_status(r).await })
+            .await?;
+        resp.node
+            .ok_or_else(|| pb::PeerError { node_id: id.0, message: format!("{addr}: the answer carried no status") })
     }
 
     /// Waits until `to` leads (as this node sees it), up to `TRANSFER_WAIT`.

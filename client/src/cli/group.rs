@@ -1,6 +1,7 @@
 //! `mqadmin group ...`: consumer groups and the clients connected to the members.
 
 use anyhow::Context as _;
+use raftmq_client::proto::admin::v1::QueueProgress;
 use raftmq_client::{Admin, ClientList, GroupProgress, ResetTo};
 
 use super::table::Table;
@@ -40,12 +41,10 @@ pub async fn clients(endpoints: &str, group: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `group progress` table: per queue the broker offset, the group's consumer offset,
-/// in flight, ready and lag, then the totals.
-pub fn render_progress(progress: &GroupProgress) -> String {
+/// The per-queue table: broker offset, the group's consumer offset, in flight, ready, lag.
+fn queue_table(queues: &[QueueProgress]) -> String {
     let mut t = Table::new(&["TOPIC", "QUEUE", "BROKER OFFSET", "CONSUMER OFFSET", "INFLIGHT", "READY", "LAG"]);
-    let (mut inflight, mut ready, mut lag) = (0u64, 0u64, 0u64);
-    for q in &progress.queues {
+    for q in queues {
         t.row(vec![
             q.topic.clone(),
             q.queue.to_string(),
@@ -55,11 +54,15 @@ pub fn render_progress(progress: &GroupProgress) -> String {
             q.ready.to_string(),
             q.lag.to_string(),
         ]);
-        inflight += q.inflight;
-        ready += q.ready;
-        lag += q.lag;
     }
-    let mut out = t.render();
+    t.render()
+}
+
+/// The `group progress` table, then the totals.
+pub fn render_progress(progress: &GroupProgress) -> String {
+    let sum = |f: fn(&QueueProgress) -> u64| progress.queues.iter().map(f).sum::<u64>();
+    let (inflight, ready, lag) = (sum(|q| q.inflight), sum(|q| q.ready), sum(|q| q.lag));
+    let mut out = queue_table(&progress.queues);
     out.push_str(&format!(
         "total: inflight {inflight}, ready {ready}, lag {lag} (node {} at log index {})\n",
         progress.node_id, progress.applied_index
@@ -98,14 +101,6 @@ pub async fn reset_offset(endpoints: &str, group: &str, topic: &str, to: &str) -
         .await
         .with_context(|| format!("cannot reset the offsets of {group} on {topic}"))?;
     println!("consumer group {group} on topic {topic} now starts at:");
-    let progress = GroupProgress { queues, node_id: 0, applied_index: 0 };
-    print!(
-        "{}",
-        render_progress(&progress)
-            .lines()
-            .filter(|l| !l.starts_with("total:"))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    );
+    print!("{}", queue_table(&queues));
     Ok(())
 }
