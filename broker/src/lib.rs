@@ -1,5 +1,5 @@
-//! The raftmq broker node: the replicated state machine over the CommitLog, and (to come)
-//! the Raft group wiring and the gRPC services.
+//! The raftmq broker node: the Raft group over the CommitLog, the derived stores, the
+//! background work of a node (dispatch, retention, delay timers) and the gRPC services.
 
 pub mod admin;
 pub mod config;
@@ -13,3 +13,4 @@ pub mod service;
 pub mod sessions;
 pub mod settings;
 pub mod store;
+pub mod timers;

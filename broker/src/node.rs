@@ -27,6 +27,7 @@ use crate::sessions::Sessions;
 pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
 use crate::store::{Storage, Stores, dispatch};
+use crate::timers;
 
 /// A running node.
 #[derive(Debug)]
@@ -152,6 +153,7 @@ impl Node {
             default_queues,
             sessions.clone(),
         );
+        let timer_driver = timers::spawn(raft.clone(), storage.clone());
         let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder, sessions);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         // The admin service shares the client endpoint with the RocketMQ service.
@@ -190,6 +192,7 @@ impl Node {
                 .map_err(|e| StartError::Config(e.to_string()))?;
         let tasks = vec![
             dispatch,
+            timer_driver,
             backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
             retention::spawn(raft.clone(), log.clone(), state.clone(), stores.clone(), cfg.retention.clone()),
         ];

@@ -1,8 +1,9 @@
 //! The derived stores of a three-node group in one process: after sends over several
 //! topics (one deleted and created anew while sends checked against the old one were in
-//! flight), every node's ConsumeQueue and IndexFile hold the same records; a node restarted
-//! on its data cuts back to its checkpoint and holds them still; a node whose stores were
-//! deleted, or damaged, rebuilds them from its CommitLog to exactly the same records.
+//! flight), every node's ConsumeQueue, IndexFile and timer store hold the same records; a
+//! node restarted on its data cuts back to its checkpoint and holds them still; a node whose
+//! stores were deleted, or damaged, rebuilds them from its CommitLog to exactly the same
+//! records.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +13,7 @@ mod common;
 use broker::node::{Node, NodeConfig};
 use broker::raft::slot::read_message;
 use broker::store::index_file::IndexKey;
+use broker::store::timer::Timer;
 use bytes::Bytes;
 use raft_log::LogConfig;
 use raftmq_machine::codec::ENTRY_VERSION;
@@ -108,6 +110,11 @@ fn contents(node: &Node, topics: &[(&str, u32)], keys: &[String]) -> anyhow::Res
     Ok((records, hits))
 }
 
+/// The delay timers waiting in a node's timer store, all of them (as if every one were due).
+fn waiting(node: &Node) -> anyhow::Result<Vec<Timer>> {
+    Ok(node.stores.due_timers(Millis(i64::MAX), 10_000)?.timers)
+}
+
 async fn caught_up(nodes: &[&Node]) -> anyhow::Result<()> {
     let applied = |n: &Node| n.state.read(|a| a.last_applied.map_or(0, |l| l.index()));
     let target = nodes.iter().map(|n| applied(n)).max().unwrap_or(0);
@@ -186,6 +193,12 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     for (i, n) in nodes.iter().enumerate() {
         anyhow::ensure!(contents(n, &topics, &keys)? == expected, "node {} differs", i + 1);
     }
+    // The unfired one waits in every node's timer store, which keeps its entry from retention.
+    let still_waiting = vec![Timer { deliver_at: at, log_index: send_index, slot: Slot(0) }];
+    for n in &nodes {
+        anyhow::ensure!(waiting(n)? == still_waiting, "timers of {}: {:?}", n.raft_addr, waiting(n)?);
+        anyhow::ensure!(n.stores.timers().keeps_from() == Some(send_index));
+    }
 
     // Restarted on its data: cut back to its checkpoint, then the same.
     let follower = (0..3).find(|&i| common::leader_of(&all).map(|l| std::ptr::eq(l, &nodes[i])) == Some(false));
@@ -196,6 +209,7 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     nodes.insert(f, Node::start(cfgs[f].clone()).await?);
     caught_up(&nodes.iter().collect::<Vec<_>>()).await?;
     anyhow::ensure!(contents(&nodes[f], &topics, &keys)? == expected, "the restarted node differs");
+    anyhow::ensure!(waiting(&nodes[f])? == still_waiting, "timers: {:?}", waiting(&nodes[f])?);
 
     // Deleted: rebuilt from the CommitLog to the same records.
     let node = nodes.remove(f);
@@ -204,6 +218,7 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     nodes.insert(f, Node::start(cfgs[f].clone()).await?);
     caught_up(&nodes.iter().collect::<Vec<_>>()).await?;
     anyhow::ensure!(contents(&nodes[f], &topics, &keys)? == expected, "the rebuilt node differs");
+    anyhow::ensure!(waiting(&nodes[f])? == still_waiting, "timers: {:?}", waiting(&nodes[f])?);
 
     // Damaged (a ConsumeQueue file cut short in its middle): rebuilt as well.
     let node = nodes.remove(f);

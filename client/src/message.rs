@@ -62,7 +62,16 @@ impl Message {
         self.delivery_time = Some(at);
         self
     }
+
+    /// Makes it a delay message with one of RocketMQ 4's 18 delay levels (1 = 1 s, 2 = 5 s,
+    /// …, 18 = 2 h; `setDelayTimeLevel`), counted from when the broker receives it.
+    pub fn with_delay_level(self, level: u8) -> Self {
+        self.with_property(DELAY_LEVEL_PROPERTY, level.to_string())
+    }
 }
+
+/// The property that carries a RocketMQ 4 delay level.
+pub const DELAY_LEVEL_PROPERTY: &str = "DELAY";
 
 /// What the broker answered for one sent message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +147,7 @@ fn now() -> prost_types::Timestamp {
 pub(crate) fn outgoing(topic: &str, m: &Message, queue_id: u32, message_id: String) -> pb::Message {
     let message_type = if m.message_group.is_some() {
         pb::MessageType::Fifo
-    } else if m.delivery_time.is_some() {
+    } else if m.delivery_time.is_some() || m.properties.contains_key(DELAY_LEVEL_PROPERTY) {
         pb::MessageType::Delay
     } else {
         pb::MessageType::Normal

@@ -1,5 +1,5 @@
 """Drives the official RocketMQ 5 Python client (rocketmq-python-client) against a running
-raftmq group: Producer send, SimpleConsumer receive/ack, and tag filtering.
+raftmq group: Producer send, SimpleConsumer receive/ack, tag filtering, delay messages.
 
 Usage: python official_client.py <endpoints> [topic-suffix]
 Exits non-zero, with the reason, when anything a user would notice goes wrong.
@@ -72,13 +72,41 @@ def main():
         sent[f"body-{i}"] = msg.tag
     print(f"sent {len(sent)} messages to {topic}", flush=True)
 
-    # Kinds the broker cannot keep its promise for yet are refused, never delivered at once.
-    for unit, at in (("ms", int(time.time() * 1000) + 60_000), ("s", int(time.time()) + 60)):
+    # Delay messages (delivery_timestamp in ms, and in seconds as the client's examples once
+    # showed) become visible once each, never before their time.
+    delay_topic = f"pydelay-{suffix}"
+    delay_producer = Producer(config, (delay_topic,))
+    delay_producer.startup()
+    due = {}
+    for unit, at in (("ms", int(time.time() * 1000) + 3_000), ("s", int(time.time()) + 4)):
         later = Message()
-        later.topic = topic
-        later.body = b"later"
+        later.topic = delay_topic
+        later.body = f"later-{unit}".encode()
         later.delivery_timestamp = at
-        refused(f"a delay message 60 s ahead (delivery_timestamp in {unit})", lambda: producer.send(later))
+        delay_producer.send(later)
+        due[f"later-{unit}"] = at / 1000 if unit == "ms" else at
+    delayed = SimpleConsumer(config, f"group-delay-{suffix}", {delay_topic: FilterExpression("*")}, await_duration=5)
+    delayed.startup()
+    seen = {}
+    deadline = time.time() + 60
+    while len(seen) < len(due) and time.time() < deadline:
+        for m in delayed.receive(16, 15):
+            body = bytes(m.body).decode()
+            if body in seen:
+                fail(f"delay message {body!r} delivered twice")
+            seen[body] = time.time()
+            delayed.ack(m)
+    if set(seen) != set(due):
+        fail(f"delay messages: expected {sorted(due)}, got {sorted(seen)}")
+    for body, at in seen.items():
+        if at < due[body]:
+            fail(f"delay message {body!r} delivered {due[body] - at:.3f} s before its time")
+    print("delay messages: " + ", ".join(f"{b} {seen[b] - due[b]:.3f} s after its time" for b in sorted(seen)),
+          flush=True)
+    delayed.shutdown()
+    delay_producer.shutdown()
+
+    # Kinds the broker cannot keep its promise for yet are refused, never delivered at once.
     tx_producer = Producer(config, (topic,), RollBackAll())
     tx_producer.startup()
     half = Message()

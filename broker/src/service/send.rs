@@ -11,7 +11,7 @@ use super::convert;
 use super::message_type::{self, check_topic_accepts, classify};
 use super::route::topic_of;
 use super::status::{self, Refusal};
-use raftmq_machine::types::{MessageType, Millis, Permission, QueueId, StoredMessage};
+use raftmq_machine::types::{MessageType, Permission, QueueId, StoredMessage};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -38,18 +38,12 @@ pub fn failed_send(r: &Refusal) -> pb::SendMessageResponse {
 }
 
 /// Refuses, clearly and before anything is stored, the kinds of message this broker cannot
-/// yet keep their promise for: transactional messages, and delay messages not yet due (a
-/// delivery time already past is delivered at once, as it would be anyway).
-fn refuse_unbuilt(m: &message_type::Classified, now: Millis) -> Result<(), Refusal> {
+/// yet keep their promise for: transactional messages.
+fn refuse_unbuilt(m: &message_type::Classified) -> Result<(), Refusal> {
     match m.kind {
         MessageType::Transaction => Err(Refusal::new(
             Code::NotImplemented,
             "transactional messages are not supported by this broker yet; the message was not stored",
-        )),
-        MessageType::Delay if m.deliver_at.is_some_and(|at| at > now) => Err(Refusal::new(
-            Code::NotImplemented,
-            "delay messages (a delivery time in the future) are not supported by this broker yet; the message was \
-             not stored",
         )),
         _ => Ok(()),
     }
@@ -106,7 +100,7 @@ impl Broker {
             self.inner.settings.max_delay_ms,
         )?;
         check_topic_accepts(topic.as_str(), &config.message_types, classified.kind)?;
-        refuse_unbuilt(&classified, now)?;
+        refuse_unbuilt(&classified)?;
         let sys = msg.system_properties.as_ref();
         let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
         let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {

@@ -1,5 +1,6 @@
 //! Dispatch: follows the applied log and writes every stored message into the ConsumeQueue
-//! and the IndexFile (RocketMQ's ReputMessageService), behind apply and off its path.
+//! and the IndexFile, and every delay message into the timer store until it fires
+//! (RocketMQ's ReputMessageService), behind apply and off its path.
 //!
 //! It needs no apply result: whether a `Send` stored a message, and at which offset, follows
 //! from the entry and any later state ([`Machine::accepts`]); each queue's next offset is
@@ -26,10 +27,12 @@ use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, Millis, QueueId, 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::consume_queue::{CqError, QueueRecord};
 use super::index_file::{IndexError, IndexKey, MAX_KEY_LEN};
+use super::timer::{Timer, TimerError};
 use super::{StoreError, Stores};
 use crate::raft::Entry;
 use crate::raft::ack::AckLogStore;
 use crate::raft::state::StateStore;
+use crate::service::proposer::now_ms;
 
 /// Most entries read and dispatched at once.
 const BATCH_ENTRIES: u64 = 256;
@@ -58,6 +61,12 @@ enum DispatchError {
 
 impl From<CqError> for DispatchError {
     fn from(e: CqError) -> Self {
+        DispatchError::Store(e.into())
+    }
+}
+
+impl From<TimerError> for DispatchError {
+    fn from(e: TimerError) -> Self {
         DispatchError::Store(e.into())
     }
 }
@@ -225,6 +234,7 @@ impl Dispatch {
                     dropped,
                     "derived stores recovered to their checkpoint"
                 );
+                self.stores.timers().set_last_fire(checkpoint.last_fire);
                 self.progress = checkpoint;
                 true
             }
@@ -281,17 +291,42 @@ impl Dispatch {
             }
             match command {
                 Command::Send { now, messages, .. } => {
+                    let mut scheduled = Vec::new();
                     for (slot, m) in stored(machine, index, messages) {
                         // A delay message gets its queue record when its timer fires; it is
                         // found by id and key from the start.
-                        if !timer::scheduled(m.deliver_at, *now) {
-                            self.queue_record(index, slot, &m, min_offsets)?;
+                        match m.deliver_at {
+                            Some(deliver_at) if timer::scheduled(m.deliver_at, *now) => {
+                                scheduled.push(Timer { deliver_at, log_index: index, slot });
+                            }
+                            _ => self.queue_record(index, slot, &m, min_offsets)?,
                         }
                         self.index_keys(index, slot, &m)?;
                     }
+                    if !scheduled.is_empty() {
+                        self.stores.timers().add(&scheduled)?;
+                    }
                 }
                 Command::FireTimers { prev_fire, fires, .. } => {
-                    for f in machine.fired(&mut self.progress.last_fire, index, *prev_fire, fires) {
+                    let before = self.progress.last_fire;
+                    let fired = machine.fired(&mut self.progress.last_fire, index, *prev_fire, fires);
+                    if self.progress.last_fire != before {
+                        // Accepted: every timer it names is done, also those of topics
+                        // deleted meanwhile, which got no offset.
+                        let marks: Vec<Timer> = fires
+                            .iter()
+                            .filter_map(|f| {
+                                f.head.deliver_at.map(|deliver_at| Timer {
+                                    deliver_at,
+                                    log_index: f.log_index,
+                                    slot: f.slot,
+                                })
+                            })
+                            .collect();
+                        self.stores.timers().fire(&marks, now_ms())?;
+                        self.stores.timers().set_last_fire(self.progress.last_fire);
+                    }
+                    for f in fired {
                         let m = self.fired_message(f);
                         self.queue_record(f.log_index, f.slot, &m, min_offsets)?;
                     }
@@ -373,6 +408,7 @@ impl Dispatch {
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.stores.consume_queues().sync()?;
         self.stores.index().sync()?;
+        self.stores.timers().sync()?;
         self.progress.write(self.stores.dir()).map_err(|source| {
             StoreError::ConsumeQueue(CqError::Io { op: "write checkpoint", path: self.stores.dir().into(), source })
         })?;
@@ -443,6 +479,7 @@ impl Dispatch {
             next,
             last_fire: last_fire_before,
         };
+        self.stores.timers().set_last_fire(last_fire_before);
         let mut entries_done = 0u64;
         let mut from = first;
         while from <= applied {

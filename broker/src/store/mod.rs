@@ -1,6 +1,7 @@
 //! Derived, on-disk stores every node writes from the CommitLog (RocketMQ's dispatch): the
-//! ConsumeQueue (queue offset → where the message is, its size, tag hash and store time)
-//! and the IndexFile (message key and id → where the message is). Nothing here is
+//! ConsumeQueue (queue offset → where the message is, its size, tag hash and store time),
+//! the IndexFile (message key and id → where the message is) and the timer store (delay
+//! messages waiting for their time). Nothing here is
 //! replicated and nothing here is needed to apply the log: any node rebuilds them from its
 //! CommitLog and its applied state ([`dispatch`]).
 
@@ -8,6 +9,7 @@ pub mod checkpoint;
 pub mod consume_queue;
 pub mod dispatch;
 pub mod index_file;
+pub mod timer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ pub use crate::settings::StoreConfig;
 
 use self::consume_queue::{ConsumeQueues, CqConfig, CqError, QueueRecord};
 use self::index_file::{Hit, IndexConfig, IndexError, IndexFiles, IndexKey};
+use self::timer::{TimerError, TimerStore};
 
 /// A derived store failed; the message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,9 @@ pub enum StoreError {
     /// The IndexFile.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The timer store.
+    #[error(transparent)]
+    Timer(#[from] TimerError),
     /// The records asked for are not dispatched yet (the store is behind the log, or being
     /// rebuilt); retry shortly.
     #[error("the ConsumeQueue of this node is behind its log (dispatched up to {0}); retry shortly")]
@@ -60,6 +66,7 @@ struct Inner {
     config: StoreConfig,
     cq: ConsumeQueues,
     index: IndexFiles,
+    timers: TimerStore,
     /// The last log index dispatched into the stores (readable, maybe not yet durable).
     dispatched: watch::Sender<LogIndex>,
     /// Set when a read found a store file damaged: dispatch rebuilds the stores.
@@ -111,9 +118,19 @@ impl Stores {
                 IndexFiles::open(index_config(dir, &config))?
             }
         };
+        let timer_dir = dir.join("timer");
+        let timers = match TimerStore::open(&timer_dir) {
+            Ok(timers) => timers,
+            Err(e) => {
+                tracing::warn!(error = %e, "the timer store does not open; deleting it to rebuild it from the CommitLog");
+                reset = true;
+                remove_dir(&timer_dir)?;
+                TimerStore::open(&timer_dir)?
+            }
+        };
         let (dispatched, _) = watch::channel(LogIndex(0));
         let damaged = std::sync::atomic::AtomicBool::new(false);
-        let inner = Inner { dir: dir.to_path_buf(), config, cq, index, dispatched, damaged };
+        let inner = Inner { dir: dir.to_path_buf(), config, cq, index, timers, dispatched, damaged };
         Ok((Stores { inner: Arc::new(inner) }, reset))
     }
 
@@ -142,7 +159,9 @@ impl Stores {
         if let Err(e) = &result
             && matches!(
                 e,
-                StoreError::ConsumeQueue(CqError::Corrupt { .. }) | StoreError::Index(IndexError::Corrupt { .. })
+                StoreError::ConsumeQueue(CqError::Corrupt { .. })
+                    | StoreError::Index(IndexError::Corrupt { .. })
+                    | StoreError::Timer(TimerError::Corrupt { .. })
             )
         {
             tracing::warn!(error = %e, "a derived store file is damaged; rebuilding the stores from the CommitLog");
@@ -166,12 +185,23 @@ impl Stores {
         &self.inner.index
     }
 
-    /// Deletes both stores' files (before a rebuild).
+    /// The timer store.
+    pub fn timers(&self) -> &TimerStore {
+        &self.inner.timers
+    }
+
+    /// Due delay timers at `now` (see [`TimerStore::due`]).
+    pub fn due_timers(&self, now: Millis, limit: usize) -> Result<timer::Due, StoreError> {
+        self.checked(self.inner.timers.due(now, limit).map_err(StoreError::from))
+    }
+
+    /// Deletes every store's files (before a rebuild).
     pub(crate) fn clear(&self) -> Result<(), StoreError> {
         for (topic, _) in self.inner.cq.queues()?.into_iter().collect::<std::collections::BTreeMap<_, _>>() {
             self.inner.cq.remove_topic(&topic)?;
         }
         self.inner.index.clear()?;
+        self.inner.timers.clear()?;
         Ok(())
     }
 
@@ -245,9 +275,9 @@ impl Stores {
         self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))
     }
 
-    /// Bytes the stores take on disk: (ConsumeQueue, IndexFile).
-    pub fn disk_bytes(&self) -> Result<(u64, u64), StoreError> {
-        Ok((self.inner.cq.disk_bytes()?, self.inner.index.disk_bytes()?))
+    /// Bytes the stores take on disk: (ConsumeQueue, IndexFile, timers).
+    pub fn disk_bytes(&self) -> Result<(u64, u64, u64), StoreError> {
+        Ok((self.inner.cq.disk_bytes()?, self.inner.index.disk_bytes()?, self.inner.timers.disk_bytes()))
     }
 
     /// The configured sizes.
