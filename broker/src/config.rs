@@ -9,7 +9,7 @@ use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
 use crate::settings::AckMode;
-use crate::settings::{NodeConfig, NodeId, NodeInfo, ServiceSettings};
+use crate::settings::{NodeConfig, NodeId, NodeInfo, ServiceSettings, TransactionSettings};
 
 /// Largest configuration file read (a config is a few hundred bytes).
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -74,6 +74,19 @@ fn default_segment_size() -> u64 {
 fn default_max_delay_ms() -> u64 {
     ServiceSettings::default().max_delay_ms
 }
+fn default_transaction_timeout_ms() -> u64 {
+    TransactionSettings::default().timeout_ms
+}
+fn default_transaction_check_interval_ms() -> u64 {
+    TransactionSettings::default().check_interval_ms
+}
+fn default_transaction_check_max() -> u32 {
+    TransactionSettings::default().max_checks
+}
+/// Longest a transaction check-back timeout or interval may be (1 day).
+const MAX_TRANSACTION_WAIT_MS: u64 = 24 * 3600 * 1000;
+/// Most check-backs a configuration may allow.
+const MAX_TRANSACTION_CHECKS: u32 = 1000;
 
 /// Longest `max_delay_ms` a configuration may set (30 days).
 const MAX_DELAY_LIMIT_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -144,6 +157,15 @@ pub struct FileConfig {
     /// Longest delay a delay message may ask for; a later delivery time is refused.
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
+    /// How long after its half message an open transaction is first checked back.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// How long between later check-backs.
+    #[serde(default = "default_transaction_check_interval_ms")]
+    pub transaction_check_interval_ms: u64,
+    /// Check-backs before an open transaction is rolled back.
+    #[serde(default = "default_transaction_check_max")]
+    pub transaction_check_max: u32,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -287,6 +309,20 @@ impl FileConfig {
                 format!("{} is not within 1000 (1 s) and {MAX_DELAY_LIMIT_MS} (30 days)", self.max_delay_ms),
             ));
         }
+        for (key, value) in [
+            ("transaction_timeout_ms", self.transaction_timeout_ms),
+            ("transaction_check_interval_ms", self.transaction_check_interval_ms),
+        ] {
+            if !(100..=MAX_TRANSACTION_WAIT_MS).contains(&value) {
+                return Err(invalid(key, format!("{value} is not within 100 and {MAX_TRANSACTION_WAIT_MS} (1 day)")));
+            }
+        }
+        if !(1..=MAX_TRANSACTION_CHECKS).contains(&self.transaction_check_max) {
+            return Err(invalid(
+                "transaction_check_max",
+                format!("{} is not within 1 and {MAX_TRANSACTION_CHECKS}", self.transaction_check_max),
+            ));
+        }
         let data_dir =
             self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/{}-{}", self.group, self.node_id)));
         let max_payload = (self.segment_size_bytes / 2).min(u64::from(LogConfig::default().max_payload)) as u32;
@@ -311,6 +347,11 @@ impl FileConfig {
             service: ServiceSettings {
                 max_body_bytes: self.max_body_bytes,
                 max_delay_ms: self.max_delay_ms,
+                transactions: TransactionSettings {
+                    timeout_ms: self.transaction_timeout_ms,
+                    check_interval_ms: self.transaction_check_interval_ms,
+                    max_checks: self.transaction_check_max,
+                },
                 auto_create_queues: self.auto_create_topics.then_some(self.default_queues),
                 ack: self.ack,
                 ..ServiceSettings::default()
@@ -375,6 +416,10 @@ client = "10.0.0.3:8081"
         assert_eq!(cfg.log.sync, SyncPolicy::EveryBatch);
         assert_eq!(cfg.service.max_body_bytes, 4 << 20);
         assert_eq!(cfg.service.max_delay_ms, 24 * 3600 * 1000);
+        assert_eq!(
+            cfg.service.transactions,
+            TransactionSettings { timeout_ms: 6_000, check_interval_ms: 60_000, max_checks: 15 }
+        );
         assert_eq!(cfg.service.auto_create_queues, Some(8));
         assert_eq!(cfg.listen_client, None);
         assert_eq!(cfg.cluster, "DefaultCluster");
@@ -399,6 +444,8 @@ client = "10.0.0.3:8081"
         assert!(e.contains("unknown field") && e.contains("colour"), "{e}");
         let e = error_of(&format!("max_delay_ms = 500\n{THREE}"));
         assert!(e.contains("max_delay_ms") && e.contains("30 days"), "{e}");
+        let e = error_of(&format!("transaction_check_max = 0\n{THREE}"));
+        assert!(e.contains("transaction_check_max") && e.contains("within 1 and 1000"), "{e}");
         let e = error_of(&format!("election_timeout_ms = 200\n{THREE}"));
         assert!(e.contains("election_timeout_ms"), "{e}");
         let e = error_of(&format!("group = \"a b\"\n{}", THREE.replace("group = \"broker-a\"", "")));

@@ -1,7 +1,9 @@
 //! The raftmq broker node: the Raft group over the CommitLog, the derived stores, the
-//! background work of a node (dispatch, retention, delay timers) and the gRPC services.
+//! background work of a node (dispatch, retention, delay timers, transaction check-back) and
+//! the gRPC services.
 
 pub mod admin;
+pub mod check_back;
 pub mod config;
 pub mod durable;
 pub mod forward;

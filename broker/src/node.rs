@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tonic::service::Routes;
 
 use crate::admin::{Admin, DEFAULT_QUEUES};
+use crate::check_back::{self, CheckBack};
 use crate::forward::Forwarder;
 use crate::raft::ack::{AckLogStore, DEFAULT_WAITERS, FlushWaiters};
 use crate::raft::backfill::Backfill;
@@ -21,8 +22,8 @@ use crate::raft::state::StateStore;
 use crate::raft::{Raft, TypeConfig};
 use crate::registration::{Identity, Registration};
 use crate::retention;
-use crate::service::Broker;
 use crate::service::namesrv_view::RouteView;
+use crate::service::{Broker, NodeParts};
 use crate::sessions::Sessions;
 pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
@@ -130,7 +131,11 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_started = started.elapsed();
-        let (stores, reset) = Stores::open(&cfg.data_dir.join("store"), cfg.store.clone())
+        // Opening reads the timer store's files: off the async workers too.
+        let (store_dir, store_config) = (cfg.data_dir.join("store"), cfg.store.clone());
+        let (stores, reset) = tokio::task::spawn_blocking(move || Stores::open(&store_dir, store_config))
+            .await
+            .map_err(|e| StartError::Store(format!("the store opening task failed: {e}")))?
             .map_err(|e| StartError::Store(e.to_string()))?;
         let dispatch = dispatch::spawn(stores.clone(), store.clone(), state.clone(), reset);
 
@@ -153,8 +158,19 @@ impl Node {
             default_queues,
             sessions.clone(),
         );
-        let timer_driver = timers::spawn(raft.clone(), storage.clone());
-        let broker = Broker::new(&cfg.group, raft.clone(), storage, service_settings(&cfg), view, forwarder, sessions);
+        let (resolver, inbox) = timers::channel();
+        let timer_driver = timers::spawn(raft.clone(), storage.clone(), inbox);
+        let check_back = check_back::spawn(CheckBack {
+            raft: raft.clone(),
+            storage: storage.clone(),
+            resolver: resolver.clone(),
+            sessions: sessions.clone(),
+            settings: cfg.service.transactions,
+            group: cfg.group.clone(),
+            store_host: me.client_addr.clone(),
+        });
+        let parts = NodeParts { raft: raft.clone(), storage, view, forwarder, sessions, resolver };
+        let broker = Broker::new(&cfg.group, service_settings(&cfg), parts);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         // The admin service shares the client endpoint with the RocketMQ service.
         let client_service = Routes::new(
@@ -193,6 +209,7 @@ impl Node {
         let tasks = vec![
             dispatch,
             timer_driver,
+            check_back,
             backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
             retention::spawn(raft.clone(), log.clone(), state.clone(), stores.clone(), cfg.retention.clone()),
         ];

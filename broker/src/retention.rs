@@ -15,9 +15,9 @@
 //! every member, through the log) the queues' minimum offsets, pop state and committed
 //! offsets have moved past the expired messages. Every member then deletes, from its own
 //! applied state, the segments entirely below both the first message within the reserved
-//! time, every queue's first message and every delay message still waiting for its time
-//! (its age counts from its delivery); a follower deletes once the trim reached it. The log
-//! never deletes anything above its purge point, nor its newest segment. An optional
+//! time, every queue's first message, every delay message still waiting for its time and
+//! every half message of an open transaction (their age counts from their delivery); a
+//! follower deletes once the trim reached it. The log never deletes anything above its purge point, nor its newest segment. An optional
 //! byte limit deletes the oldest purged segments beyond it whatever their age (RocketMQ's
 //! forced clean when the disk fills).
 
@@ -97,9 +97,13 @@ pub fn policy(
     let cutoff = cutoff(now, config);
     let mut keep_from = undispatched;
     let mut expired_before = if cutoff.is_some() { undispatched } else { 0 };
-    // A delay message waiting for its time stays whatever its age.
+    // A delay message waiting for its time, and a half message waiting for its
+    // transaction's end, stay whatever their age.
     if let Some(waiting) = stores.timers().keeps_from() {
         keep_from = keep_from.min(waiting.0);
+    }
+    if let Some(((open, _), _)) = machine.transactions().first_key_value() {
+        keep_from = keep_from.min(open.0);
     }
     for (topic, queue, min, max) in queues(machine) {
         if min >= max {

@@ -2,7 +2,8 @@
 //! topics, learnt from their Telemetry settings and Heartbeats (RocketMQ clients name
 //! themselves in the `x-mq-client-id` header of every call). A client silent for
 //! [`SESSION_EXPIRY`] is forgotten, and so is one that says it is terminating. Each node
-//! knows its own clients; the admin service gathers them from every member.
+//! knows its own clients; the admin service gathers them from every member. A client's open
+//! Telemetry stream can carry commands from the broker to it (transaction check-back).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use raftmq_proto::rocketmq::v2 as pb;
+use tokio::sync::mpsc;
 
 /// A client not heard from for this long is gone (RocketMQ clients heartbeat every 10 to
 /// 30 s and keep a Telemetry stream open).
@@ -23,6 +25,19 @@ const MAX_FIELD_BYTES: usize = 256;
 const MAX_TOPICS_PER_CLIENT: usize = 256;
 /// The header RocketMQ clients name themselves in.
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
+/// Most commands waiting to go out on one client's Telemetry stream; more are not sent.
+const OUTBOX_CAPACITY: usize = 256;
+
+/// Commands from the broker waiting to go out on a client's Telemetry stream.
+pub type Outbox = mpsc::Receiver<pb::TelemetryCommand>;
+
+/// The sending side of an open Telemetry stream.
+#[derive(Debug)]
+struct Stream {
+    /// Tells this stream from a later one of the same client.
+    id: u64,
+    tx: mpsc::Sender<pb::TelemetryCommand>,
+}
 
 /// What a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,6 +102,8 @@ pub struct Session {
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<HashMap<String, Session>>>,
+    streams: Arc<Mutex<HashMap<String, Stream>>>,
+    next_stream: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn clip(s: &str) -> String {
@@ -194,6 +211,51 @@ impl Sessions {
     /// The client says it is terminating.
     pub fn terminated(&self, client_id: &str) {
         self.inner.lock().remove(client_id);
+    }
+
+    /// A client's Telemetry stream opened: commands for it go to the outbox returned, until
+    /// [`Self::close_stream`] with the id returned (a later stream of the same client
+    /// replaces this one).
+    pub fn open_stream(&self, client_id: &str) -> (u64, Outbox) {
+        let id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        self.streams.lock().insert(client_id.to_string(), Stream { id, tx });
+        (id, rx)
+    }
+
+    /// A client's Telemetry stream `id` ended.
+    pub fn close_stream(&self, client_id: &str, id: u64) {
+        let mut streams = self.streams.lock();
+        if streams.get(client_id).is_some_and(|s| s.id == id) {
+            streams.remove(client_id);
+        }
+        drop(streams);
+        self.telemetry_closed(client_id);
+    }
+
+    /// Sends `command` over the Telemetry stream of a live producer publishing to `topic`
+    /// (the one heard from most recently whose stream takes it). Returns its client id, or
+    /// `None` when no such producer is connected to this node.
+    pub fn send_to_producer(&self, topic: &str, command: pb::TelemetryCommand) -> Option<String> {
+        let now = Instant::now();
+        let mut producers: Vec<(Instant, String)> = self
+            .inner
+            .lock()
+            .values()
+            .filter(|s| {
+                s.kind == ClientKind::Producer
+                    && s.telemetry
+                    && s.topics.contains(topic)
+                    && now.duration_since(s.last_seen) < SESSION_EXPIRY
+            })
+            .map(|s| (s.last_seen, s.client_id.clone()))
+            .collect();
+        producers.sort_by_key(|p| std::cmp::Reverse(p.0));
+        let streams = self.streams.lock();
+        producers
+            .into_iter()
+            .find(|(_, id)| streams.get(id).is_some_and(|s| s.tx.try_send(command.clone()).is_ok()))
+            .map(|(_, id)| id)
     }
 
     /// The live clients of a consumer group, or publishing to or subscribed to a topic of

@@ -57,6 +57,26 @@ pub struct ServiceSettings {
     /// When a send is answered: after commit (`Quorum`, the default), or once the leader's own
     /// write is durable (`Leader`: the receipt's offset is -1, a failover can lose the tail).
     pub ack: AckMode,
+    /// When open transactions are checked back.
+    pub transactions: TransactionSettings,
+}
+
+/// Check-back of open transactions (RocketMQ's `transactionTimeOut`,
+/// `transactionCheckInterval`, `transactionCheckMax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionSettings {
+    /// How long after its half message an open transaction is first checked (default 6 s).
+    pub timeout_ms: u64,
+    /// How long between later checks (default 60 s).
+    pub check_interval_ms: u64,
+    /// Checks before an open transaction is rolled back (default 15).
+    pub max_checks: u32,
+}
+
+impl Default for TransactionSettings {
+    fn default() -> Self {
+        Self { timeout_ms: 6_000, check_interval_ms: 60_000, max_checks: 15 }
+    }
 }
 
 impl Default for ServiceSettings {
@@ -71,6 +91,7 @@ impl Default for ServiceSettings {
             max_delay_ms: 24 * 3600 * 1000,
             max_entry_bytes: LogConfig::default().max_payload as usize,
             ack: AckMode::Quorum,
+            transactions: TransactionSettings::default(),
         }
     }
 }

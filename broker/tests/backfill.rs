@@ -62,6 +62,7 @@ fn message(i: u32, epoch: LogIndex) -> StoredMessage {
         properties: BTreeMap::new(),
         born: Millis(common::now_ms()),
         deliver_at: None,
+        transactional: false,
         born_host: "test".into(),
         body: Bytes::from(body),
         body_gzip: false,

@@ -44,6 +44,7 @@ fn send() -> Command {
         properties: BTreeMap::from([("region".to_string(), "eu".to_string())]),
         born: Millis(1_700_000_000_000),
         deliver_at: None,
+        transactional: false,
         born_host: "10.0.0.7".into(),
         body: Bytes::from_static(b"hello, raftmq"),
         body_gzip: false,
@@ -62,7 +63,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v5.bin", &bytes);
+    check("entry-v6.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);
@@ -91,7 +92,7 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
     let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
-    check("snapshot-v3.bin", &bytes);
+    check("snapshot-v4.bin", &bytes);
     let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
     Ok(())

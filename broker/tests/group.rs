@@ -61,6 +61,7 @@ fn message(i: u32, epoch: LogIndex) -> StoredMessage {
         properties: BTreeMap::new(),
         born: Millis(1),
         deliver_at: None,
+        transactional: false,
         born_host: "test".into(),
         body: Bytes::from(format!("body {i}")),
         body_gzip: false,

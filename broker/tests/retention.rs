@@ -68,6 +68,7 @@ async fn send(nodes: &[Node], first: u32, entries: u32) -> anyhow::Result<BTreeS
                     properties: BTreeMap::new(),
                     born: Millis(common::now_ms()),
                     deliver_at: None,
+                    transactional: false,
                     born_host: "test".into(),
                     body: Bytes::from(body),
                     body_gzip: false,

@@ -32,6 +32,7 @@ fn message(entry: u64, slot: usize, body_bytes: usize) -> StoredMessage {
         properties: BTreeMap::from([("slot".to_string(), slot.to_string())]),
         born: Millis(1_700_000_000_000),
         deliver_at: None,
+        transactional: false,
         born_host: "10.0.0.7".into(),
         body: Bytes::from(vec![(entry as u8).wrapping_add(slot as u8); body_bytes]),
         body_gzip: false,

@@ -141,6 +141,7 @@ async fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                             properties: BTreeMap::new(),
                             born: Millis(common::now_ms()),
                             deliver_at: None,
+                            transactional: false,
                             born_host: "test".into(),
                             body: Bytes::from(format!("body {sent}")),
                             body_gzip: false,

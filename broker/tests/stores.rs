@@ -41,6 +41,7 @@ fn message(topic: &str, epoch: LogIndex, i: u32, queues: u32) -> StoredMessage {
         properties: BTreeMap::new(),
         born: Millis(common::now_ms()),
         deliver_at: None,
+        transactional: false,
         born_host: "test".into(),
         body: Bytes::from(format!("{topic} body {i}")),
         body_gzip: false,
@@ -164,10 +165,10 @@ async fn rebuilt_and_recovered_stores_equal_the_ones_written_as_messages_arrived
     );
     let send_index = common::leader_of(&all).map(|l| l.state.read(|a| a.machine.last_applied())).expect("a leader");
     let fire = |slot: u32| Fire { log_index: send_index, slot: Slot(slot), head: delayed[slot as usize].head() };
-    let fired = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(1)] };
+    let fired = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(1)], drops: vec![] };
     let r = write(&all, fired).await?;
     anyhow::ensure!(matches!(&r, Response::Sent(s) if s.len() == 1 && s[0].is_ok()), "{r:?}");
-    let stale = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(0), fire(1)] };
+    let stale = Command::FireTimers { now: at, prev_fire: LogIndex(0), fires: vec![fire(0), fire(1)], drops: vec![] };
     anyhow::ensure!(matches!(write(&all, stale).await?, Response::Failed(_)), "a stale fire is refused");
     send(&all, "orders", 4, 90, 95).await?;
     caught_up(&all).await?;

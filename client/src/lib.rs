@@ -42,7 +42,7 @@ pub use self::conn::{ClientOptions, MAX_ENDPOINTS, parse_endpoints};
 pub use self::consumer::{MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
 pub use self::error::Error;
 pub use self::message::{Message, ReceivedMessage, SendReceipt};
-pub use self::producer::{MAX_BATCH, Producer};
+pub use self::producer::{MAX_BATCH, Producer, Transaction};
 pub use self::route::{RouteQueue, TopicRoute};
 /// The generated protocol types the admin client returns (`TopicInfo`, `NodeStatus`, ...).
 pub use raftmq_proto as proto;

@@ -81,8 +81,11 @@ pub struct SendReceipt {
     /// The queue it went to.
     pub queue_id: u32,
     /// Its offset in that queue; `None` when the group acknowledges sends before applying
-    /// them (`ack = "leader"`), so no offset is assigned yet.
+    /// them (`ack = "leader"`), so no offset is assigned yet, and for delay and half
+    /// messages (they get one when they become visible).
     pub offset: Option<u64>,
+    /// A transactional half message's transaction id (commit or roll back with it).
+    pub transaction_id: Option<String>,
 }
 
 /// A message taken by a [`crate::SimpleConsumer`]; ack it with its receipt handle.

@@ -1,6 +1,8 @@
 //! The producer: sends messages to a topic's queues (round robin, or by message group),
 //! at the leader the route names; on a transport failure or a leader change it asks for the
-//! route again and retries elsewhere with a short backoff, until its deadline.
+//! route again and retries elsewhere with a short backoff, until its deadline. Transactions:
+//! a half message is stored but invisible until [`Producer::commit`]; [`Producer::rollback`]
+//! drops it.
 
 use std::time::Duration;
 
@@ -41,6 +43,87 @@ impl Producer {
     /// Sends messages to `topic` in one request (one queue, unless they carry message
     /// groups); the receipts are in the order of `messages`.
     pub async fn send_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<SendReceipt>, Error> {
+        self.send_messages(topic, messages, false).await
+    }
+
+    /// Sends a transactional half message to `topic`: stored at once, delivered only once
+    /// committed ([`Self::commit`]); [`Self::rollback`] drops it. Left open, the broker
+    /// checks it back with a producer of the topic that has a transaction checker, and rolls
+    /// it back after its last check.
+    pub async fn send_in_transaction(&self, topic: &str, message: Message) -> Result<Transaction, Error> {
+        if message.delivery_time.is_some() || message.message_group.is_some() {
+            return Err(Error::InvalidArgument(
+                "a transactional message cannot also be a delay or FIFO message".into(),
+            ));
+        }
+        let receipt = self
+            .send_messages(topic, vec![message], true)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::protocol("send", "", "the broker answered no result"))?;
+        let transaction_id = receipt
+            .transaction_id
+            .clone()
+            .ok_or_else(|| Error::protocol("send", "", "the broker gave a half message no transaction id"))?;
+        Ok(Transaction { topic: topic.to_string(), transaction_id, receipt })
+    }
+
+    /// Commits a transaction: its message becomes visible to consumers.
+    pub async fn commit(&self, transaction: &Transaction) -> Result<(), Error> {
+        self.end_transaction(transaction, pb::TransactionResolution::Commit).await
+    }
+
+    /// Rolls back a transaction: its message is never delivered.
+    pub async fn rollback(&self, transaction: &Transaction) -> Result<(), Error> {
+        self.end_transaction(transaction, pb::TransactionResolution::Rollback).await
+    }
+
+    async fn end_transaction(
+        &self,
+        transaction: &Transaction,
+        resolution: pb::TransactionResolution,
+    ) -> Result<(), Error> {
+        const OP: &str = "end transaction";
+        let mut retry = Retry::new(OP, &self.conn.options, Duration::ZERO);
+        loop {
+            let attempt = async {
+                let timeout = retry.timeout(None);
+                let route = self.routes.route(&self.conn, &transaction.topic, retry.attempt(), timeout).await?;
+                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let body = pb::EndTransactionRequest {
+                    topic: Some(pb::Resource { resource_namespace: String::new(), name: transaction.topic.clone() }),
+                    message_id: transaction.receipt.message_id.clone(),
+                    transaction_id: transaction.transaction_id.clone(),
+                    resolution: resolution as i32,
+                    source: pb::TransactionSource::SourceClient as i32,
+                    trace_context: String::new(),
+                };
+                let mut client = self.conn.messaging(&endpoint)?;
+                let resp = self
+                    .conn
+                    .call(OP, &endpoint, timeout, client.end_transaction(self.conn.request(body, timeout)))
+                    .await?;
+                match resp.status.as_ref().map(|s| s.code) {
+                    Some(c) if c == pb::Code::Ok as i32 => Ok(()),
+                    _ => Err(Error::broker(OP, &endpoint, resp.status.as_ref())),
+                }
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.routes.forget(&transaction.topic);
+                    retry.failed(e).await?;
+                }
+            }
+        }
+    }
+
+    async fn send_messages(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+        transactional: bool,
+    ) -> Result<Vec<SendReceipt>, Error> {
         if topic.trim().is_empty() {
             return Err(Error::InvalidArgument("the topic is empty".into()));
         }
@@ -55,7 +138,7 @@ impl Producer {
         let pick = self.conn.pick();
         let mut retry = Retry::new("send", &self.conn.options, Duration::ZERO);
         loop {
-            match self.try_send(topic, &messages, &ids, pick, &retry).await {
+            match self.try_send(topic, &messages, &ids, pick, &retry, transactional).await {
                 Ok(receipts) => return Ok(receipts),
                 Err(e) => {
                     self.routes.forget(topic);
@@ -73,6 +156,7 @@ impl Producer {
         ids: &[String],
         pick: usize,
         retry: &Retry,
+        transactional: bool,
     ) -> Result<Vec<SendReceipt>, Error> {
         const OP: &str = "send";
         let timeout = retry.timeout(None);
@@ -91,7 +175,13 @@ impl Producer {
                 .iter()
                 .zip(ids)
                 .zip(&placed)
-                .map(|((m, id), q)| outgoing(topic, m, *q, id.clone()))
+                .map(|((m, id), q)| {
+                    let mut m = outgoing(topic, m, *q, id.clone());
+                    if transactional && let Some(sys) = m.system_properties.as_mut() {
+                        sys.message_type = pb::MessageType::Transaction as i32;
+                    }
+                    m
+                })
                 .collect(),
         };
         let mut client = self.conn.messaging(&endpoint)?;
@@ -131,10 +221,22 @@ impl Producer {
                     -1 => None,
                     o => Some(u64::try_from(o).map_err(|_| Error::protocol(OP, &endpoint, format!("offset {o}")))?),
                 };
-                Ok(SendReceipt { message_id: e.message_id, queue_id, offset })
+                let transaction_id = Some(e.transaction_id).filter(|t| !t.is_empty());
+                Ok(SendReceipt { message_id: e.message_id, queue_id, offset, transaction_id })
             })
             .collect()
     }
+}
+
+/// An open transaction: its half message is stored, invisible until committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The topic of its message.
+    pub topic: String,
+    /// Its id, as the broker gave it.
+    pub transaction_id: String,
+    /// The half message's receipt.
+    pub receipt: SendReceipt,
 }
 
 fn pick_queue(route: &TopicRoute, pick: usize) -> Result<u32, Error> {

@@ -39,6 +39,8 @@ pub struct MessageHead {
     pub topic_epoch: LogIndex,
     /// Earliest delivery time (delay messages).
     pub deliver_at: Option<Millis>,
+    /// A transactional half message: visible only once committed.
+    pub transactional: bool,
 }
 
 /// Where one slot's bytes are, relative to the start of the batch, and their CRC32C.
@@ -269,6 +271,7 @@ impl StoredMessage {
             queue: self.queue,
             topic_epoch: self.topic_epoch,
             deliver_at: self.deliver_at,
+            transactional: self.transactional,
         }
     }
 
@@ -280,6 +283,7 @@ impl StoredMessage {
             queue: head.queue,
             topic_epoch: head.topic_epoch,
             deliver_at: head.deliver_at,
+            transactional: head.transactional,
             message_id: String::new(),
             tag: None,
             keys: Vec::new(),
@@ -311,6 +315,7 @@ mod tests {
             properties: BTreeMap::from([("p".to_string(), i.to_string())]),
             born: Millis(1_700_000_000_000 + i64::from(i)),
             deliver_at: None,
+            transactional: false,
             born_host: "10.0.0.1".into(),
             body: Bytes::from(vec![i as u8; i as usize * 7]),
             body_gzip: false,

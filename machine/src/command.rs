@@ -6,6 +6,7 @@ use crate::batch::MessageBatch;
 use crate::ids::{LogIndex, Millis, QueueId, QueueOffset};
 use crate::receipt::Receipt;
 use crate::timer::Fire;
+use crate::transaction::TransactionKey;
 use crate::types::{GroupName, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
@@ -100,8 +101,19 @@ pub enum Command {
         now: Millis,
         /// The last accepted `FireTimers` the plan was made after (0: none).
         prev_fire: LogIndex,
-        /// The messages (at most [`crate::timer::MAX_FIRES_PER_COMMAND`]).
+        /// The messages (at most [`crate::timer::MAX_FIRES_PER_COMMAND`]): due delay
+        /// messages and committed half messages.
         fires: Vec<Fire>,
+        /// Rolled-back half messages: their transactions end without a queue offset (at
+        /// most [`crate::transaction::MAX_TRANSACTIONS_PER_COMMAND`]).
+        drops: Vec<TransactionKey>,
+    },
+    /// Counts a check-back sent for each named open transaction (unknown ones are ignored).
+    CheckTransactions {
+        /// The proposer's clock: when they were checked.
+        now: Millis,
+        /// The transactions (at most [`crate::transaction::MAX_TRANSACTIONS_PER_COMMAND`]).
+        keys: Vec<TransactionKey>,
     },
     /// Moves a consumer group's position on a topic's queues (RocketMQ's reset offset,
     /// 回溯消费): on each named queue its receives start again from the offset given (clamped
@@ -138,7 +150,10 @@ impl std::fmt::Display for Command {
                 write!(f, "commit-offset {group} {topic} q{} @{}", queue.0, offset.0)
             }
             Command::TrimQueues { mins } => write!(f, "trim-queues n={}", mins.len()),
-            Command::FireTimers { fires, .. } => write!(f, "fire-timers n={}", fires.len()),
+            Command::FireTimers { fires, drops, .. } => {
+                write!(f, "fire-timers n={} drops={}", fires.len(), drops.len())
+            }
+            Command::CheckTransactions { keys, .. } => write!(f, "check-transactions n={}", keys.len()),
             Command::ResetOffset { group, topic, offsets } => {
                 write!(f, "reset-offset {group} {topic} queues={}", offsets.len())
             }

@@ -18,6 +18,7 @@ mod plan;
 pub mod pop;
 pub mod receipt;
 pub mod timer;
+pub mod transaction;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,7 @@ pub use self::ids::{LogIndex, Millis, NodeId, PopId, QueueId, QueueOffset, Slot}
 use self::pop::PopState;
 pub use self::receipt::Receipt;
 use self::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
+use self::transaction::{MAX_OPEN_TRANSACTIONS, MAX_TRANSACTIONS_PER_COMMAND, OpenTransaction, TransactionKey};
 use self::types::{GroupName, Permission, StoredMessage, TopicConfig, TopicName};
 
 /// Most messages one pop may take.
@@ -142,6 +144,8 @@ pub struct Machine {
     clock: Millis,
     /// Delay timers' progress.
     timers: TimerState,
+    /// Open transactions: half messages not yet committed or rolled back.
+    transactions: BTreeMap<TransactionKey, OpenTransaction>,
 }
 
 fn validate_config(config: &TopicConfig) -> Result<(), CommandError> {
@@ -199,6 +203,11 @@ impl Machine {
     /// Delay timers' progress.
     pub fn timers(&self) -> TimerState {
         self.timers
+    }
+
+    /// The open transactions, oldest half message first.
+    pub fn transactions(&self) -> &BTreeMap<TransactionKey, OpenTransaction> {
+        &self.transactions
     }
 
     /// A consumer group's progress on every queue of the topics it has consumed from (pops
@@ -297,15 +306,17 @@ impl Machine {
     /// The fires of the `FireTimers` entry at `index` that got queue offsets, in order, as
     /// apply gave them (asked of the state after that entry, or of any later one).
     /// `last_fire` is the caller's own record of the last accepted `FireTimers` (the entries
-    /// before this one decide it); it moves to `index` when this one was accepted.
+    /// before this one decide it); it moves to `index` when this one was accepted. `drops`
+    /// is how many rollbacks the entry carries.
     pub fn fired<'a>(
         &self,
         last_fire: &mut LogIndex,
         index: LogIndex,
         prev_fire: LogIndex,
         fires: &'a [Fire],
+        drops: usize,
     ) -> Vec<&'a Fire> {
-        if prev_fire != *last_fire || fires.len() > MAX_FIRES_PER_COMMAND {
+        if prev_fire != *last_fire || fires.len() > MAX_FIRES_PER_COMMAND || drops > MAX_TRANSACTIONS_PER_COMMAND {
             return Vec::new();
         }
         *last_fire = index;
@@ -355,12 +366,28 @@ impl Machine {
                 self.tick(*now);
                 Response::Sent(messages.heads().map(|(slot, m)| self.store(*now, slot, m)).collect())
             }
-            Command::FireTimers { now, prev_fire, fires } => {
+            Command::FireTimers { now, prev_fire, fires, drops } => {
                 self.tick(*now);
-                match self.fire(log_index, *prev_fire, fires) {
+                match self.fire(log_index, *prev_fire, fires, drops) {
                     Ok(results) => Response::Sent(results),
                     Err(e) => Response::Failed(e),
                 }
+            }
+            Command::CheckTransactions { now, keys } => {
+                let now = self.tick(*now);
+                if keys.len() > MAX_TRANSACTIONS_PER_COMMAND {
+                    return Response::Failed(CommandError::LimitReached(format!(
+                        "{} transactions in one check, the limit is {MAX_TRANSACTIONS_PER_COMMAND}",
+                        keys.len()
+                    )));
+                }
+                for key in keys {
+                    if let Some(t) = self.transactions.get_mut(key) {
+                        t.checks = t.checks.saturating_add(1);
+                        t.last_check = Some(now);
+                    }
+                }
+                Response::Done
             }
             Command::Pop { now, group, topic, invisible_ms, takes } => {
                 let now = self.tick(*now);
@@ -407,10 +434,22 @@ impl Machine {
     /// Stores one message of a `Send`: the next offset of its queue. A message whose bytes
     /// are damaged is refused alike on every node (dispatch skips it too).
     /// A message whose delivery time is later than `now`, the entry's time, is scheduled: it
-    /// gets no offset until its timer fires.
+    /// gets no offset until its timer fires. A transactional half message gets none until
+    /// it is committed.
     fn store(&mut self, now: Millis, slot: Slot, m: Result<MessageHead, CodecError>) -> Result<Sent, CommandError> {
         let m = m.map_err(|e| CommandError::Damaged(format!("message {} of the entry: {e}", slot.0)))?;
         self.accepts_head(&m, self.last_applied)?;
+        if m.transactional {
+            if self.transactions.len() >= MAX_OPEN_TRANSACTIONS {
+                return Err(CommandError::LimitReached(format!(
+                    "{MAX_OPEN_TRANSACTIONS} transactions are open, the limit; commit or roll back some first"
+                )));
+            }
+            let queue = m.queue;
+            let open = OpenTransaction { head: m, born: now, checks: 0, last_check: None };
+            self.transactions.insert((self.last_applied, slot), open);
+            return Ok(Sent { queue, offset: None });
+        }
         if timer::scheduled(m.deliver_at, now) {
             self.timers.pending += 1;
             return Ok(Sent { queue: m.queue, offset: None });
@@ -426,18 +465,26 @@ impl Machine {
         QueueOffset(offset)
     }
 
-    /// Fires due timers if the plan was made after the last accepted fire; each message whose
-    /// topic incarnation still exists gets the next offset of its queue.
+    /// Fires due timers and committed half messages if the plan was made after the last
+    /// accepted fire; each message whose topic incarnation still exists gets the next offset
+    /// of its queue. Rolled-back half messages (`drops`) leave the open transactions.
     fn fire(
         &mut self,
         log_index: LogIndex,
         prev_fire: LogIndex,
         fires: &[Fire],
+        drops: &[TransactionKey],
     ) -> Result<Vec<Result<Sent, CommandError>>, CommandError> {
         if fires.len() > MAX_FIRES_PER_COMMAND {
             return Err(CommandError::LimitReached(format!(
                 "{} timers in one fire, the limit is {MAX_FIRES_PER_COMMAND}",
                 fires.len()
+            )));
+        }
+        if drops.len() > MAX_TRANSACTIONS_PER_COMMAND {
+            return Err(CommandError::LimitReached(format!(
+                "{} rollbacks in one fire, the limit is {MAX_TRANSACTIONS_PER_COMMAND}",
+                drops.len()
             )));
         }
         if prev_fire != self.timers.last_fire {
@@ -447,12 +494,19 @@ impl Machine {
             )));
         }
         self.timers.last_fire = log_index;
+        for key in drops {
+            self.transactions.remove(key);
+        }
         let mut seen = BTreeSet::new();
         let results = fires
             .iter()
             .map(|f| {
                 timer::check_fire(&mut seen, f)?;
-                self.timers.pending = self.timers.pending.saturating_sub(1);
+                if f.head.transactional {
+                    self.transactions.remove(&(f.log_index, f.slot));
+                } else {
+                    self.timers.pending = self.timers.pending.saturating_sub(1);
+                }
                 self.accepts_head(&f.head, log_index)?;
                 Ok(Sent { queue: f.head.queue, offset: Some(self.append_to_queue(&f.head)) })
             })

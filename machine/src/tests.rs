@@ -122,6 +122,7 @@ fn message(t: &str, epoch: LogIndex, queue: u32, tag: Option<&str>, body: &str) 
         properties: BTreeMap::new(),
         born: Millis(1),
         deliver_at: None,
+        transactional: false,
         born_host: "127.0.0.1".into(),
         body: Bytes::copy_from_slice(body.as_bytes()),
         body_gzip: false,
@@ -141,7 +142,7 @@ fn dispatch(
         Command::Send { now, messages, .. } => {
             for (slot, msg) in messages.iter() {
                 let msg = msg.expect("decodes");
-                if m.accepts(&msg, index).is_ok() && !timer::scheduled(msg.deliver_at, *now) {
+                if m.accepts(&msg, index).is_ok() && !msg.transactional && !timer::scheduled(msg.deliver_at, *now) {
                     let tag = msg.tag.as_deref().map(tag_hash);
                     cq.entry((msg.topic.clone(), msg.queue)).or_default().push(Rec {
                         log_index: index,
@@ -151,8 +152,8 @@ fn dispatch(
                 }
             }
         }
-        Command::FireTimers { prev_fire, fires, .. } => {
-            for f in m.fired(last_fire, index, *prev_fire, fires) {
+        Command::FireTimers { prev_fire, fires, drops, .. } => {
+            for f in m.fired(last_fire, index, *prev_fire, fires, drops.len()) {
                 // The broker reads the tag from the message in the log; these tests fire
                 // untagged messages.
                 let rec = Rec { log_index: f.log_index, slot: f.slot.0, tag: None };
@@ -418,8 +419,12 @@ fn a_delay_message_waits_for_its_timer_and_fires_once() {
     assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 2, "the scheduled message has no record yet");
 
     // Fired: the next offset of its queue, once.
-    let fire =
-        Command::FireTimers { now: Millis(5_000), prev_fire: LogIndex(0), fires: vec![fire_of(send_index, 0, &later)] };
+    let fire = Command::FireTimers {
+        now: Millis(5_000),
+        prev_fire: LogIndex(0),
+        fires: vec![fire_of(send_index, 0, &later)],
+        drops: vec![],
+    };
     let fire_index = w.next();
     assert_eq!(
         w.apply(fire.clone()),
@@ -446,7 +451,9 @@ fn a_fire_names_each_message_once_and_skips_deleted_topics() {
     assert_eq!(w.m.timers().pending, 2);
     assert_eq!(w.apply(Command::DeleteTopic { topic: topic("gone") }), Response::Done);
     let fires = vec![fire_of(index, 0, &a), fire_of(index, 0, &a), fire_of(index, 1, &b)];
-    let Response::Sent(r) = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire: LogIndex(0), fires }) else {
+    let Response::Sent(r) =
+        w.apply(Command::FireTimers { now: Millis(9_000), prev_fire: LogIndex(0), fires, drops: vec![] })
+    else {
         panic!("the fire is taken");
     };
     assert_eq!(r[0], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) }));
@@ -457,9 +464,49 @@ fn a_fire_names_each_message_once_and_skips_deleted_topics() {
 
     let too_many = vec![fire_of(index, 0, &a); MAX_FIRES_PER_COMMAND + 1];
     let prev_fire = w.m.timers().last_fire;
-    let r = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire, fires: too_many });
+    let r = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire, fires: too_many, drops: vec![] });
     assert!(matches!(r, Response::Failed(CommandError::LimitReached(_))), "{r:?}");
     assert_eq!(w.m.timers().last_fire, prev_fire, "a refused fire is not the last fire");
+}
+
+#[test]
+fn a_half_message_is_visible_only_once_committed_and_ends_once() {
+    let mut w = World::new();
+    w.create("t", 1);
+    let half = |body: &str| StoredMessage { transactional: true, ..w.msg("t", 0, None, body) };
+    let (commit, rollback, orphan) = (half("commit"), half("rollback"), half("orphan"));
+    let index = w.next().0;
+    let r = w.send_at(1_000, vec![commit.clone(), rollback.clone(), orphan.clone()]);
+    assert!(r.iter().all(|s| *s == Ok(Sent { queue: QueueId(0), offset: None })), "{r:?}");
+    assert_eq!(w.m.transactions().len(), 3);
+    assert_eq!(w.m.timers().pending, 0, "half messages are not timers");
+    assert!(!w.cq.contains_key(&(topic("t"), QueueId(0))), "no record before a commit");
+    let open = &w.m.transactions()[&(LogIndex(index), Slot(2))];
+    assert_eq!((open.born, open.checks, open.check_due(6_000, 60_000)), (Millis(1_000), 0, Millis(7_000)));
+
+    // A check-back is counted; the next one is due an interval later.
+    let keys = vec![(LogIndex(index), Slot(2)), (LogIndex(999), Slot(0))];
+    assert_eq!(w.apply(Command::CheckTransactions { now: Millis(7_000), keys }), Response::Done);
+    let open = &w.m.transactions()[&(LogIndex(index), Slot(2))];
+    assert_eq!((open.checks, open.check_due(6_000, 60_000)), (1, Millis(67_000)));
+
+    // Commit one, roll back another, in one fire: the committed one takes the next offset.
+    let fire = Command::FireTimers {
+        now: Millis(8_000),
+        prev_fire: LogIndex(0),
+        fires: vec![fire_of(index, 0, &commit)],
+        drops: vec![(LogIndex(index), Slot(1))],
+    };
+    assert_eq!(w.apply(fire), Response::Sent(vec![Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) })]));
+    assert_eq!(w.m.transactions().keys().copied().collect::<Vec<_>>(), vec![(LogIndex(index), Slot(2))]);
+    assert_eq!(w.record("t", 0, QueueOffset(0)), Rec { log_index: LogIndex(index), slot: 0, tag: None });
+    assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 1, "dispatch agrees: the rolled-back one has no record");
+
+    let too_many = vec![(LogIndex(index), Slot(2)); MAX_TRANSACTIONS_PER_COMMAND + 1];
+    let prev_fire = w.m.timers().last_fire;
+    let r = w.apply(Command::FireTimers { now: Millis(9_000), prev_fire, fires: vec![], drops: too_many });
+    assert!(matches!(r, Response::Failed(CommandError::LimitReached(_))), "{r:?}");
+    assert_eq!(w.m.transactions().len(), 1, "a refused fire rolls nothing back");
 }
 
 #[test]

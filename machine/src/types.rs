@@ -175,6 +175,9 @@ pub struct StoredMessage {
     /// Earliest delivery time (delay messages; one later than the entry's time waits for a
     /// timer, [`crate::timer::scheduled`]).
     pub deliver_at: Option<Millis>,
+    /// A transactional half message: stored at once, visible only once committed
+    /// ([`crate::transaction`]).
+    pub transactional: bool,
     /// Message id (the client's, or one the broker made).
     pub message_id: String,
     /// Tag, for filtering.

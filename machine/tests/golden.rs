@@ -55,6 +55,7 @@ fn message(slot: u8) -> StoredMessage {
         properties: BTreeMap::from([("region".to_string(), "eu".to_string())]),
         born: Millis(1_700_000_000_000),
         deliver_at: None,
+        transactional: false,
         born_host: "10.0.0.7".into(),
         body: Bytes::from(vec![slot; 16]),
         body_gzip: false,
@@ -64,6 +65,12 @@ fn message(slot: u8) -> StoredMessage {
 /// Slot 3: a delay message, scheduled (its time is after the entry's), fired below.
 fn delayed() -> StoredMessage {
     StoredMessage { deliver_at: Some(Millis(1_700_000_060_000)), ..message(3) }
+}
+
+/// Slots 4 and 5: transactional half messages; 4 stays open (checked back once), 5 is
+/// rolled back below.
+fn half(slot: u8) -> StoredMessage {
+    StoredMessage { transactional: true, ..message(slot) }
 }
 
 fn commands() -> Vec<Command> {
@@ -78,7 +85,8 @@ fn commands() -> Vec<Command> {
         Command::UpsertTopic { topic: topic(), config: TopicConfig::all_types(2) },
         Command::Send {
             now: Millis(1_700_000_000_100),
-            messages: MessageBatch::encode(&[message(0), message(1), message(2), delayed()]).expect("encodes"),
+            messages: MessageBatch::encode(&[message(0), message(1), message(2), delayed(), half(4), half(5)])
+                .expect("encodes"),
             proposal: None,
         },
         Command::Pop {
@@ -107,7 +115,9 @@ fn commands() -> Vec<Command> {
             now: Millis(1_700_000_060_000),
             prev_fire: LogIndex(0),
             fires: vec![Fire { log_index: LogIndex(2), slot: Slot(3), head: delayed().head() }],
+            drops: vec![(LogIndex(2), Slot(5))],
         },
+        Command::CheckTransactions { now: Millis(1_700_000_070_000), keys: vec![(LogIndex(2), Slot(4))] },
         Command::ResetOffset { group: group(), topic: topic(), offsets: vec![(QueueId(1), QueueOffset(0))] },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
@@ -116,7 +126,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 5, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 6, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -126,12 +136,12 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v5.bin", &all);
+    check("commands-v6.bin", &all);
 }
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 3, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 4, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -146,5 +156,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v3.bin", &bytes);
+    check("snapshot-v4.bin", &bytes);
 }

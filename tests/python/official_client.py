@@ -1,5 +1,6 @@
 """Drives the official RocketMQ 5 Python client (rocketmq-python-client) against a running
-raftmq group: Producer send, SimpleConsumer receive/ack, tag filtering, delay messages.
+raftmq group: Producer send, SimpleConsumer receive/ack, tag filtering, delay messages,
+transactions with check-back.
 
 Usage: python official_client.py <endpoints> [topic-suffix]
 Exits non-zero, with the reason, when anything a user would notice goes wrong.
@@ -35,19 +36,15 @@ def receive_all(consumer, want, deadline_s):
     return got
 
 
-class RollBackAll(TransactionChecker):
+class CommitOrphans(TransactionChecker):
+    """Commits what the broker checks back, and remembers what it was asked about."""
+
+    def __init__(self):
+        self.checked = []
+
     def check(self, message):
-        return TransactionResolution.ROLLBACK
-
-
-def refused(what, send):
-    """Runs a send the broker must refuse; fails the test if it is accepted."""
-    try:
-        receipt = send()
-    except Exception as e:  # the client raises the broker's status
-        print(f"{what}: refused as expected ({type(e).__name__}: {e})", flush=True)
-        return
-    fail(f"{what}: accepted (message id {receipt.message_id}), it must be refused until supported")
+        self.checked.append(bytes(message.body).decode())
+        return TransactionResolution.COMMIT
 
 
 def main():
@@ -106,13 +103,34 @@ def main():
     delayed.shutdown()
     delay_producer.shutdown()
 
-    # Kinds the broker cannot keep its promise for yet are refused, never delivered at once.
-    tx_producer = Producer(config, (topic,), RollBackAll())
+    # Transactions: a committed half message is delivered, a rolled-back one never; one left
+    # open is checked back over the producer's Telemetry stream and its checker commits it.
+    tx_topic = f"pytx-{suffix}"
+    checker = CommitOrphans()
+    tx_producer = Producer(config, (tx_topic,), checker)
     tx_producer.startup()
-    half = Message()
-    half.topic = topic
-    half.body = b"half"
-    refused("a transactional message", lambda: tx_producer.send(half, tx_producer.begin_transaction()))
+    for body, end in (("tx-commit", "commit"), ("tx-rollback", "rollback"), ("tx-orphan", None)):
+        half = Message()
+        half.topic = tx_topic
+        half.body = body.encode()
+        transaction = tx_producer.begin_transaction()
+        tx_producer.send(half, transaction)
+        if end == "commit":
+            transaction.commit()
+        elif end == "rollback":
+            transaction.rollback()
+    tx_consumer = SimpleConsumer(config, f"group-tx-{suffix}", {tx_topic: FilterExpression("*")}, await_duration=5)
+    tx_consumer.startup()
+    got = receive_all(tx_consumer, 2, 60)
+    if set(got) != {"tx-commit", "tx-orphan"}:
+        fail(f"transactions: expected tx-commit and tx-orphan (after its check-back), got {sorted(got)}")
+    if checker.checked != ["tx-orphan"]:
+        fail(f"transactions: the broker checked back {checker.checked}, expected only the orphan")
+    late = tx_consumer.receive(16, 3)
+    if late:
+        fail(f"transactions: a rolled-back or repeated message was delivered: {[bytes(m.body) for m in late]}")
+    print("transactions: commit delivered, rollback never, the orphan committed by its check-back", flush=True)
+    tx_consumer.shutdown()
     tx_producer.shutdown()
 
     # A consumer group that takes TagA only sees the even messages.

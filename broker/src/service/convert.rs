@@ -159,6 +159,7 @@ pub fn incoming(
         properties: msg.user_properties.into_iter().collect::<BTreeMap<_, _>>(),
         born: sys.born_timestamp.as_ref().map(millis_of).unwrap_or(Millis(0)),
         deliver_at: sys.delivery_timestamp.as_ref().map(millis_of),
+        transactional: false,
         born_host: sys.born_host,
         body: msg.body,
         body_gzip,
@@ -184,7 +185,9 @@ pub struct Delivery {
 
 /// The wire form of a stored message being delivered.
 pub fn outgoing(m: &StoredMessage, d: &Delivery) -> pb::Message {
-    let message_type = if m.message_group.is_some() {
+    let message_type = if m.transactional {
+        pb::MessageType::Transaction
+    } else if m.message_group.is_some() {
         pb::MessageType::Fifo
     } else if m.deliver_at.is_some() {
         pb::MessageType::Delay

@@ -15,6 +15,7 @@ mod route;
 mod send;
 pub mod status;
 mod telemetry;
+pub mod transaction;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::raft::state::StateStore;
 use crate::sessions::{self, Sessions};
 use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
 use crate::store::{Storage, Stores};
+use crate::timers::Resolver;
 
 /// Pops of one consumer group on one topic are planned and proposed one at a time on the
 /// leader (a plan made while another is in flight would be stale); striped, so the number
@@ -77,6 +79,8 @@ struct Inner {
     view: RouteView,
     /// This node's live clients.
     sessions: Sessions,
+    /// Ends transactions (on the leader).
+    resolver: Resolver,
 }
 
 impl std::fmt::Debug for Broker {
@@ -91,18 +95,28 @@ enum Route {
     Leader(MessagingServiceClient<Channel>),
 }
 
+/// What the messaging service uses of its node.
+#[derive(Debug)]
+pub struct NodeParts {
+    /// The openraft handle.
+    pub raft: Raft,
+    /// State, log and derived stores.
+    pub storage: Storage,
+    /// Routes as the nameservers see them.
+    pub view: RouteView,
+    /// Leader lookup and forwarding.
+    pub forwarder: Forwarder,
+    /// The node's live clients.
+    pub sessions: Sessions,
+    /// Ends transactions through the node's release driver.
+    pub resolver: Resolver,
+}
+
 impl Broker {
-    /// The service of the node `forwarder` forwards for, in `group`, answering routes from
-    /// `view` when it can.
-    pub fn new(
-        group: &str,
-        raft: Raft,
-        storage: Storage,
-        settings: ServiceSettings,
-        view: RouteView,
-        forwarder: Forwarder,
-        sessions: Sessions,
-    ) -> Self {
+    /// The service of the node `parts.forwarder` forwards for, in `group`, answering routes
+    /// from `parts.view` when it can.
+    pub fn new(group: &str, settings: ServiceSettings, parts: NodeParts) -> Self {
+        let NodeParts { raft, storage, view, forwarder, sessions, resolver } = parts;
         let Storage { state, log: store, stores } = storage;
         let ack = match settings.ack {
             AckMode::Quorum => Ack::Quorum,
@@ -126,6 +140,7 @@ impl Broker {
                 forwarder,
                 view,
                 sessions,
+                resolver,
             }),
         }
     }
@@ -298,9 +313,11 @@ impl MessagingService for Broker {
 
     async fn end_transaction(
         &self,
-        _request: Request<pb::EndTransactionRequest>,
+        request: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
-        Ok(Response::new(pb::EndTransactionResponse { status: Some(not_implemented("transactions")) }))
+        unary!(self, request, end_transaction, Broker::serve_end_transaction, |r: Refusal| {
+            pb::EndTransactionResponse { status: Some(r.status()) }
+        })
     }
 
     async fn telemetry(

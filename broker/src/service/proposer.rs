@@ -21,7 +21,7 @@ use super::status::Refusal;
 use crate::raft::ack::FlushWaiters;
 use crate::raft::{Raft, TypeConfig};
 use raftmq_machine::types::{Millis, QueueId, QueueOffset, StoredMessage};
-use raftmq_machine::{Command, CommandError, MessageBatch, Response};
+use raftmq_machine::{Command, CommandError, LogIndex, MessageBatch, Response, Slot};
 
 /// Bounds of one batch.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +72,11 @@ pub struct Accepted {
     /// Queue.
     pub queue: QueueId,
     /// Its offset in the queue; `None` when the send was answered before apply assigned it
-    /// (`ack = "leader"`), or for a delay message (it gets one when its timer fires).
+    /// (`ack = "leader"`), for a delay message (it gets one when its timer fires) and for a
+    /// transactional half message (when it is committed).
     pub offset: Option<QueueOffset>,
+    /// Where it is in the log: its entry and slot (a half message's transaction).
+    pub at: (LogIndex, Slot),
 }
 
 /// The outcome of one send request: one result per message, in order.
@@ -239,7 +242,7 @@ impl Batch {
     async fn commit(self, raft: Raft) {
         let result = raft.client_write(self.command).await;
         match result {
-            Ok(resp) => answer_applied(self.dones, &self.sizes, resp.data),
+            Ok(resp) => answer_applied(self.dones, &self.sizes, LogIndex(resp.log_id.index()), resp.data),
             // Not the leader any more, or the node is stopping: nothing was acknowledged.
             Err(e) => refuse(self.dones, &Refusal::unavailable(format!("send not committed: {e}"))),
         }
@@ -276,7 +279,7 @@ impl Batch {
         let acknowledged = tokio::select! {
             result = &mut applied => {
                 match result {
-                    Ok(Ok(resp)) => answer_applied(self.dones, &self.sizes, resp.data),
+                    Ok(Ok(resp)) => answer_applied(self.dones, &self.sizes, LogIndex(resp.log_id.index()), resp.data),
                     Ok(Err(e)) => refuse(self.dones, &Refusal::unavailable(format!("send not written: {e}"))),
                     Err(_) => refuse(self.dones, &Refusal::unavailable("the broker is shutting down")),
                 }
@@ -286,7 +289,13 @@ impl Batch {
                 Ok(log_id) if log_id.leader_id == leader
                     && raft.as_leader().is_ok_and(|l| l.to_committed_leader_id() == leader) =>
                 {
-                    let accepted = self.queues.iter().map(|&queue| Ok(Accepted { queue, offset: None })).collect();
+                    let index = LogIndex(log_id.index());
+                    let accepted = self
+                        .queues
+                        .iter()
+                        .enumerate()
+                        .map(|(slot, &queue)| Ok(Accepted { queue, offset: None, at: (index, Slot(slot as u32)) }))
+                        .collect();
                     split_answer(self.dones, &self.sizes, accepted);
                     true
                 }
@@ -340,12 +349,15 @@ async fn follow(
 }
 
 /// Answers each send with its share of the state machine's results.
-fn answer_applied(dones: Vec<oneshot::Sender<SendOutcome>>, sizes: &[usize], data: Response) {
+fn answer_applied(dones: Vec<oneshot::Sender<SendOutcome>>, sizes: &[usize], index: LogIndex, data: Response) {
     match data {
         Response::Sent(results) => {
             let accepted = results
                 .into_iter()
-                .map(|r| r.map(|sent| Accepted { queue: sent.queue, offset: sent.offset }))
+                .enumerate()
+                .map(|(slot, r)| {
+                    r.map(|sent| Accepted { queue: sent.queue, offset: sent.offset, at: (index, Slot(slot as u32)) })
+                })
                 .collect();
             split_answer(dones, sizes, accepted);
         }

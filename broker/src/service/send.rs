@@ -8,9 +8,10 @@ use raftmq_proto::rocketmq::v2::Code;
 
 use super::Broker;
 use super::convert;
-use super::message_type::{self, check_topic_accepts, classify};
+use super::message_type::{check_topic_accepts, classify};
 use super::route::topic_of;
 use super::status::{self, Refusal};
+use super::transaction;
 use raftmq_machine::types::{MessageType, Permission, QueueId, StoredMessage};
 
 /// Most messages in one SendMessage request.
@@ -34,18 +35,6 @@ pub fn failed_send(r: &Refusal) -> pb::SendMessageResponse {
     pb::SendMessageResponse {
         status: Some(r.status()),
         entries: vec![pb::SendResultEntry { status: Some(r.status()), ..Default::default() }],
-    }
-}
-
-/// Refuses, clearly and before anything is stored, the kinds of message this broker cannot
-/// yet keep their promise for: transactional messages.
-fn refuse_unbuilt(m: &message_type::Classified) -> Result<(), Refusal> {
-    match m.kind {
-        MessageType::Transaction => Err(Refusal::new(
-            Code::NotImplemented,
-            "transactional messages are not supported by this broker yet; the message was not stored",
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -100,7 +89,6 @@ impl Broker {
             self.inner.settings.max_delay_ms,
         )?;
         check_topic_accepts(topic.as_str(), &config.message_types, classified.kind)?;
-        refuse_unbuilt(&classified)?;
         let sys = msg.system_properties.as_ref();
         let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
         let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {
@@ -120,6 +108,7 @@ impl Broker {
         let mut stored = convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))?;
         stored.topic_epoch = epoch;
         stored.deliver_at = classified.deliver_at;
+        stored.transactional = classified.kind == MessageType::Transaction;
         Ok(stored)
     }
 
@@ -148,7 +137,7 @@ impl Broker {
             return refused_batch(prepared, i, &first, count);
         }
         let valid: Vec<StoredMessage> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-        let ids: Vec<String> = valid.iter().map(|m| m.message_id.clone()).collect();
+        let ids: Vec<(String, bool)> = valid.iter().map(|m| (m.message_id.clone(), m.transactional)).collect();
         let mut committed = if valid.is_empty() {
             Vec::new().into_iter()
         } else {
@@ -163,12 +152,17 @@ impl Broker {
             .map(|p| match p {
                 Err(r) => pb::SendResultEntry { status: Some(r.status()), ..Default::default() },
                 Ok(_) => {
-                    let id = ids.next().unwrap_or_default();
+                    let (id, transactional) = ids.next().unwrap_or_default();
                     match committed.next() {
                         Some(Ok(sent)) => pb::SendResultEntry {
                             status: Some(status::ok()),
                             message_id: id,
-                            transaction_id: String::new(),
+                            // A half message's transaction: where it is in this group's log.
+                            transaction_id: if transactional {
+                                transaction::encode(&self.inner.group, sent.at)
+                            } else {
+                                String::new()
+                            },
                             // -1: answered before apply assigned the offset (`ack = "leader"`).
                             offset: sent.offset.map_or(-1, |o| o.0 as i64),
                             recall_handle: String::new(),

@@ -1,9 +1,10 @@
 //! Telemetry: the client's settings are answered with status OK and this broker's real
-//! limits; the stream stays open for as long as the client keeps it.
+//! limits; the stream stays open for as long as the client keeps it, and carries the
+//! broker's own commands to the client (transaction check-back) from its outbox.
 
 use std::net::SocketAddr;
 
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::settings::PubSub;
 use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
@@ -22,12 +23,23 @@ const RETRY_MAX_MS: u64 = 1_000;
 struct StreamOpen {
     sessions: Sessions,
     client_id: String,
+    id: u64,
 }
 
 impl Drop for StreamOpen {
     fn drop(&mut self) {
-        self.sessions.telemetry_closed(&self.client_id);
+        self.sessions.close_stream(&self.client_id, self.id);
     }
+}
+
+/// What goes out on a Telemetry stream, merged from the client's commands and the outbox.
+enum Event {
+    /// The answer to a client's command, if it needs one.
+    Answer(Option<Result<pb::TelemetryCommand, tonic::Status>>),
+    /// A command of the broker's.
+    Push(pb::TelemetryCommand),
+    /// The client closed its side: the stream ends.
+    End,
 }
 
 impl Broker {
@@ -76,9 +88,15 @@ impl Broker {
         client: Option<(String, Option<SocketAddr>)>,
     ) -> BoxStream<pb::TelemetryCommand> {
         let this = self.clone();
-        let open =
-            client.as_ref().map(|(id, _)| StreamOpen { sessions: self.inner.sessions.clone(), client_id: id.clone() });
-        let output = input.filter_map(move |item| {
+        let (open, outbox) = match &client {
+            Some((id, _)) => {
+                let (stream_id, outbox) = self.inner.sessions.open_stream(id);
+                let open = StreamOpen { sessions: self.inner.sessions.clone(), client_id: id.clone(), id: stream_id };
+                (Some(open), Some(outbox))
+            }
+            None => (None, None),
+        };
+        let answers = input.then(move |item| {
             let this = this.clone();
             let client = client.clone();
             // Held by the stream: when the stream goes, the session's telemetry is closed.
@@ -103,6 +121,21 @@ impl Broker {
                 }
             }
         });
+        let answers = answers.map(Event::Answer).chain(stream::once(async { Event::End }));
+        let pushes = stream::unfold(outbox, |outbox| async move {
+            let mut outbox = outbox?;
+            let command = outbox.recv().await?;
+            Some((Event::Push(command), Some(outbox)))
+        });
+        let output = stream::select(answers, pushes)
+            .take_while(|e| std::future::ready(!matches!(e, Event::End)))
+            .filter_map(|e| {
+                std::future::ready(match e {
+                    Event::Answer(answer) => answer,
+                    Event::Push(command) => Some(Ok(command)),
+                    Event::End => None,
+                })
+            });
         Box::pin(output)
     }
 }

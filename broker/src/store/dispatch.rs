@@ -293,9 +293,11 @@ impl Dispatch {
                 Command::Send { now, messages, .. } => {
                     let mut scheduled = Vec::new();
                     for (slot, m) in stored(machine, index, messages) {
-                        // A delay message gets its queue record when its timer fires; it is
-                        // found by id and key from the start.
+                        // A delay message gets its queue record when its timer fires, a half
+                        // message when it is committed; both are found by id and key from
+                        // the start.
                         match m.deliver_at {
+                            _ if m.transactional => {}
                             Some(deliver_at) if timer::scheduled(m.deliver_at, *now) => {
                                 scheduled.push(Timer { deliver_at, log_index: index, slot });
                             }
@@ -307,14 +309,15 @@ impl Dispatch {
                         self.stores.timers().add(&scheduled)?;
                     }
                 }
-                Command::FireTimers { prev_fire, fires, .. } => {
+                Command::FireTimers { prev_fire, fires, drops, .. } => {
                     let before = self.progress.last_fire;
-                    let fired = machine.fired(&mut self.progress.last_fire, index, *prev_fire, fires);
+                    let fired = machine.fired(&mut self.progress.last_fire, index, *prev_fire, fires, drops.len());
                     if self.progress.last_fire != before {
                         // Accepted: every timer it names is done, also those of topics
                         // deleted meanwhile, which got no offset.
                         let marks: Vec<Timer> = fires
                             .iter()
+                            .filter(|f| !f.head.transactional)
                             .filter_map(|f| {
                                 f.head.deliver_at.map(|deliver_at| Timer {
                                     deliver_at,
@@ -438,14 +441,15 @@ impl Dispatch {
                     for (_, m) in messages.heads() {
                         if let Ok(m) = m
                             && machine.accepts_head(&m, index).is_ok()
+                            && !m.transactional
                             && !timer::scheduled(m.deliver_at, *now)
                         {
                             count(&m.topic, m.queue);
                         }
                     }
                 }
-                EntryPayload::Normal(Command::FireTimers { prev_fire, fires, .. }) => {
-                    for f in machine.fired(&mut last_fire, index, *prev_fire, fires) {
+                EntryPayload::Normal(Command::FireTimers { prev_fire, fires, drops, .. }) => {
+                    for f in machine.fired(&mut last_fire, index, *prev_fire, fires, drops.len()) {
                         count(&f.head.topic, f.head.queue);
                     }
                 }

@@ -43,6 +43,11 @@ pub struct Group {
 impl Group {
     /// Starts three nodes; `auto_create` creates unknown topics with that many queues.
     pub async fn start(auto_create: Option<u32>) -> anyhow::Result<Group> {
+        Self::start_with(ServiceSettings { auto_create_queues: auto_create, ..ServiceSettings::default() }).await
+    }
+
+    /// Starts three nodes with these service settings.
+    pub async fn start_with(service: ServiceSettings) -> anyhow::Result<Group> {
         let dir = tempfile::tempdir()?;
         let mut peers = BTreeMap::new();
         for id in 1..=3u64 {
@@ -61,7 +66,7 @@ impl Group {
                 election_timeout: Duration::from_millis(500),
                 snapshot_every: 10_000,
                 keep_after_snapshot: 1_000,
-                service: ServiceSettings { auto_create_queues: auto_create, ..ServiceSettings::default() },
+                service: service.clone(),
                 ..NodeConfig::default()
             };
             configs.push(cfg.clone());

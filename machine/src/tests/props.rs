@@ -200,7 +200,7 @@ proptest! {
                         picks.iter().map(|p| waiting[p % waiting.len()].clone()).collect()
                     };
                     let prev_fire = if stale { fires_taken[fires_taken.len().saturating_sub(2)] } else { m.timers().last_fire };
-                    Command::FireTimers { now: Millis(10), prev_fire, fires }
+                    Command::FireTimers { now: Millis(10), prev_fire, fires, drops: vec![] }
                 }
                 TopicOp::Catch => {
                     for (i, c) in &applied[dispatched..] {

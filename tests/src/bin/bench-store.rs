@@ -1,12 +1,14 @@
 //! The store benchmark: what holding many messages costs a `mqbroker dev` group (three nodes
 //! in one process). It fills a fresh group with a warm-up that fills every bounded cache,
-//! then with N small messages over 8 queues, and prints the process's RSS after each, each
-//! node's snapshot, ConsumeQueue and IndexFile bytes, the time from a restart of the group to
-//! its first acknowledged send and first received message, and a query by key, each beside
-//! its goal.
+//! then with N small messages over 8 queues, then with D delay messages due in an hour (spread
+//! over 60 minutes), and prints the process's RSS after each, each node's snapshot,
+//! ConsumeQueue, IndexFile and timer store bytes, the time from a restart of the group to its
+//! first acknowledged send and first received message, and a query by key, each beside its
+//! goal.
 //!
-//! `cargo run --release -p raftmq-tests --bin bench-store` (5 million messages by default;
-//! `--messages 20000 --warmup 2000` for a smoke run).
+//! `cargo run --release -p raftmq-tests --bin bench-store` (5 million messages and 1 million
+//! delay messages by default; `--messages 20000 --warmup 2000 --delayed 2000` for a smoke
+//! run).
 
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
@@ -29,6 +31,7 @@ const BATCH: usize = 32;
 struct Args {
     messages: u64,
     warmup: u64,
+    delayed: u64,
     producers: u64,
     binary: PathBuf,
     data_dir: Option<PathBuf>,
@@ -36,7 +39,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-store [--messages N (5000000)] [--warmup N (250000)] [--producers N (32)] \
+        "usage: bench-store [--messages N (5000000)] [--warmup N (250000)] [--delayed N (1000000)] [--producers N (32)] \
          [--binary PATH (target/release/mqbroker)] [--data-dir DIR (a temporary one)]"
     );
     std::process::exit(2)
@@ -46,6 +49,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         messages: 5_000_000,
         warmup: 250_000,
+        delayed: 1_000_000,
         producers: 32,
         binary: PathBuf::from("target/release/mqbroker"),
         data_dir: None,
@@ -57,6 +61,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--messages" => args.messages = number(),
             "--warmup" => args.warmup = number(),
+            "--delayed" => args.delayed = number(),
             "--producers" => args.producers = number().max(1),
             "--binary" => args.binary = PathBuf::from(&value),
             "--data-dir" => args.data_dir = Some(PathBuf::from(&value)),
@@ -169,9 +174,29 @@ fn options() -> ClientOptions {
     }
 }
 
-/// Sends `count` messages of `body_bytes` with `producers` concurrent batch senders; every
-/// 1000th message carries the key `key-<n>`. Prints progress; returns msg/s.
-async fn fill(endpoints: &str, count: u64, body_bytes: usize, producers: u64, what: &str) -> anyhow::Result<f64> {
+/// Message `n` of a plain fill: every 1000th carries the key `key-<n>`.
+fn plain(n: u64, body_bytes: usize) -> Message {
+    let m = Message::new(vec![b'x'; body_bytes]);
+    if n.is_multiple_of(1000) { m.with_key(format!("key-{n}")) } else { m }
+}
+
+/// Message `n` of the delay fill: due an hour from now, spread over 60 minutes.
+fn delayed(n: u64, body_bytes: usize) -> Message {
+    static START: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::SystemTime::now);
+    Message::new(vec![b'd'; body_bytes]).with_delivery_time(start + Duration::from_secs(3600 + n % 3600))
+}
+
+/// Sends `count` messages of `body_bytes` made by `make` with `producers` concurrent batch
+/// senders. Prints progress; returns msg/s.
+async fn fill(
+    endpoints: &str,
+    count: u64,
+    body_bytes: usize,
+    producers: u64,
+    what: &str,
+    make: fn(u64, usize) -> Message,
+) -> anyhow::Result<f64> {
     let producer = Arc::new(Producer::with_options(endpoints, options())?);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -184,12 +209,8 @@ async fn fill(endpoints: &str, count: u64, body_bytes: usize, producers: u64, wh
                 if first >= count {
                     return anyhow::Ok(());
                 }
-                let batch: Vec<Message> = (first..count.min(first + BATCH as u64))
-                    .map(|n| {
-                        let m = Message::new(vec![b'x'; body_bytes]);
-                        if n.is_multiple_of(1000) { m.with_key(format!("key-{n}")) } else { m }
-                    })
-                    .collect();
+                let batch: Vec<Message> =
+                    (first..count.min(first + BATCH as u64)).map(|n| make(n, body_bytes)).collect();
                 let mut tries = 0;
                 while let Err(e) = producer.send_batch(TOPIC, batch.clone()).await {
                     tries += 1;
@@ -254,11 +275,14 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     eprintln!("group on {endpoints}, data in {}", data.display());
 
-    let warm_rate = fill(&endpoints, args.warmup, 1024, args.producers, "warm-up (1 KiB)").await?;
+    let warm_rate = fill(&endpoints, args.warmup, 1024, args.producers, "warm-up (1 KiB)", plain).await?;
     let rss_warm = group.rss_bytes()?;
-    let rate = fill(&endpoints, args.messages, 256, args.producers, "fill (256 B)").await?;
+    let rate = fill(&endpoints, args.messages, 256, args.producers, "fill (256 B)", plain).await?;
     let rss_full = group.rss_bytes()?;
-    let total = args.warmup + args.messages;
+    let delay_rate =
+        fill(&endpoints, args.delayed, 256, args.producers, "delay fill (256 B, due in 1 h)", delayed).await?;
+    let rss_delayed = group.rss_bytes()?;
+    let total = args.warmup + args.messages + args.delayed;
 
     println!(
         "\nstore benchmark: {} warm-up messages of 1 KiB ({warm_rate:.0} msg/s), then {} of 256 B ({rate:.0} msg/s), 8 queues",
@@ -274,19 +298,31 @@ async fn main() -> anyhow::Result<()> {
         growth as f64 / args.messages.max(1) as f64,
         verdict(growth <= 64 << 20)
     );
+    // Pending timers cost disk, not memory: no more per message than a plain one.
+    let timer_growth = rss_delayed.saturating_sub(rss_full);
+    let per_message_goal = (64u64 << 20) as f64 / 5_000_000.0;
+    let per_timer = timer_growth as f64 / args.delayed.max(1) as f64;
+    println!(
+        "RSS growth over {} pending delay messages ({delay_rate:.0} msg/s)  {:>6.1} MiB ({per_timer:.1} bytes per \
+         pending timer, all three nodes)   goal <= {per_message_goal:.1} B  {}",
+        args.delayed,
+        mib(timer_growth),
+        verdict(per_timer <= per_message_goal)
+    );
     // Let every node write its checkpoint and any snapshot due before measuring files.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut worst_snapshot = 0;
-    println!("\nnode  snapshot      ConsumeQueue   IndexFile      CommitLog");
+    println!("\nnode  snapshot      ConsumeQueue   IndexFile      timers         CommitLog");
     for id in 1..=3 {
         let node = data.join(format!("node-{id}"));
         let snapshot = std::fs::metadata(node.join("state/snapshot.bin")).map_or(0, |m| m.len());
         worst_snapshot = worst_snapshot.max(snapshot);
         println!(
-            "{id:>4}  {:>8} B  {:>10.1} MiB  {:>10.1} MiB  {:>10.1} MiB",
+            "{id:>4}  {:>8} B  {:>10.1} MiB  {:>10.1} MiB  {:>10.1} MiB  {:>10.1} MiB",
             snapshot,
             mib(disk_bytes(&node.join("store/consumequeue"))),
             mib(disk_bytes(&node.join("store/index"))),
+            mib(disk_bytes(&node.join("store/timer"))),
             mib(disk_bytes(&node.join("commitlog")))
         );
     }
