@@ -25,13 +25,14 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::check_back;
 use crate::forward::{Forwarder, Unavailable, forward};
 use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
 use crate::sessions::Sessions;
 use crate::store::Storage;
 use raftmq_machine::types::{GroupName, MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
-use raftmq_machine::{Command, CommandError, Machine, QueueId, QueueOffset, Response as Applied};
+use raftmq_machine::{Command, CommandError, LogIndex, Machine, QueueId, QueueOffset, Response as Applied, Slot};
 
 /// Queues of a topic created without a queue count, unless the node's settings say otherwise.
 pub const DEFAULT_QUEUES: u32 = 8;
@@ -671,6 +672,27 @@ impl AdminService for Admin {
         }
         nodes.sort_by_key(|n| n.node_id);
         Ok(Response::new(pb::ClusterStatusResponse { nodes, unreachable }))
+    }
+
+    async fn check_back_transaction(
+        &self,
+        request: Request<pb::CheckBackTransactionRequest>,
+    ) -> Result<Response<pb::CheckBackTransactionResponse>, Status> {
+        let req = request.into_inner();
+        let key = (LogIndex(req.log_index), Slot(req.slot));
+        let born = self.inner.storage.state.read(|a| a.machine.transactions().get(&key).map(|o| o.born));
+        let Some(born) = born else {
+            return Err(Status::not_found(format!(
+                "the transaction of message {} in log entry {} is not open on this member",
+                req.slot, req.log_index
+            )));
+        };
+        let store_host = self.inner.forwarder.me().client_addr;
+        let sent =
+            check_back::send_here(&self.inner.storage, &self.inner.sessions, &self.inner.group, &store_host, key, born)
+                .await
+                .map_err(Status::internal)?;
+        Ok(Response::new(pb::CheckBackTransactionResponse { client_id: sent.unwrap_or_default() }))
     }
 
     async fn list_clients(

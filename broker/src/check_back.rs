@@ -2,7 +2,8 @@
 //! open transaction whose producer said nothing for the timeout (default 6 s after its half
 //! message, then every 60 s) is checked back: a `RecoverOrphanedTransactionCommand` with the
 //! half message goes over the Telemetry stream of a live producer of its topic connected to
-//! this node, and the producer's checker answers with `EndTransaction` (source
+//! the leader, or else to another member (asked with the admin `CheckBackTransaction`), and
+//! the producer's checker answers with `EndTransaction` (source
 //! `SERVER_CHECK`). Each round's checks are counted in the replicated state
 //! (`CheckTransactions`), so a new leader goes on where the old one stopped; a check with no
 //! producer connected counts too. After the last check (default 15) the transaction is
@@ -15,10 +16,13 @@ use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use raftmq_machine::transaction::{MAX_TRANSACTIONS_PER_COMMAND, OpenTransaction, TransactionKey};
 use raftmq_machine::{Command, Millis};
+use raftmq_proto::admin::v1 as admin_pb;
+use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
 
-use crate::raft::Raft;
+use crate::forward::Forwarder;
+use crate::raft::{NodeId, Raft};
 use crate::service::convert::{self, Delivery};
 use crate::service::proposer::now_ms;
 use crate::service::{status, transaction};
@@ -31,6 +35,8 @@ use crate::timers::Resolver;
 const ROUND: Duration = Duration::from_millis(500);
 /// Longest the count of a round's checks may take to commit.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a member may take to pass on a check-back.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the check-back needs of its node.
 #[derive(Debug)]
@@ -49,6 +55,8 @@ pub struct CheckBack {
     pub group: String,
     /// This node's client endpoint (the store host of the messages sent).
     pub store_host: String,
+    /// Reaches the other members.
+    pub forwarder: Forwarder,
 }
 
 /// Runs the check-back until the task is aborted.
@@ -107,45 +115,63 @@ impl CheckBack {
         }
     }
 
-    /// Sends one check-back; false when no producer of its topic is connected here or the
-    /// message cannot be read.
+    /// Sends one check-back, to a producer connected here or else to one connected to
+    /// another member; false when none is connected or the message cannot be read.
     async fn check(&self, key: TransactionKey, open: &OpenTransaction) -> bool {
         let (index, slot) = key;
-        let log = self.storage.log.clone();
-        let read = tokio::task::spawn_blocking(move || log.message_at(index.0, slot)).await;
-        let message = match read {
-            Ok(Ok(Some(m))) => m,
-            other => {
-                tracing::error!(log_index = index.0, slot = slot.0, result = ?other.map(|r| r.map(|m| m.is_some())),
-                    "the half message of an open transaction cannot be read from the CommitLog");
+        match send_here(&self.storage, &self.sessions, &self.group, &self.store_host, key, open.born).await {
+            Ok(Some(client)) => {
+                tracing::debug!(client, log_index = index.0, slot = slot.0, "sent a transaction check-back");
+                return true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(log_index = index.0, slot = slot.0, error = %e, "cannot check back an open transaction");
                 return false;
             }
-        };
-        let delivery = Delivery {
-            stored: open.born,
-            store_host: self.store_host.clone(),
-            offset: 0,
-            receipt: None,
-            attempt: 1,
-            invisible_ms: None,
-        };
-        let command = pb::TelemetryCommand {
-            status: Some(status::ok()),
-            command: Some(Telemetry::RecoverOrphanedTransactionCommand(pb::RecoverOrphanedTransactionCommand {
-                message: Some(convert::outgoing(&message, &delivery)),
-                transaction_id: transaction::encode(&self.group, key),
-            })),
-        };
-        match self.sessions.send_to_producer(message.topic.as_str(), command) {
-            Some(client) => {
-                tracing::debug!(client, log_index = index.0, slot = slot.0, "sent a transaction check-back");
-                true
+        }
+        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        let peers: Vec<(NodeId, String)> = membership
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.forwarder.node_id())
+            .map(|(id, info)| (*id, info.client_addr.clone()))
+            .collect();
+        for (id, addr) in peers {
+            match self.ask_peer(&addr, key).await {
+                Ok(client) if !client.is_empty() => {
+                    tracing::debug!(
+                        client,
+                        node = id.0,
+                        log_index = index.0,
+                        "sent a transaction check-back through a peer"
+                    );
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::info!(node = id.0, error = %e, "a member did not take a transaction check-back"),
             }
-            None => {
-                tracing::info!(topic = %message.topic, message_id = message.message_id, checks = open.checks + 1,
-                    "no producer of the topic is connected to the leader for a transaction check-back");
-                false
-            }
+        }
+        tracing::info!(
+            log_index = index.0,
+            slot = slot.0,
+            checks = open.checks + 1,
+            "no producer of the topic is connected to any member for a transaction check-back"
+        );
+        false
+    }
+
+    /// Asks the member at `addr` to send the check-back to a producer connected to it.
+    async fn ask_peer(&self, addr: &str, key: TransactionKey) -> Result<String, String> {
+        let channel = self.forwarder.channel(addr).map_err(|e| e.0)?;
+        let body = admin_pb::CheckBackTransactionRequest { log_index: key.0.0, slot: key.1.0 };
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(PEER_TIMEOUT);
+        let mut client = AdminServiceClient::new(channel);
+        match tokio::time::timeout(PEER_TIMEOUT, client.check_back_transaction(request)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().client_id),
+            Ok(Err(status)) => Err(format!("{addr}: {}", status.message())),
+            Err(_) => Err(format!("{addr}: no answer within {PEER_TIMEOUT:?}")),
         }
     }
 
@@ -164,4 +190,40 @@ impl CheckBack {
         });
         join_all(ends).await;
     }
+}
+
+/// Sends the check-back of the half message at `key` (sent at `born`) to a live producer of
+/// its topic connected to this node: its client id, or `None` when there is none.
+pub async fn send_here(
+    storage: &Storage,
+    sessions: &Sessions,
+    group: &str,
+    store_host: &str,
+    key: TransactionKey,
+    born: Millis,
+) -> Result<Option<String>, String> {
+    let (index, slot) = key;
+    let log = storage.log.clone();
+    let message = match tokio::task::spawn_blocking(move || log.message_at(index.0, slot)).await {
+        Ok(Ok(Some(m))) => m,
+        Ok(Ok(None)) => return Err(format!("log entry {} holds no message {}", index.0, slot.0)),
+        Ok(Err(e)) => return Err(format!("reading message {} of log entry {}: {e}", slot.0, index.0)),
+        Err(e) => return Err(format!("the read task failed: {e}")),
+    };
+    let delivery = Delivery {
+        stored: born,
+        store_host: store_host.to_string(),
+        offset: 0,
+        receipt: None,
+        attempt: 1,
+        invisible_ms: None,
+    };
+    let command = pb::TelemetryCommand {
+        status: Some(status::ok()),
+        command: Some(Telemetry::RecoverOrphanedTransactionCommand(pb::RecoverOrphanedTransactionCommand {
+            message: Some(convert::outgoing(&message, &delivery)),
+            transaction_id: transaction::encode(group, key),
+        })),
+    };
+    Ok(sessions.send_to_producer(message.topic.as_str(), command))
 }

@@ -168,6 +168,7 @@ impl Node {
             settings: cfg.service.transactions,
             group: cfg.group.clone(),
             store_host: me.client_addr.clone(),
+            forwarder: forwarder.clone(),
         });
         let parts = NodeParts { raft: raft.clone(), storage, view, forwarder, sessions, resolver };
         let broker = Broker::new(&cfg.group, service_settings(&cfg), parts);

@@ -1,7 +1,8 @@
 //! Transactional messages over real gRPC against a three-node group: a half message is
 //! invisible until committed, a rolled-back one is never delivered, a transaction ends once,
-//! an open one left by its producer is rolled back after its last check-back, and a commit
-//! after a leader stop goes through the new leader.
+//! an open one left by its producer is rolled back after its last check-back, one whose
+//! producer is connected to a follower is checked back there and committed by its answer,
+//! and a commit after a leader stop goes through the new leader.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 use broker::settings::{ServiceSettings, TransactionSettings};
 use common::Group;
 use raftmq_client::{Error, Message, Producer, SimpleConsumer};
+use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
+use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 
 /// Receives and acks for `for_at_least`, or until `want` bodies arrived; returns the bodies.
 async fn drain(consumer: &SimpleConsumer, want: usize, for_at_least: Duration) -> anyhow::Result<Vec<String>> {
@@ -107,6 +110,83 @@ async fn a_transaction_opened_before_a_leader_stop_commits_through_the_new_leade
     let want: Vec<String> = (0..10).step_by(2).map(|i| format!("tx-{i}")).collect();
     assert_eq!(drain(&consumer, want.len(), Duration::from_secs(1)).await?, want);
     assert!(open_transactions(&group).iter().all(|&n| n == 0), "{:?}", open_transactions(&group));
+    group.shutdown().await;
+    Ok(())
+}
+
+fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource { name: name.into(), ..Default::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_on_a_follower_gets_the_check_back_and_its_answer_commits() -> anyhow::Result<()> {
+    let transactions = TransactionSettings { timeout_ms: 500, check_interval_ms: 60_000, max_checks: 15 };
+    let group =
+        Group::start_with(ServiceSettings { auto_create_queues: Some(2), transactions, ..ServiceSettings::default() })
+            .await?;
+    let producer = Producer::new(&group.endpoints())?;
+    producer.send("orders", Message::new("create the topic")).await?;
+    // A producer of "orders" whose Telemetry stream is open on a follower only, as an
+    // official client's may be after a failover.
+    let follower = group.follower(None).await?;
+    let mut node = MessagingServiceClient::connect(format!("http://{}", group.endpoint(follower))).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::TelemetryCommand>(4);
+    let settings = pb::Settings {
+        client_type: Some(pb::ClientType::Producer as i32),
+        pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing {
+            topics: vec![pb::Resource { name: "orders".into(), ..Default::default() }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    tx.send(pb::TelemetryCommand { status: None, command: Some(pb::telemetry_command::Command::Settings(settings)) })
+        .await?;
+    let outgoing = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let mut request = tonic::Request::new(outgoing);
+    request.metadata_mut().insert("x-mq-client-id", "checker-1".parse()?);
+    let mut commands = node.telemetry(request).await?.into_inner();
+    commands.message().await?.ok_or_else(|| anyhow::anyhow!("no settings answer"))?;
+
+    let orphan = producer.send_in_transaction("orders", Message::new("orphan").with_key("order-7")).await?;
+    let recover = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match commands.message().await? {
+                Some(pb::TelemetryCommand {
+                    command: Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(c)),
+                    ..
+                }) => return anyhow::Ok(c),
+                Some(_) => continue,
+                None => anyhow::bail!("the telemetry stream ended"),
+            }
+        }
+    })
+    .await??;
+    // The command carries what the official clients need: the message, its topic and
+    // system properties, and the transaction id.
+    assert_eq!(recover.transaction_id, orphan.transaction_id);
+    let message = recover.message.ok_or_else(|| anyhow::anyhow!("no message in the check-back"))?;
+    assert_eq!(message.topic.as_ref().map(|t| t.name.as_str()), Some("orders"));
+    assert_eq!(&message.body[..], b"orphan");
+    let sys = message.system_properties.ok_or_else(|| anyhow::anyhow!("no system properties"))?;
+    assert_eq!(sys.message_id, orphan.receipt.message_id);
+    assert_eq!(sys.keys, ["order-7"]);
+    assert_eq!(sys.message_type, pb::MessageType::Transaction as i32);
+
+    // The checker's answer, sent to the follower, commits it.
+    let end = pb::EndTransactionRequest {
+        topic: resource("orders"),
+        message_id: sys.message_id.clone(),
+        transaction_id: recover.transaction_id.clone(),
+        resolution: pb::TransactionResolution::Commit as i32,
+        source: pb::TransactionSource::SourceServerCheck as i32,
+        trace_context: String::new(),
+    };
+    let status = node.end_transaction(end).await?.into_inner().status;
+    assert_eq!(status.map(|s| s.code), Some(Code::Ok as i32));
+    let consumer = SimpleConsumer::new(&group.endpoints(), "payments", "orders", "*")?;
+    let got = drain(&consumer, 2, Duration::ZERO).await?;
+    assert_eq!(got, ["create the topic", "orphan"]);
+    drop(tx);
     group.shutdown().await;
     Ok(())
 }
