@@ -31,7 +31,7 @@ use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
 use crate::sessions::Sessions;
 use crate::store::Storage;
-use raftmq_machine::types::{GroupName, MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
+use raftmq_machine::types::{GroupConfig, GroupName, MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
 use raftmq_machine::{Command, CommandError, LogIndex, Machine, QueueId, QueueOffset, Response as Applied, Slot};
 
 /// Queues of a topic created without a queue count, unless the node's settings say otherwise.
@@ -672,6 +672,32 @@ impl AdminService for Admin {
         }
         nodes.sort_by_key(|n| n.node_id);
         Ok(Response::new(pb::ClusterStatusResponse { nodes, unreachable }))
+    }
+
+    async fn upsert_group(
+        &self,
+        request: Request<pb::UpsertGroupRequest>,
+    ) -> Result<Response<pb::UpsertGroupResponse>, Status> {
+        let req = request.get_ref();
+        let config = req.config.as_ref().ok_or_else(|| invalid("name the group and its configuration"))?;
+        let group = group_name(&config.group)?;
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            return leader.upsert_group(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s));
+        }
+        let _serial = self.inner.writes.lock().await;
+        self.propose(Command::UpsertGroup { group: group.clone(), config: GroupConfig { fifo: config.fifo } }).await?;
+        tracing::info!(%group, fifo = config.fifo, "consumer group configured");
+        Ok(Response::new(pb::UpsertGroupResponse {}))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let groups = self.state().read(|a| {
+            a.machine.groups().iter().map(|(g, c)| pb::GroupConfig { group: g.to_string(), fifo: c.fifo }).collect()
+        });
+        Ok(Response::new(pb::ListGroupsResponse { groups }))
     }
 
     async fn check_back_transaction(

@@ -63,7 +63,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v6.bin", &bytes);
+    check("entry-v7.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);
@@ -92,7 +92,7 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
     let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
-    check("snapshot-v4.bin", &bytes);
+    check("snapshot-v5.bin", &bytes);
     let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
     Ok(())
@@ -103,7 +103,7 @@ fn derived_store_files_keep_their_bytes() -> anyhow::Result<()> {
     use broker::store::consume_queue::{self, ConsumeQueues, CqConfig, QueueRecord};
     use broker::store::index_file::{self, IndexConfig, IndexFiles, IndexKey};
     use raftmq_machine::{QueueOffset, Slot};
-    assert_eq!((consume_queue::FORMAT_VERSION, index_file::FORMAT_VERSION), (1, 1), "new versions need new samples");
+    assert_eq!((consume_queue::FORMAT_VERSION, index_file::FORMAT_VERSION), (2, 1), "new versions need new samples");
     let dir = tempfile::tempdir()?;
 
     let cq = ConsumeQueues::open(CqConfig { records_per_file: 4, ..CqConfig::new(dir.path().join("cq")) })?;
@@ -113,12 +113,13 @@ fn derived_store_files_keep_their_bytes() -> anyhow::Result<()> {
             slot: Slot(offset as u32),
             size_bytes: 256,
             tag_hash: tag,
+            group_hash: tag.map(|t| t ^ 1),
             store_time: Millis(1_700_000_000_000),
         };
         cq.append("orders", QueueId(1), QueueOffset(offset), &record)?;
     }
     cq.sync()?;
-    check("consumequeue-v1.bin", &std::fs::read(dir.path().join("cq/orders/1/00000000000000000000.cq"))?);
+    check("consumequeue-v2.bin", &std::fs::read(dir.path().join("cq/orders/1/00000000000000000000.cq"))?);
 
     let index = IndexFiles::open(IndexConfig {
         slot_count: 8,

@@ -233,6 +233,20 @@ impl Admin {
         .await
     }
 
+    /// Creates or changes a consumer group's configuration (through the leader).
+    pub async fn upsert_group(&self, group: &str, fifo: bool) -> Result<(), Error> {
+        let body = pb::UpsertGroupRequest { config: Some(pb::GroupConfig { group: group.to_string(), fifo }) };
+        self.call("configure group", None, body, |mut c, r| async move { c.upsert_group(r).await }).await?;
+        Ok(())
+    }
+
+    /// The configured consumer groups.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupConfig>, Error> {
+        let body = pb::ListGroupsRequest {};
+        let resp = self.call("list groups", None, body, |mut c, r| async move { c.list_groups(r).await }).await?;
+        Ok(resp.groups)
+    }
+
     /// The live clients of every member for a consumer group, or publishing to or subscribed
     /// to a topic of that name (empty: every client), gathered by the first node that
     /// answers; members that did not answer it are listed as unreachable.

@@ -110,6 +110,17 @@ enum MessageCommand {
 
 #[derive(Subcommand, Debug)]
 enum GroupCommand {
+    /// Creates or changes a consumer group's configuration (RocketMQ's `updateSubGroup`).
+    Update {
+        /// Consumer group.
+        group: String,
+        /// Orderly consumption: on each queue, a message group's next message is delivered
+        /// only after the one before it is acknowledged (`true` or `false`).
+        #[arg(long, action = clap::ArgAction::Set)]
+        fifo: bool,
+    },
+    /// The configured consumer groups.
+    List,
     /// The live clients of a consumer group (or of a topic they publish or subscribe to) on
     /// every member: kind, topics, address, language and version, idle time.
     Clients {
@@ -160,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::cluster::transfer_leader(endpoints, &group, to).await
         }
         Command::Message(MessageCommand::Query(args)) => cli::message::query(endpoints, args).await,
+        Command::Group(GroupCommand::Update { group, fifo }) => cli::group::update(endpoints, &group, fifo).await,
+        Command::Group(GroupCommand::List) => cli::group::list(endpoints).await,
         Command::Group(GroupCommand::Clients { group }) => cli::group::clients(endpoints, &group).await,
         Command::Group(GroupCommand::Progress { group }) => cli::group::progress(endpoints, &group).await,
         Command::Group(GroupCommand::ResetOffset { group, topic, to }) => {

@@ -7,7 +7,7 @@ use crate::ids::{LogIndex, Millis, QueueId, QueueOffset};
 use crate::receipt::Receipt;
 use crate::timer::Fire;
 use crate::transaction::TransactionKey;
-use crate::types::{GroupName, TopicConfig, TopicName};
+use crate::types::{GroupConfig, GroupName, TopicConfig, TopicName};
 
 /// Marks the entry of one proposal, unique within the proposing node's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -128,6 +128,13 @@ pub enum Command {
         /// New positions (at most [`crate::types::MAX_QUEUES`]).
         offsets: Vec<(QueueId, QueueOffset)>,
     },
+    /// Creates or changes a consumer group's configuration.
+    UpsertGroup {
+        /// Consumer group.
+        group: GroupName,
+        /// Its configuration.
+        config: GroupConfig,
+    },
     /// Retention: each named queue's minimum offset moves up to the offset given (never
     /// down, never past its maximum); consumer state below the new minimum goes too. The
     /// leader proposes it from its ConsumeQueue when messages are past the reserved time.
@@ -154,6 +161,7 @@ impl std::fmt::Display for Command {
                 write!(f, "fire-timers n={} drops={}", fires.len(), drops.len())
             }
             Command::CheckTransactions { keys, .. } => write!(f, "check-transactions n={}", keys.len()),
+            Command::UpsertGroup { group, config } => write!(f, "upsert-group {group} fifo={}", config.fifo),
             Command::ResetOffset { group, topic, offsets } => {
                 write!(f, "reset-offset {group} {topic} queues={}", offsets.len())
             }
@@ -162,7 +170,7 @@ impl std::fmt::Display for Command {
 }
 
 /// What a pop takes from one queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PopTake {
     /// Queue.
     pub queue: QueueId,
@@ -171,10 +179,19 @@ pub struct PopTake {
     /// First never-delivered offset the plan read (the group's position when planned).
     pub fresh_from: QueueOffset,
     /// End of the never-delivered range the plan read: offsets in
-    /// `fresh_from..fresh_end` not in `deliver` are skipped (filtered out).
+    /// `fresh_from..fresh_end` not in `deliver` or `defer` are skipped (filtered out).
     pub fresh_end: QueueOffset,
     /// Offsets of that range to deliver, ascending.
     pub deliver: Vec<QueueOffset>,
+    /// FIFO groups: offsets deferred before to deliver now (their message group is free),
+    /// ascending.
+    pub undefer: Vec<QueueOffset>,
+    /// FIFO groups: offsets of the range passed over because their message group is busy,
+    /// ascending.
+    pub defer: Vec<QueueOffset>,
+    /// FIFO groups: the message group hash of the offsets in `deliver` and `defer` that
+    /// have one.
+    pub groups: Vec<(QueueOffset, u64)>,
 }
 
 /// Why a command (or one item of it) was refused. Applying never fails as a whole:

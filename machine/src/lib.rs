@@ -14,7 +14,7 @@ pub mod batch;
 pub mod codec;
 pub mod command;
 pub mod ids;
-mod plan;
+pub mod plan;
 pub mod pop;
 pub mod receipt;
 pub mod timer;
@@ -33,7 +33,7 @@ use self::pop::PopState;
 pub use self::receipt::Receipt;
 use self::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use self::transaction::{MAX_OPEN_TRANSACTIONS, MAX_TRANSACTIONS_PER_COMMAND, OpenTransaction, TransactionKey};
-use self::types::{GroupName, Permission, StoredMessage, TopicConfig, TopicName};
+use self::types::{GroupConfig, GroupName, Permission, StoredMessage, TopicConfig, TopicName};
 
 /// Most messages one pop may take.
 pub const MAX_POP_BATCH: u32 = 256;
@@ -45,6 +45,9 @@ pub const MAX_TOPICS: usize = 10_000;
 pub const MAX_GROUPS: usize = 10_000;
 /// Most delivered, unacknowledged messages per consumer group and queue.
 pub const MAX_INFLIGHT_PER_QUEUE: usize = 100_000;
+/// Most messages per consumer group and queue waiting for their message group (FIFO
+/// groups); past it a queue's never-delivered messages wait.
+pub const MAX_DEFERRED_PER_QUEUE: usize = 100_000;
 /// Most receipts one ack carries.
 pub const MAX_RECEIPTS_PER_ACK: usize = 1024;
 /// Most queues one `TrimQueues` names.
@@ -146,6 +149,8 @@ pub struct Machine {
     timers: TimerState,
     /// Open transactions: half messages not yet committed or rolled back.
     transactions: BTreeMap<TransactionKey, OpenTransaction>,
+    /// Consumer groups created with a configuration (others consume with the defaults).
+    groups: BTreeMap<GroupName, GroupConfig>,
 }
 
 fn validate_config(config: &TopicConfig) -> Result<(), CommandError> {
@@ -203,6 +208,16 @@ impl Machine {
     /// Delay timers' progress.
     pub fn timers(&self) -> TimerState {
         self.timers
+    }
+
+    /// A consumer group's configuration (the defaults when it was never configured).
+    pub fn group_config(&self, group: &GroupName) -> GroupConfig {
+        self.groups.get(group).copied().unwrap_or_default()
+    }
+
+    /// The configured consumer groups.
+    pub fn groups(&self) -> &BTreeMap<GroupName, GroupConfig> {
+        &self.groups
     }
 
     /// The open transactions, oldest half message first.
@@ -424,6 +439,15 @@ impl Machine {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Failed(e),
             },
+            Command::UpsertGroup { group, config } => {
+                if !self.groups.contains_key(group) && self.groups.len() >= MAX_GROUPS {
+                    return Response::Failed(CommandError::LimitReached(format!(
+                        "the broker group holds {MAX_GROUPS} configured consumer groups, the limit"
+                    )));
+                }
+                self.groups.insert(group.clone(), *config);
+                Response::Done
+            }
             Command::TrimQueues { mins } => match self.trim_queues(mins) {
                 Ok(()) => Response::Done,
                 Err(e) => Response::Failed(e),

@@ -1,15 +1,32 @@
 //! Planning a pop on the leader: which messages a receive takes, chosen from the state and
-//! from what the leader's ConsumeQueue says of the never-delivered ones (their tags). Plain
-//! code over values: the ConsumeQueue read comes in as a function.
+//! from what the leader's ConsumeQueue says of the never-delivered ones (their tags and
+//! message groups). Plain code over values: the ConsumeQueue read comes in as a function.
+//!
+//! A FIFO consumer group ([`crate::types::GroupConfig::fifo`]) gets a message group's
+//! messages of a queue one at a time, in order: a message whose group has a message in
+//! flight, or deferred before it, is deferred (neither delivered nor skipped), and a
+//! deferred one is delivered once its group is free; messages of other groups, and those
+//! without a group, keep flowing.
+
+use std::collections::BTreeSet;
 
 use crate::command::PopTake;
 use crate::ids::{Millis, QueueId, QueueOffset};
 use crate::types::{GroupName, TagFilter, TopicName};
 use crate::{MAX_POP_BATCH, Machine, POP_SCAN_LIMIT};
 
-/// Tag hashes of a queue's offsets `from..end` as this node's ConsumeQueue holds them (fewer
-/// when its dispatch is behind; `None` for a message without a tag).
-pub type Tags = Vec<Option<u64>>;
+/// What a pop plan reads of one never-delivered message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fresh {
+    /// Hash of its tag (`None` without one).
+    pub tag: Option<u64>,
+    /// Hash of its message group (`None` without one).
+    pub group: Option<u64>,
+}
+
+/// A queue's offsets `from..end` as this node's ConsumeQueue holds them (fewer when its
+/// dispatch is behind).
+pub type Tags = Vec<Fresh>;
 
 impl Machine {
     /// Plans a pop of at most `max` messages for `group` on `topic` at `now`, queue by queue
@@ -27,6 +44,7 @@ impl Machine {
         mut read: impl FnMut(QueueId, u64, u64) -> Result<Tags, E>,
     ) -> Result<Vec<PopTake>, E> {
         let Some(t) = self.topics.get(topic) else { return Ok(Vec::new()) };
+        let fifo = self.group_config(group).fifo;
         let now = now.max(self.clock);
         let count = t.config.queue_count;
         let mut budget = max.min(MAX_POP_BATCH) as usize;
@@ -42,31 +60,57 @@ impl Machine {
                 .map(|s| s.expired(now).filter(|&o| o >= queue.min_offset()).take(budget).map(QueueOffset).collect())
                 .unwrap_or_default();
             budget -= redeliver.len();
+            // FIFO: message groups with a message in flight are busy; a deferred message
+            // goes when its group is free and nothing of its group is deferred before it.
+            let mut busy: BTreeSet<u64> = BTreeSet::new();
+            let mut undefer = Vec::new();
+            if fifo && let Some(s) = state {
+                busy = s.inflight_groups();
+                for (offset, g) in s.deferred() {
+                    if busy.insert(g) && undefer.len() < budget && offset >= queue.min_offset() {
+                        undefer.push(QueueOffset(offset));
+                    }
+                }
+            }
+            budget -= undefer.len();
             let from = state.map_or(queue.min_offset(), |s| s.next_fresh).max(queue.min_offset());
             let scan_end = queue.max_offset().min(from + POP_SCAN_LIMIT);
-            let mut deliver = Vec::new();
+            let (mut deliver, mut defer, mut groups) = (Vec::new(), Vec::new(), Vec::new());
             let mut end = from;
             if budget > 0 && from < scan_end {
-                let tags = read(q, from, scan_end)?;
-                for (i, tag) in tags.iter().take((scan_end - from) as usize).enumerate() {
-                    let offset = from + i as u64;
-                    end = offset + 1;
-                    if filter.matches(*tag) {
-                        deliver.push(QueueOffset(offset));
-                        if deliver.len() == budget {
-                            break;
+                let fresh = read(q, from, scan_end)?;
+                for (i, m) in fresh.iter().take((scan_end - from) as usize).enumerate() {
+                    let offset = QueueOffset(from + i as u64);
+                    end = offset.0 + 1;
+                    if !filter.matches(m.tag) {
+                        continue;
+                    }
+                    match m.group.filter(|_| fifo) {
+                        Some(g) if !busy.insert(g) => {
+                            defer.push(offset);
+                            groups.push((offset, g));
+                        }
+                        g => {
+                            deliver.push(offset);
+                            groups.extend(g.map(|g| (offset, g)));
+                            if deliver.len() == budget {
+                                break;
+                            }
                         }
                     }
                 }
             }
             budget -= deliver.len();
-            if !redeliver.is_empty() || end > from {
+            if !redeliver.is_empty() || !undefer.is_empty() || end > from {
                 takes.push(PopTake {
                     queue: q,
                     redeliver,
                     fresh_from: QueueOffset(from),
                     fresh_end: QueueOffset(end),
                     deliver,
+                    undefer,
+                    defer,
+                    groups,
                 });
             }
         }
@@ -87,6 +131,7 @@ impl Machine {
                 Some(state) => {
                     if state.next_fresh.max(queue.min_offset()) < queue.max_offset()
                         || state.expired(now).next().is_some()
+                        || state.deferred_ready()
                     {
                         return (true, None);
                     }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 use super::*;
+use crate::plan::Fresh;
 use crate::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use crate::types::{StoredMessage, TagFilter, tag_hash};
 
@@ -25,6 +26,7 @@ struct Rec {
     log_index: LogIndex,
     slot: u32,
     tag: Option<u64>,
+    group: Option<u64>,
 }
 
 /// A machine and the ConsumeQueue that dispatch writes after each applied entry: a message
@@ -90,10 +92,15 @@ impl World {
 
     fn plan(&self, now: i64, g: &str, t: &str, max: u32, filter: &TagFilter) -> Vec<PopTake> {
         let name = topic(t);
-        let read = |q: QueueId, from: u64, end: u64| -> Result<Vec<Option<u64>>, ()> {
+        let read = |q: QueueId, from: u64, end: u64| -> Result<Vec<Fresh>, ()> {
             let recs = self.cq.get(&(name.clone(), q)).map_or(&[][..], Vec::as_slice);
             let end = (end as usize).min(recs.len());
-            Ok(recs.get(from as usize..end).unwrap_or(&[]).iter().map(|r| r.tag).collect())
+            Ok(recs
+                .get(from as usize..end)
+                .unwrap_or(&[])
+                .iter()
+                .map(|r| Fresh { tag: r.tag, group: r.group })
+                .collect())
         };
         self.m.plan_pop(Millis(now), &group(g), &name, max, filter, read).expect("reads never fail here")
     }
@@ -144,10 +151,12 @@ fn dispatch(
                 let msg = msg.expect("decodes");
                 if m.accepts(&msg, index).is_ok() && !msg.transactional && !timer::scheduled(msg.deliver_at, *now) {
                     let tag = msg.tag.as_deref().map(tag_hash);
+                    let group = msg.message_group.as_deref().map(tag_hash);
                     cq.entry((msg.topic.clone(), msg.queue)).or_default().push(Rec {
                         log_index: index,
                         slot: slot.0,
                         tag,
+                        group,
                     });
                 }
             }
@@ -156,7 +165,7 @@ fn dispatch(
             for f in m.fired(last_fire, index, *prev_fire, fires, drops.len()) {
                 // The broker reads the tag from the message in the log; these tests fire
                 // untagged messages.
-                let rec = Rec { log_index: f.log_index, slot: f.slot.0, tag: None };
+                let rec = Rec { log_index: f.log_index, slot: f.slot.0, tag: None, group: None };
                 cq.entry((f.head.topic.clone(), f.head.queue)).or_default().push(rec);
             }
         }
@@ -176,7 +185,7 @@ fn send_assigns_consecutive_offsets_per_queue() {
     assert_eq!(results[1], Ok(Sent { queue: QueueId(1), offset: Some(QueueOffset(0)) }));
     assert_eq!(results[2], Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(1)) }));
     assert!(matches!(results[3], Err(CommandError::QueueNotFound { queue: 5, count: 2, .. })));
-    assert_eq!(w.record("t", 0, QueueOffset(1)), Rec { log_index: LogIndex(2), slot: 2, tag: None });
+    assert_eq!(w.record("t", 0, QueueOffset(1)), Rec { log_index: LogIndex(2), slot: 2, tag: None, group: None });
     let q0 = w.m.queue(&topic("t"), QueueId(0)).expect("queue");
     assert_eq!((q0.min_offset(), q0.max_offset()), (0, 2));
 }
@@ -268,6 +277,7 @@ fn a_stale_or_malformed_plan_takes_nothing_twice() {
         fresh_from: QueueOffset(from),
         fresh_end: QueueOffset(end),
         deliver: deliver.into_iter().map(QueueOffset).collect(),
+        ..PopTake::default()
     };
     for take in [bad(2, 3, vec![3]), bad(2, 9, vec![2]), bad(2, 4, vec![3, 2]), bad(3, 4, vec![3])] {
         let Response::Popped(got) = w.apply(pop(vec![take.clone()])) else { panic!("pop") };
@@ -431,7 +441,10 @@ fn a_delay_message_waits_for_its_timer_and_fires_once() {
         Response::Sent(vec![Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(2)) })])
     );
     assert_eq!(w.m.timers(), TimerState { pending: 0, last_fire: fire_index });
-    assert_eq!(w.record("t", 0, QueueOffset(2)), Rec { log_index: LogIndex(send_index), slot: 0, tag: None });
+    assert_eq!(
+        w.record("t", 0, QueueOffset(2)),
+        Rec { log_index: LogIndex(send_index), slot: 0, tag: None, group: None }
+    );
 
     // The same plan again (an old leader's) is stale: nothing fires twice.
     assert!(matches!(w.apply(fire), Response::Failed(CommandError::StalePlan(_))));
@@ -470,6 +483,52 @@ fn a_fire_names_each_message_once_and_skips_deleted_topics() {
 }
 
 #[test]
+fn a_fifo_group_gets_each_message_group_in_order_one_at_a_time() {
+    let mut w = World::new();
+    w.create("t", 1);
+    let r = w.apply(Command::UpsertGroup { group: group("ordered"), config: GroupConfig { fifo: true } });
+    assert_eq!(r, Response::Done);
+    let m = |w: &World, body: &str, g: Option<&str>| StoredMessage {
+        message_group: g.map(str::to_string),
+        ..w.msg("t", 0, None, body)
+    };
+    // Offsets 0..6: a1 b1 a2 plain b2 a3.
+    let batch = vec![
+        m(&w, "a1", Some("a")),
+        m(&w, "b1", Some("b")),
+        m(&w, "a2", Some("a")),
+        m(&w, "plain", None),
+        m(&w, "b2", Some("b")),
+        m(&w, "a3", Some("a")),
+    ];
+    w.send_at(10, batch);
+    let offsets = |p: &[Popped]| p.iter().map(|p| p.offset.0).collect::<Vec<_>>();
+
+    // One message per group in flight; the one without a group flows.
+    let first = w.pop(100, "ordered", "t", 10, "*");
+    assert_eq!(offsets(&first), [0, 1, 3]);
+    assert!(w.pop(100, "ordered", "t", 10, "*").is_empty(), "a2, b2 and a3 wait for their groups");
+    assert!(!w.m.pop_outlook(&group("ordered"), &topic("t"), Millis(100)).0);
+    // a1 acked: a2 is next, b2 still waits for b1.
+    let a1 = first.iter().find(|p| p.offset.0 == 0).expect("a1").receipt.clone();
+    assert_eq!(w.ack("ordered", "t", vec![a1]), vec![Ok(())]);
+    assert!(w.m.pop_outlook(&group("ordered"), &topic("t"), Millis(100)).0);
+    let second = w.pop(100, "ordered", "t", 10, "*");
+    assert_eq!(offsets(&second), [2]);
+    // Nothing more is acked: when their invisibility ends b1, a2 and the plain one come
+    // again, a2 before a3.
+    let again = w.pop(1_200, "ordered", "t", 10, "*");
+    assert_eq!(again.iter().map(|p| (p.offset.0, p.attempt)).collect::<Vec<_>>(), [(1, 2), (2, 2), (3, 2)]);
+    let acks: Vec<Receipt> = again.iter().map(|p| p.receipt.clone()).collect();
+    assert_eq!(w.ack("ordered", "t", acks), vec![Ok(()), Ok(()), Ok(())]);
+    let third = w.pop(1_200, "ordered", "t", 10, "*");
+    assert_eq!(offsets(&third), [4, 5], "b2 and a3 once b1 and a2 are acked");
+
+    // A group without the setting gets everything at once.
+    assert_eq!(offsets(&w.pop(100, "plain-readers", "t", 10, "*")), [0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
 fn a_half_message_is_visible_only_once_committed_and_ends_once() {
     let mut w = World::new();
     w.create("t", 1);
@@ -499,7 +558,7 @@ fn a_half_message_is_visible_only_once_committed_and_ends_once() {
     };
     assert_eq!(w.apply(fire), Response::Sent(vec![Ok(Sent { queue: QueueId(0), offset: Some(QueueOffset(0)) })]));
     assert_eq!(w.m.transactions().keys().copied().collect::<Vec<_>>(), vec![(LogIndex(index), Slot(2))]);
-    assert_eq!(w.record("t", 0, QueueOffset(0)), Rec { log_index: LogIndex(index), slot: 0, tag: None });
+    assert_eq!(w.record("t", 0, QueueOffset(0)), Rec { log_index: LogIndex(index), slot: 0, tag: None, group: None });
     assert_eq!(w.cq[&(topic("t"), QueueId(0))].len(), 1, "dispatch agrees: the rolled-back one has no record");
 
     let too_many = vec![(LogIndex(index), Slot(2)); MAX_TRANSACTIONS_PER_COMMAND + 1];

@@ -161,6 +161,16 @@ impl TopicConfig {
     }
 }
 
+/// A consumer group's configuration (RocketMQ's subscription group config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    /// Orderly consumption (RocketMQ's `consumeMessageOrderly`): on each queue, the next
+    /// message of a message group is delivered only after the one before it is
+    /// acknowledged; messages of other groups keep flowing. Push consumers are told so in
+    /// their settings.
+    pub fifo: bool,
+}
+
 /// A message as the log stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {

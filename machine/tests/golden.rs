@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
 use raftmq_machine::timer::Fire;
-use raftmq_machine::types::{GroupName, StoredMessage, TopicConfig, TopicName};
+use raftmq_machine::types::{GroupConfig, GroupName, StoredMessage, TopicConfig, TopicName};
 use raftmq_machine::{
     Command, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response, Slot,
 };
@@ -100,6 +100,9 @@ fn commands() -> Vec<Command> {
                 fresh_from: QueueOffset(0),
                 fresh_end: QueueOffset(2),
                 deliver: vec![QueueOffset(0), QueueOffset(1)],
+                undefer: vec![],
+                defer: vec![],
+                groups: vec![(QueueOffset(1), 0x5eed)],
             }],
         },
         Command::Ack { group: group(), topic: topic(), receipts: vec![receipt(0)] },
@@ -118,6 +121,7 @@ fn commands() -> Vec<Command> {
             drops: vec![(LogIndex(2), Slot(5))],
         },
         Command::CheckTransactions { now: Millis(1_700_000_070_000), keys: vec![(LogIndex(2), Slot(4))] },
+        Command::UpsertGroup { group: group(), config: GroupConfig { fifo: true } },
         Command::ResetOffset { group: group(), topic: topic(), offsets: vec![(QueueId(1), QueueOffset(0))] },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
@@ -126,7 +130,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 6, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 7, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -136,12 +140,12 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v6.bin", &all);
+    check("commands-v7.bin", &all);
 }
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 4, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 5, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -156,5 +160,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v4.bin", &bytes);
+    check("snapshot-v5.bin", &bytes);
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use futures::{StreamExt, stream};
+use raftmq_machine::types::GroupName;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::settings::PubSub;
 use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
@@ -43,6 +44,11 @@ enum Event {
 }
 
 impl Broker {
+    /// Whether the consumer group `name` is configured for orderly (FIFO) consumption.
+    fn group_is_fifo(&self, name: &str) -> bool {
+        GroupName::new(name).is_ok_and(|g| self.inner.state.read(|a| a.machine.group_config(&g).fifo))
+    }
+
     fn answer_settings(&self, client: pb::Settings) -> pb::Settings {
         let settings = &self.inner.settings;
         let pub_sub = match client.pub_sub {
@@ -52,9 +58,10 @@ impl Broker {
                 validate_message_type: true,
             })),
             Some(PubSub::Subscription(s)) => Some(PubSub::Subscription(pb::Subscription {
+                // A FIFO consumer group's push consumers consume each message group in order.
+                fifo: Some(s.group.as_ref().is_some_and(|g| self.group_is_fifo(&g.name))),
                 group: s.group,
                 subscriptions: s.subscriptions,
-                fifo: Some(false),
                 receive_batch_size: Some(settings.max_receive_batch as i32),
                 long_polling_timeout: Some(duration(settings.max_long_polling_ms.min(20_000))),
                 ..Default::default()

@@ -384,6 +384,7 @@ impl Dispatch {
             slot,
             size_bytes: u32::try_from(m.body.len()).unwrap_or(u32::MAX),
             tag_hash: m.tag.as_deref().map(tag_hash),
+            group_hash: m.message_group.as_deref().map(tag_hash),
             store_time,
         };
         cq.append(&key.0, m.queue, QueueOffset(offset), &record)?;

@@ -14,6 +14,7 @@ pub mod timer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use raftmq_machine::plan::Fresh;
 use raftmq_machine::types::TopicName;
 use raftmq_machine::{LogIndex, Millis, QueueId, QueueOffset, Slot};
 use tokio::sync::watch;
@@ -153,13 +154,13 @@ impl Stores {
         self.inner.dispatched.send_replace(index);
     }
 
-    /// Passes `result` through; a damaged file asks dispatch to rebuild the stores (a read
-    /// never serves from it, and the node does not stop).
+    /// Passes `result` through; a damaged file (or one of an older format) asks dispatch to
+    /// rebuild the stores (a read never serves from it, and the node does not stop).
     fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &result
             && matches!(
                 e,
-                StoreError::ConsumeQueue(CqError::Corrupt { .. })
+                StoreError::ConsumeQueue(CqError::Corrupt { .. } | CqError::UnsupportedVersion { .. })
                     | StoreError::Index(IndexError::Corrupt { .. })
                     | StoreError::Timer(TimerError::Corrupt { .. })
             )
@@ -252,16 +253,16 @@ impl Stores {
         Ok(out)
     }
 
-    /// Tag hashes of a queue's offsets `from..end` as dispatched so far (fewer when dispatch
-    /// is behind): what a pop plan reads.
-    pub fn tags(&self, topic: &TopicName, queue: QueueId, from: u64, end: u64) -> Result<Vec<Option<u64>>, StoreError> {
+    /// Tag and message group hashes of a queue's offsets `from..end` as dispatched so far
+    /// (fewer when dispatch is behind): what a pop plan reads.
+    pub fn tags(&self, topic: &TopicName, queue: QueueId, from: u64, end: u64) -> Result<Vec<Fresh>, StoreError> {
         let records = self.records(topic, queue, from, end)?;
         // Only a contiguous run from `from` counts: a plan must not skip what it did not read.
         Ok(records
             .iter()
             .enumerate()
             .take_while(|(i, (offset, _))| offset.0 == from + *i as u64)
-            .map(|(_, (_, r))| r.tag_hash)
+            .map(|(_, (_, r))| Fresh { tag: r.tag_hash, group: r.group_hash })
             .collect())
     }
 

@@ -29,6 +29,28 @@ pub fn render_clients(list: &ClientList) -> String {
     out
 }
 
+/// `group update GROUP --fifo BOOL`.
+#[allow(clippy::print_stdout)]
+pub async fn update(endpoints: &str, group: &str, fifo: bool) -> anyhow::Result<()> {
+    let admin = Admin::new(endpoints)?;
+    admin.upsert_group(group, fifo).await.with_context(|| format!("cannot configure the consumer group {group}"))?;
+    println!("consumer group {group}: fifo {fifo}");
+    Ok(())
+}
+
+/// `group list`.
+#[allow(clippy::print_stdout)]
+pub async fn list(endpoints: &str) -> anyhow::Result<()> {
+    let admin = Admin::new(endpoints)?;
+    let groups = admin.list_groups().await.context("cannot list the consumer groups")?;
+    let mut t = Table::new(&["GROUP", "FIFO"]);
+    for g in &groups {
+        t.row(vec![g.group.clone(), g.fifo.to_string()]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
 /// `group clients GROUP`.
 #[allow(clippy::print_stdout)]
 pub async fn clients(endpoints: &str, group: &str) -> anyhow::Result<()> {

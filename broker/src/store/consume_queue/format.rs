@@ -1,16 +1,16 @@
-//! The on-disk byte layout (format version 1, little endian): file names, the file header and the record slot,
+//! The on-disk byte layout (format version 2, little endian): file names, the file header and the record slot,
 //! with their encoding, decoding and checks.
 //!
 //! A file is named `<first offset, 20 digits>.cq` and holds a 64-byte header followed by `records_per_file`
-//! 40-byte record slots.
+//! 48-byte record slots.
 //!
 //! Header: `0..8` magic `RMQCQ\0\0\0`, `8..12` format version, `12..16` records per file, `16..24` first offset,
 //! `24..60` reserved (zero), `60..64` CRC32C of bytes `0..60`.
 //!
-//! Record: `0..8` log index, `8..16` store time, `16..24` tag hash (zero without a tag), `24..28` slot in the
-//! batch, `28..32` size in bytes, `32..36` flags (bit 0: has a tag), `36..40` CRC32C of bytes `0..36`. A slot of
-//! all zero bytes is "not written"; an encoded record is never all zero because the CRC32C of 36 zero bytes is not
-//! zero.
+//! Record: `0..8` log index, `8..16` store time, `16..24` tag hash (zero without a tag), `24..32` message group
+//! hash (zero without a group), `32..36` slot in the batch, `36..40` size in bytes, `40..44` flags (bit 0: has a
+//! tag, bit 1: has a message group), `44..48` CRC32C of bytes `0..44`. A slot of all zero bytes is "not written";
+//! an encoded record is never all zero because the CRC32C of 44 zero bytes is not zero.
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +19,11 @@ use raftmq_machine::ids::{LogIndex, Millis, Slot};
 
 const MAGIC: [u8; 8] = *b"RMQCQ\0\0\0";
 pub(super) const HEADER_LEN: u64 = 64;
-pub(super) const RECORD_LEN: usize = 40;
+pub(super) const RECORD_LEN: usize = 48;
 pub(super) const RECORD_LEN_U64: u64 = RECORD_LEN as u64;
 const FLAG_HAS_TAG: u32 = 1;
+const FLAG_HAS_GROUP: u32 = 2;
+const CRC_AT: usize = RECORD_LEN - 4;
 
 /// What a record slot holds.
 pub(super) enum Decoded {
@@ -37,12 +39,14 @@ pub(super) fn encode_record(rec: &QueueRecord) -> [u8; RECORD_LEN] {
     b[0..8].copy_from_slice(&rec.log_index.0.to_le_bytes());
     b[8..16].copy_from_slice(&rec.store_time.0.to_le_bytes());
     b[16..24].copy_from_slice(&rec.tag_hash.unwrap_or(0).to_le_bytes());
-    b[24..28].copy_from_slice(&rec.slot.0.to_le_bytes());
-    b[28..32].copy_from_slice(&rec.size_bytes.to_le_bytes());
-    let flags = if rec.tag_hash.is_some() { FLAG_HAS_TAG } else { 0 };
-    b[32..36].copy_from_slice(&flags.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..40].copy_from_slice(&crc.to_le_bytes());
+    b[24..32].copy_from_slice(&rec.group_hash.unwrap_or(0).to_le_bytes());
+    b[32..36].copy_from_slice(&rec.slot.0.to_le_bytes());
+    b[36..40].copy_from_slice(&rec.size_bytes.to_le_bytes());
+    let flags = if rec.tag_hash.is_some() { FLAG_HAS_TAG } else { 0 }
+        | if rec.group_hash.is_some() { FLAG_HAS_GROUP } else { 0 };
+    b[40..44].copy_from_slice(&flags.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..CRC_AT]);
+    b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
@@ -51,24 +55,28 @@ pub(super) fn decode_record(b: &[u8]) -> Decoded {
     if b.iter().all(|&x| x == 0) {
         return Decoded::Zero;
     }
-    let (stored, computed) = (le_u32(b, 36), crc32c::crc32c(&b[..36]));
+    let (stored, computed) = (le_u32(b, CRC_AT), crc32c::crc32c(&b[..CRC_AT]));
     if stored != computed {
         return Decoded::Invalid(format!("record checksum mismatch (stored {stored:#x}, computed {computed:#x})"));
     }
-    let flags = le_u32(b, 32);
-    if flags & !FLAG_HAS_TAG != 0 {
+    let flags = le_u32(b, 40);
+    if flags & !(FLAG_HAS_TAG | FLAG_HAS_GROUP) != 0 {
         return Decoded::Invalid(format!("record has unknown flags {flags:#x}"));
     }
-    let tag = le_u64(b, 16);
+    let (tag, group) = (le_u64(b, 16), le_u64(b, 24));
     if flags & FLAG_HAS_TAG == 0 && tag != 0 {
         return Decoded::Invalid("record has a tag hash but not the has-tag flag".into());
+    }
+    if flags & FLAG_HAS_GROUP == 0 && group != 0 {
+        return Decoded::Invalid("record has a message group hash but not the has-group flag".into());
     }
     Decoded::Valid(QueueRecord {
         log_index: LogIndex(le_u64(b, 0)),
         store_time: Millis(le_u64(b, 8) as i64),
         tag_hash: (flags & FLAG_HAS_TAG != 0).then_some(tag),
-        slot: Slot(le_u32(b, 24)),
-        size_bytes: le_u32(b, 28),
+        group_hash: (flags & FLAG_HAS_GROUP != 0).then_some(group),
+        slot: Slot(le_u32(b, 32)),
+        size_bytes: le_u32(b, 36),
     })
 }
 

@@ -1,7 +1,7 @@
 //! On-disk ConsumeQueue: per (topic, queue) fixed-width records mapping a queue offset to its CommitLog position.
 //!
 //! Layout: `<root>/<topic>/<queue id>/<first offset, 20 digits>.cq`. Each file is a 64-byte header followed by
-//! `records_per_file` 40-byte record slots (format version 1, little endian; see [`FORMAT_VERSION`]). An all-zero
+//! `records_per_file` 48-byte record slots (format version 2, little endian; see [`FORMAT_VERSION`]). An all-zero
 //! slot is "not written". Records are not fsynced per append: [`ConsumeQueues::sync`] makes every write since the
 //! previous sync durable, and the broker calls it before it writes a state snapshot.
 //!
@@ -31,7 +31,7 @@ use queue::QueueState;
 use store::{Store, allocated_bytes, is_dir, list_dir};
 
 /// Version of the on-disk format this module writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Default number of record slots per file.
 pub const DEFAULT_RECORDS_PER_FILE: u32 = 300_000;
 /// Default bound on the number of file handles kept open across all queues.
@@ -52,6 +52,8 @@ pub struct QueueRecord {
     pub size_bytes: u32,
     /// Hash of the message's tag, if it has one.
     pub tag_hash: Option<u64>,
+    /// Hash of the message's message group (FIFO), if it has one.
+    pub group_hash: Option<u64>,
     /// When the broker stored the message.
     pub store_time: Millis,
 }

@@ -30,6 +30,7 @@ fn rec_v(o: u64, v: u64) -> QueueRecord {
         slot: Slot((o % 7) as u32),
         size_bytes: 100 + o as u32,
         tag_hash: if o.is_multiple_of(3) { None } else { Some(o * 31) },
+        group_hash: if o.is_multiple_of(4) { Some(o * 7) } else { None },
         store_time: Millis(10 * o as i64),
     }
 }

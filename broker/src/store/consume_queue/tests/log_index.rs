@@ -31,6 +31,7 @@ fn dispatch(root: &Path) -> Written {
                 slot: Slot(slot),
                 size_bytes,
                 tag_hash: None,
+                group_hash: None,
                 store_time: Millis(li as i64),
             };
             cq.append(topic, queue, o, &r).unwrap();

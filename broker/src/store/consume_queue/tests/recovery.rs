@@ -17,22 +17,22 @@ fn corrupt_record_in_older_file_is_reported_with_file_and_byte() {
     let at = HEADER_LEN + RECORD_LEN_U64; // offset 5 = slot 1 of file 4
     patch(&file, at + 5, &[raw(&file, at + 5, 1)[0] ^ 0x40]);
     let (path, byte, reason) = expect_corrupt(cq.read(T, Q, QueueOffset(5)));
-    assert_eq!((path, byte), (file.clone(), 104));
+    assert_eq!((path, byte), (file.clone(), 112));
     assert!(reason.contains("checksum"), "{reason}");
     drop(cq);
     let cq = open(dir.path(), 4); // reopen does not look at older files' records
     assert_eq!(bounds(&cq), Some((0, 10)));
     let err = cq.read(T, Q, QueueOffset(5)).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&file.display().to_string()) && msg.contains("at byte 104"), "{msg}");
+    assert!(msg.contains(&file.display().to_string()) && msg.contains("at byte 112"), "{msg}");
     assert!(msg.contains("rebuilds it from the CommitLog"), "{msg}");
-    assert_eq!(expect_corrupt(cq.read_range(T, Q, QueueOffset(3), 10)).1, 104);
+    assert_eq!(expect_corrupt(cq.read_range(T, Q, QueueOffset(3), 10)).1, 112);
     assert_eq!(cq.read(T, Q, QueueOffset(4)).unwrap(), Some(rec(4)));
     assert_eq!(cq.read(T, Q, QueueOffset(6)).unwrap(), Some(rec(6)));
     // An unwritten (zero) record inside [min, end) is corrupt too.
     patch(&file, at, &[0u8; RECORD_LEN]);
     let (path, byte, reason) = expect_corrupt(cq.read(T, Q, QueueOffset(5)));
-    assert_eq!((path, byte), (file, 104));
+    assert_eq!((path, byte), (file, 112));
     assert!(reason.contains("not written"), "{reason}");
 }
 
@@ -58,21 +58,21 @@ fn unsupported_version_is_reported() {
     let dir = TempDir::new().unwrap();
     append_range(&open(dir.path(), 4), 0..10);
     let middle = fpath(dir.path(), 4);
-    patch(&middle, 8, &2u32.to_le_bytes());
+    patch(&middle, 8, &3u32.to_le_bytes());
     let cq = open(dir.path(), 4);
     assert_eq!(bounds(&cq), Some((0, 10)), "only the first and newest files are opened at load");
     assert_eq!(cq.read(T, Q, QueueOffset(3)).unwrap(), Some(rec(3)));
     match cq.read(T, Q, QueueOffset(5)) {
-        Err(CqError::UnsupportedVersion { path, found: 2, supported: 1 }) => assert_eq!(path, middle),
+        Err(CqError::UnsupportedVersion { path, found: 3, supported: 2 }) => assert_eq!(path, middle),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
     for start in [0, 8] {
         let file = fpath(dir.path(), start);
-        patch(&file, 8, &2u32.to_le_bytes());
+        patch(&file, 8, &3u32.to_le_bytes());
         let err = open(dir.path(), 4).bounds(T, Q).unwrap_err();
-        assert!(matches!(&err, CqError::UnsupportedVersion { path, found: 2, .. } if *path == file), "{err:?}");
-        assert!(err.to_string().contains("format version 2"), "{err}");
-        patch(&file, 8, &1u32.to_le_bytes());
+        assert!(matches!(&err, CqError::UnsupportedVersion { path, found: 3, .. } if *path == file), "{err:?}");
+        assert!(err.to_string().contains("format version 3"), "{err}");
+        patch(&file, 8, &2u32.to_le_bytes());
     }
 }
 
@@ -92,8 +92,8 @@ fn torn_tail_is_trimmed_and_logged() {
     let warning =
         logs.iter().find(|l| l.contains("torn tail")).unwrap_or_else(|| panic!("no torn-tail log in {logs:?}"));
     assert!(warning.starts_with("WARN"), "{warning}");
-    assert!(warning.contains(&file.display().to_string()) && warning.contains("byte_offset=304"), "{warning}");
-    assert_eq!(raw(&file, 304, RECORD_LEN), vec![0u8; RECORD_LEN], "torn record is zeroed");
+    assert!(warning.contains(&file.display().to_string()) && warning.contains("byte_offset=352"), "{warning}");
+    assert_eq!(raw(&file, 352, RECORD_LEN), vec![0u8; RECORD_LEN], "torn record is zeroed");
     append_range(&cq, 6..7);
     drop(cq);
     assert_eq!(bounds(&open(dir.path(), 16)), Some((0, 7)));
@@ -159,13 +159,28 @@ fn header_damage_and_config_mismatch_are_corrupt() {
 fn record_encoding_round_trips_and_is_never_zero() {
     assert_ne!(crc32c::crc32c(&[0u8; 36]), 0, "an encoded record can never be all zero");
     let samples = [
-        QueueRecord { log_index: LogIndex(0), slot: Slot(0), size_bytes: 0, tag_hash: None, store_time: Millis(0) },
-        QueueRecord { log_index: LogIndex(0), slot: Slot(0), size_bytes: 0, tag_hash: Some(0), store_time: Millis(0) },
+        QueueRecord {
+            log_index: LogIndex(0),
+            slot: Slot(0),
+            size_bytes: 0,
+            tag_hash: None,
+            group_hash: None,
+            store_time: Millis(0),
+        },
+        QueueRecord {
+            log_index: LogIndex(0),
+            slot: Slot(0),
+            size_bytes: 0,
+            tag_hash: Some(0),
+            group_hash: Some(0),
+            store_time: Millis(0),
+        },
         QueueRecord {
             log_index: LogIndex(u64::MAX),
             slot: Slot(u32::MAX),
             size_bytes: u32::MAX,
             tag_hash: Some(u64::MAX),
+            group_hash: Some(u64::MAX),
             store_time: Millis(i64::MIN),
         },
     ];
@@ -175,9 +190,9 @@ fn record_encoding_round_trips_and_is_never_zero() {
         assert!(matches!(decode_record(&b), Decoded::Valid(d) if d == r), "{r:?}");
     }
     let mut b = encode_record(&samples[0]);
-    b[32] = 2; // unknown flag, with a matching checksum
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..].copy_from_slice(&crc.to_le_bytes());
+    b[40] = 4; // unknown flag, with a matching checksum
+    let crc = crc32c::crc32c(&b[..44]);
+    b[44..].copy_from_slice(&crc.to_le_bytes());
     assert!(matches!(decode_record(&b), Decoded::Invalid(m) if m.contains("unknown flags")));
 }
 
