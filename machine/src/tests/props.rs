@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::{Rec, World, dispatch, message, topic};
 use crate::timer::Fire;
-use crate::types::{StoredMessage, TopicConfig};
+use crate::types::{GroupConfig, StoredMessage, TopicConfig};
 use crate::*;
 
 #[derive(Debug, Clone)]
@@ -32,25 +32,51 @@ fn op(trims: bool) -> impl Strategy<Value = Op> {
 
 /// Runs `ops` on a topic of 3 queues; checks that nothing is handed out twice while
 /// invisible, nothing acked or trimmed comes back, and, once drained, every message kept was
-/// acked exactly once.
-fn run_pops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// acked exactly once. With `fifo`, the consumer group is FIFO and messages carry one of 5
+/// message groups: a message is delivered only when every earlier message of its group in
+/// its queue was acknowledged (or trimmed).
+fn run_pops(ops: Vec<Op>, fifo: bool) -> Result<(), TestCaseError> {
     let mut w = World::new();
     w.create("t", 3);
+    if fifo {
+        w.apply(Command::UpsertGroup { group: super::group("cg"), config: GroupConfig { fifo: true } });
+    }
     let mut now = 0i64;
     let mut sent = 0u32;
     let mut held: Vec<Popped> = Vec::new();
     let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
+    // Each queue's messages' message groups, by offset.
+    let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     let min = |w: &World, q: u32| w.m.queue(&topic("t"), QueueId(q)).map_or(0, |x| x.min_offset());
     for op in ops {
         match op {
             Op::Send(n) => {
-                let messages = (0..n).map(|i| w.msg("t", (sent + i) % 3, None, "b")).collect();
+                let messages = (0..n)
+                    .map(|i| {
+                        let g = (sent + i) % 5;
+                        // A message group goes to one queue.
+                        let q = if fifo { g % 3 } else { (sent + i) % 3 };
+                        groups.entry(q).or_default().push(g);
+                        StoredMessage { message_group: Some(format!("g{g}")), ..w.msg("t", q, None, "b") }
+                    })
+                    .collect();
                 w.send_at(now, messages);
                 sent += n;
             }
             Op::Pop(n) => {
                 for p in w.pop(now, "cg", "t", n, "*") {
                     let key = (p.queue.0, p.offset.0);
+                    if fifo {
+                        let of_queue = &groups[&p.queue.0];
+                        let g = of_queue[p.offset.0 as usize];
+                        let lo = min(&w, p.queue.0);
+                        for earlier in lo..p.offset.0 {
+                            prop_assert!(
+                                of_queue[earlier as usize] != g || acked.contains(&(p.queue.0, earlier)),
+                                "{key:?} of group {g} delivered before {earlier} of its group was acked"
+                            );
+                        }
+                    }
                     prop_assert!(p.offset.0 >= min(&w, p.queue.0), "trimmed message delivered: {p:?}");
                     prop_assert!(!acked.contains(&key), "acked message {key:?} delivered again");
                     prop_assert!(
@@ -113,12 +139,17 @@ fn run_pops(ops: Vec<Op>) -> Result<(), TestCaseError> {
 proptest! {
     #[test]
     fn pop_ack_invariants(ops in prop::collection::vec(op(false), 1..80)) {
-        run_pops(ops)?;
+        run_pops(ops, false)?;
     }
 
     #[test]
     fn trim_invariants(ops in prop::collection::vec(op(true), 1..80)) {
-        run_pops(ops)?;
+        run_pops(ops, false)?;
+    }
+
+    #[test]
+    fn fifo_groups_are_delivered_in_order_one_at_a_time(ops in prop::collection::vec(op(true), 1..80)) {
+        run_pops(ops, true)?;
     }
 }
 
