@@ -183,10 +183,7 @@ impl SimpleConsumer {
                     .conn
                     .call(OP, &endpoint, timeout, client.ack_message(self.conn.request(body, timeout)))
                     .await?;
-                match resp.status.as_ref().map(|s| s.code) {
-                    Some(c) if c == pb::Code::Ok as i32 => Ok(()),
-                    _ => Err(Error::broker(OP, &endpoint, resp.status.as_ref())),
-                }
+                Error::unless_ok(OP, &endpoint, resp.status.as_ref())
             };
             match attempt.await {
                 Ok(()) => return Ok(()),

@@ -92,6 +92,18 @@ impl Error {
         Error::Rpc { operation, endpoint: endpoint.to_string(), code: status.code(), message }
     }
 
+    /// Ok when the broker's answer says OK, else the broker's refusal.
+    pub(crate) fn unless_ok(
+        operation: &'static str,
+        endpoint: &str,
+        status: Option<&raftmq_proto::rocketmq::v2::Status>,
+    ) -> Result<(), Self> {
+        match status {
+            Some(s) if s.code == Code::Ok as i32 => Ok(()),
+            other => Err(Error::broker(operation, endpoint, other)),
+        }
+    }
+
     pub(crate) fn broker(
         operation: &'static str,
         endpoint: &str,

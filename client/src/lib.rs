@@ -33,6 +33,7 @@ mod consumer;
 mod error;
 mod message;
 mod producer;
+mod pull;
 mod route;
 
 pub use self::admin::{
@@ -43,6 +44,7 @@ pub use self::consumer::{MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
 pub use self::error::Error;
 pub use self::message::{Message, ReceivedMessage, SendReceipt};
 pub use self::producer::{MAX_BATCH, Producer, Transaction};
+pub use self::pull::{PullConsumer, StartFrom};
 pub use self::route::{RouteQueue, TopicRoute};
 /// The generated protocol types the admin client returns (`TopicInfo`, `NodeStatus`, ...).
 pub use raftmq_proto as proto;

@@ -107,7 +107,8 @@ pub struct ReceivedMessage {
     pub keys: Vec<String>,
     /// User properties.
     pub properties: HashMap<String, String>,
-    /// Receipt handle: acks and invisibility changes name the delivery with it.
+    /// Receipt handle: acks and invisibility changes name the delivery with it (empty for a
+    /// pulled message).
     pub receipt_handle: String,
     /// How many times the message was delivered, this time included.
     pub delivery_attempt: u32,
@@ -192,8 +193,18 @@ fn gunzip(body: &[u8]) -> Result<Bytes, String> {
 }
 
 /// A delivered message, its body checked against the digest the broker sent (the digest
-/// covers the body as sent, before inflating).
+/// covers the body as sent, before inflating). A received one must carry a receipt handle;
+/// a pulled one has none.
 pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
+    delivered(operation, endpoint, m, false)
+}
+
+/// A pulled message (no receipt handle: pull consumers keep offsets, they do not ack).
+pub(crate) fn pulled(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
+    delivered(operation, endpoint, m, true)
+}
+
+fn delivered(operation: &'static str, endpoint: &str, m: pb::Message, pulled: bool) -> Result<ReceivedMessage, Error> {
     let sys = m.system_properties.unwrap_or_default();
     if let Some(d) = &sys.body_digest
         && d.r#type == pb::DigestType::Crc32 as i32
@@ -219,9 +230,17 @@ pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) 
             ));
         }
     };
-    let receipt_handle = sys.receipt_handle.ok_or_else(|| {
-        Error::protocol(operation, endpoint, format!("message {} has no receipt handle", sys.message_id))
-    })?;
+    let receipt_handle = match sys.receipt_handle {
+        Some(r) => r,
+        None if pulled => String::new(),
+        None => {
+            return Err(Error::protocol(
+                operation,
+                endpoint,
+                format!("message {} has no receipt handle", sys.message_id),
+            ));
+        }
+    };
     Ok(ReceivedMessage {
         message_id: sys.message_id,
         topic: m.topic.map(|t| t.name).unwrap_or_default(),

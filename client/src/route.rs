@@ -67,6 +67,14 @@ impl TopicRoute {
     pub fn writable_queues(&self) -> Vec<&RouteQueue> {
         self.queues.iter().filter(|q| q.writable()).collect()
     }
+
+    /// The queues consumers may read.
+    pub fn readable_queues(&self) -> Vec<&RouteQueue> {
+        self.queues
+            .iter()
+            .filter(|q| matches!(q.permission, pb::Permission::Read | pb::Permission::ReadWrite))
+            .collect()
+    }
 }
 
 fn endpoint_strings(e: Option<&pb::Endpoints>) -> Vec<String> {
