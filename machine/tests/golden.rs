@@ -22,6 +22,9 @@ fn sample_path(name: &str) -> PathBuf {
 fn check(name: &str, bytes: &[u8]) {
     let path = sample_path(name);
     if std::env::var_os("RAFTMQ_BLESS").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create the golden directory");
+        }
         std::fs::write(&path, bytes).expect("write golden sample");
         return;
     }
