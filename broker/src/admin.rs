@@ -31,7 +31,10 @@ use crate::raft::state::StateStore;
 use crate::raft::{NodeId, Raft};
 use crate::sessions::Sessions;
 use crate::store::Storage;
-use raftmq_machine::types::{GroupConfig, GroupName, MAX_QUEUES, MessageType, Permission, TopicConfig, TopicName};
+use raftmq_machine::types::{
+    DEFAULT_MAX_ATTEMPTS, GroupConfig, GroupName, MAX_MAX_ATTEMPTS, MAX_QUEUES, MessageType, Permission, TopicConfig,
+    TopicName,
+};
 use raftmq_machine::{Command, CommandError, LogIndex, Machine, QueueId, QueueOffset, Response as Applied, Slot};
 
 /// Queues of a topic created without a queue count, unless the node's settings say otherwise.
@@ -684,9 +687,17 @@ impl AdminService for Admin {
         if let Some((addr, mut leader)) = self.leader_client(&request).await? {
             return leader.upsert_group(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s));
         }
+        let max_attempts = match config.max_attempts {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n if n > MAX_MAX_ATTEMPTS => {
+                return Err(invalid(format!("max attempts {n} is more than {MAX_MAX_ATTEMPTS}")));
+            }
+            n => n,
+        };
         let _serial = self.inner.writes.lock().await;
-        self.propose(Command::UpsertGroup { group: group.clone(), config: GroupConfig { fifo: config.fifo } }).await?;
-        tracing::info!(%group, fifo = config.fifo, "consumer group configured");
+        let applied = GroupConfig { fifo: config.fifo, max_attempts };
+        self.propose(Command::UpsertGroup { group: group.clone(), config: applied }).await?;
+        tracing::info!(%group, fifo = config.fifo, max_attempts, "consumer group configured");
         Ok(Response::new(pb::UpsertGroupResponse {}))
     }
 
@@ -695,7 +706,11 @@ impl AdminService for Admin {
         _request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let groups = self.state().read(|a| {
-            a.machine.groups().iter().map(|(g, c)| pb::GroupConfig { group: g.to_string(), fifo: c.fifo }).collect()
+            a.machine
+                .groups()
+                .iter()
+                .map(|(g, c)| pb::GroupConfig { group: g.to_string(), fifo: c.fifo, max_attempts: c.max_attempts })
+                .collect()
         });
         Ok(Response::new(pb::ListGroupsResponse { groups }))
     }

@@ -63,7 +63,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v7.bin", &bytes);
+    check("entry-v8.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);
@@ -92,7 +92,7 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
     let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
-    check("snapshot-v5.bin", &bytes);
+    check("snapshot-v6.bin", &bytes);
     let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
     Ok(())

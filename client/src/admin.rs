@@ -233,9 +233,11 @@ impl Admin {
         .await
     }
 
-    /// Creates or changes a consumer group's configuration (through the leader).
-    pub async fn upsert_group(&self, group: &str, fifo: bool) -> Result<(), Error> {
-        let body = pb::UpsertGroupRequest { config: Some(pb::GroupConfig { group: group.to_string(), fifo }) };
+    /// Creates or changes a consumer group's configuration (through the leader):
+    /// orderly consumption, and deliveries before a message is dead-lettered (0: 16).
+    pub async fn upsert_group(&self, group: &str, fifo: bool, max_attempts: u32) -> Result<(), Error> {
+        let config = pb::GroupConfig { group: group.to_string(), fifo, max_attempts };
+        let body = pb::UpsertGroupRequest { config: Some(config) };
         self.call("configure group", None, body, |mut c, r| async move { c.upsert_group(r).await }).await?;
         Ok(())
     }

@@ -116,8 +116,12 @@ enum GroupCommand {
         group: String,
         /// Orderly consumption: on each queue, a message group's next message is delivered
         /// only after the one before it is acknowledged (`true` or `false`).
-        #[arg(long, action = clap::ArgAction::Set)]
+        #[arg(long, action = clap::ArgAction::Set, default_value_t = false)]
         fifo: bool,
+        /// Deliveries of a message before it goes to the group's dead-letter queue
+        /// (`%DLQ%<group>`).
+        #[arg(long, default_value_t = 16)]
+        max_attempts: u32,
     },
     /// The configured consumer groups.
     List,
@@ -171,7 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::cluster::transfer_leader(endpoints, &group, to).await
         }
         Command::Message(MessageCommand::Query(args)) => cli::message::query(endpoints, args).await,
-        Command::Group(GroupCommand::Update { group, fifo }) => cli::group::update(endpoints, &group, fifo).await,
+        Command::Group(GroupCommand::Update { group, fifo, max_attempts }) => {
+            cli::group::update(endpoints, &group, fifo, max_attempts).await
+        }
         Command::Group(GroupCommand::List) => cli::group::list(endpoints).await,
         Command::Group(GroupCommand::Clients { group }) => cli::group::clients(endpoints, &group).await,
         Command::Group(GroupCommand::Progress { group }) => cli::group::progress(endpoints, &group).await,

@@ -27,7 +27,7 @@ fn parse(m: &ReceivedMessage) -> (String, usize) {
 async fn a_fifo_group_receives_each_message_group_in_order_one_at_a_time() -> anyhow::Result<()> {
     let group = Group::start(Some(2)).await?;
     let admin = Admin::new(&group.endpoints())?;
-    admin.upsert_group("ordered", true).await?;
+    admin.upsert_group("ordered", true, 0).await?;
     let listed = admin.list_groups().await?;
     assert!(listed.iter().any(|g| g.group == "ordered" && g.fifo), "{listed:?}");
 

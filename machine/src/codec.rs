@@ -7,11 +7,11 @@ use serde::de::DeserializeOwned;
 
 /// Format version of the commands in log entries (the CommitLog adapter writes it at the
 /// start of every entry's payload).
-pub const ENTRY_VERSION: u32 = 7;
+pub const ENTRY_VERSION: u32 = 8;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
 /// Format version of snapshots.
-pub const SNAPSHOT_VERSION: u32 = 5;
+pub const SNAPSHOT_VERSION: u32 = 6;
 /// Magic, version, body length, body CRC32C (snapshots and other framed files).
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// Largest snapshot body read (the replicated state is metadata only; this is far above it).

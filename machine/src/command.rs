@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::MessageBatch;
-use crate::ids::{LogIndex, Millis, QueueId, QueueOffset};
+use crate::ids::{LogIndex, Millis, PopId, QueueId, QueueOffset, Slot};
 use crate::receipt::Receipt;
 use crate::timer::Fire;
 use crate::transaction::TransactionKey;
@@ -192,6 +192,22 @@ pub struct PopTake {
     /// FIFO groups: the message group hash of the offsets in `deliver` and `defer` that
     /// have one.
     pub groups: Vec<(QueueOffset, u64)>,
+    /// Delivered messages whose invisibility ended after their last allowed delivery: they
+    /// go to the group's dead-letter queue instead of coming again.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// A message moved to its consumer group's dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Its offset in the queue it was delivered from.
+    pub offset: QueueOffset,
+    /// The pop that delivered it last (it leaves the group only if still in flight from it).
+    pub pop_id: PopId,
+    /// Where it is in the log.
+    pub log_index: LogIndex,
+    /// Its slot in that entry.
+    pub slot: Slot,
 }
 
 /// Why a command (or one item of it) was refused. Applying never fails as a whole:

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::batch::{MessageBatch, MessageHead};
 use self::codec::CodecError;
-pub use self::command::{Command, CommandError, PopTake, Popped, ProposalId, Response, Sent};
+pub use self::command::{Command, CommandError, DeadLetter, PopTake, Popped, ProposalId, Response, Sent};
 pub use self::ids::{LogIndex, Millis, NodeId, PopId, QueueId, QueueOffset, Slot};
 use self::pop::PopState;
 pub use self::receipt::Receipt;
@@ -406,6 +406,7 @@ impl Machine {
             }
             Command::Pop { now, group, topic, invisible_ms, takes } => {
                 let now = self.tick(*now);
+                self.dead_letters(log_index, now, group, topic, takes);
                 match self.pop(now, group, topic, *invisible_ms, takes) {
                     Ok(popped) => Response::Popped(popped),
                     Err(e) => Response::Failed(e),
@@ -440,6 +441,13 @@ impl Machine {
                 Err(e) => Response::Failed(e),
             },
             Command::UpsertGroup { group, config } => {
+                if !(1..=types::MAX_MAX_ATTEMPTS).contains(&config.max_attempts) {
+                    return Response::Failed(CommandError::BadConfig(format!(
+                        "max attempts {} is outside 1..={}",
+                        config.max_attempts,
+                        types::MAX_MAX_ATTEMPTS
+                    )));
+                }
                 if !self.groups.contains_key(group) && self.groups.len() >= MAX_GROUPS {
                     return Response::Failed(CommandError::LimitReached(format!(
                         "the broker group holds {MAX_GROUPS} configured consumer groups, the limit"
@@ -698,6 +706,59 @@ impl Machine {
             }
         }
         Ok(out)
+    }
+
+    /// Moves the dead letters a pop names to the group's dead-letter queue: each leaves the
+    /// group if still in flight from the pop named and expired, and each is appended to
+    /// `%DLQ%<group>` (created here on first use) whatever happened to it since the plan, so
+    /// dispatch, which cannot tell, gives it the same offset: a message acknowledged between
+    /// the plan and this entry is then both consumed and dead-lettered, never lost.
+    fn dead_letters(
+        &mut self,
+        log_index: LogIndex,
+        now: Millis,
+        group: &GroupName,
+        topic: &TopicName,
+        takes: &[PopTake],
+    ) {
+        let count = takes.iter().map(|t| t.dead.len()).sum::<usize>() as u64;
+        if count == 0 {
+            return;
+        }
+        for take in takes {
+            if let Some(state) = self.pops.get_mut(&(group.clone(), topic.clone(), take.queue)) {
+                for d in &take.dead {
+                    if state.inflight(d.offset.0).is_some_and(|i| i.pop_id == d.pop_id && i.visible_at <= now) {
+                        state.dead(d.offset.0);
+                    }
+                }
+            }
+        }
+        let Some(dlq) = group.dead_letter_topic() else { return };
+        if !self.topics.contains_key(&dlq) {
+            if self.topics.len() >= MAX_TOPICS {
+                return;
+            }
+            let config = TopicConfig::all_types(1);
+            let topic = Topic {
+                config,
+                created_at: log_index,
+                queues: vec![Queue::default()],
+                queue_counts: vec![(log_index, 1)],
+            };
+            self.topics.insert(dlq.clone(), topic);
+        }
+        if let Some(t) = self.topics.get_mut(&dlq) {
+            t.queues[0].max_offset += count;
+        }
+    }
+
+    /// The dead-letter topic the dead letters of `group`'s `Pop` at `index` went to (asked
+    /// of the state after that entry, or of any later one): the group's `%DLQ%` topic if the
+    /// incarnation that exists now existed then.
+    pub fn dead_letter_topic_at(&self, group: &GroupName, index: LogIndex) -> Option<TopicName> {
+        let dlq = group.dead_letter_topic()?;
+        self.topics.get(&dlq).filter(|t| t.created_at <= index).map(|_| dlq)
     }
 
     fn ack(&mut self, group: &GroupName, topic: &TopicName, receipt: &Receipt) -> Result<(), CommandError> {

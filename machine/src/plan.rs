@@ -10,8 +10,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::command::DeadLetter;
 use crate::command::PopTake;
-use crate::ids::{Millis, QueueId, QueueOffset};
+use crate::ids::{LogIndex, Millis, QueueId, QueueOffset, Slot};
 use crate::types::{GroupName, TagFilter, TopicName};
 use crate::{MAX_POP_BATCH, Machine, POP_SCAN_LIMIT};
 
@@ -22,6 +23,8 @@ pub struct Fresh {
     pub tag: Option<u64>,
     /// Hash of its message group (`None` without one).
     pub group: Option<u64>,
+    /// Where it is in the log.
+    pub at: Option<(LogIndex, Slot)>,
 }
 
 /// A queue's offsets `from..end` as this node's ConsumeQueue holds them (fewer when its
@@ -44,7 +47,8 @@ impl Machine {
         mut read: impl FnMut(QueueId, u64, u64) -> Result<Tags, E>,
     ) -> Result<Vec<PopTake>, E> {
         let Some(t) = self.topics.get(topic) else { return Ok(Vec::new()) };
-        let fifo = self.group_config(group).fifo;
+        let config = self.group_config(group);
+        let fifo = config.fifo;
         let now = now.max(self.clock);
         let count = t.config.queue_count;
         let mut budget = max.min(MAX_POP_BATCH) as usize;
@@ -56,9 +60,29 @@ impl Machine {
             let q = QueueId(((self.next_pop_id + u64::from(i)) % u64::from(count)) as u32);
             let queue = t.queues[q.0 as usize];
             let state = self.pops.get(&(group.clone(), topic.clone(), q));
-            let redeliver: Vec<QueueOffset> = state
-                .map(|s| s.expired(now).filter(|&o| o >= queue.min_offset()).take(budget).map(QueueOffset).collect())
-                .unwrap_or_default();
+            // Expired messages come again, but those delivered as often as the group allows
+            // go to its dead-letter queue (where the log holds them: read from the
+            // ConsumeQueue; one not dispatched yet waits for the next plan).
+            let mut redeliver = Vec::new();
+            let mut dead = Vec::new();
+            if let Some(s) = state {
+                for o in s.expired(now).filter(|&o| o >= queue.min_offset()) {
+                    if redeliver.len() >= budget {
+                        break;
+                    }
+                    let Some(inf) = s.inflight(o) else { continue };
+                    if inf.attempts < config.max_attempts {
+                        redeliver.push(QueueOffset(o));
+                        continue;
+                    }
+                    if dead.len() >= MAX_POP_BATCH as usize {
+                        continue;
+                    }
+                    if let Some((log_index, slot)) = read(q, o, o + 1)?.first().and_then(|f| f.at) {
+                        dead.push(DeadLetter { offset: QueueOffset(o), pop_id: inf.pop_id, log_index, slot });
+                    }
+                }
+            }
             budget -= redeliver.len();
             // FIFO: message groups with a message in flight are busy; a deferred message
             // goes when its group is free and nothing of its group is deferred before it.
@@ -101,7 +125,7 @@ impl Machine {
                 }
             }
             budget -= deliver.len();
-            if !redeliver.is_empty() || !undefer.is_empty() || end > from {
+            if !redeliver.is_empty() || !undefer.is_empty() || !dead.is_empty() || end > from {
                 takes.push(PopTake {
                     queue: q,
                     redeliver,
@@ -111,6 +135,7 @@ impl Machine {
                     undefer,
                     defer,
                     groups,
+                    dead,
                 });
             }
         }

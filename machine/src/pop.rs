@@ -126,6 +126,16 @@ impl PopState {
         self.advance();
     }
 
+    /// Takes an in-flight message out of the group for good (dead-lettered): it counts as
+    /// consumed.
+    pub fn dead(&mut self, offset: u64) {
+        if let Some(inf) = self.inflight.remove(&offset) {
+            self.by_visible.remove(&(inf.visible_at, offset));
+            self.acked.insert(offset);
+            self.advance();
+        }
+    }
+
     /// Acknowledges `offset` delivered by `pop_id`.
     pub fn ack(&mut self, offset: u64, pop_id: PopId) -> Result<(), String> {
         if offset < self.ack_offset || self.acked.contains(&offset) {

@@ -13,7 +13,7 @@ use crate::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use crate::types::{StoredMessage, TagFilter, tag_hash};
 
 fn topic(name: &str) -> TopicName {
-    TopicName::new(name).expect("valid topic")
+    TopicName::readable(name).expect("valid topic")
 }
 
 fn group(name: &str) -> GroupName {
@@ -99,7 +99,7 @@ impl World {
                 .get(from as usize..end)
                 .unwrap_or(&[])
                 .iter()
-                .map(|r| Fresh { tag: r.tag, group: r.group })
+                .map(|r| Fresh { tag: r.tag, group: r.group, at: Some((r.log_index, Slot(r.slot))) })
                 .collect())
         };
         self.m.plan_pop(Millis(now), &group(g), &name, max, filter, read).expect("reads never fail here")
@@ -167,6 +167,14 @@ fn dispatch(
                 // untagged messages.
                 let rec = Rec { log_index: f.log_index, slot: f.slot.0, tag: None, group: None };
                 cq.entry((f.head.topic.clone(), f.head.queue)).or_default().push(rec);
+            }
+        }
+        Command::Pop { group, takes, .. } => {
+            if let Some(dlq) = m.dead_letter_topic_at(group, index) {
+                for d in takes.iter().flat_map(|t| &t.dead) {
+                    let rec = Rec { log_index: d.log_index, slot: d.slot.0, tag: None, group: None };
+                    cq.entry((dlq.clone(), QueueId(0))).or_default().push(rec);
+                }
             }
         }
         Command::DeleteTopic { topic } => cq.retain(|(t, _), _| t != topic),
@@ -486,7 +494,10 @@ fn a_fire_names_each_message_once_and_skips_deleted_topics() {
 fn a_fifo_group_gets_each_message_group_in_order_one_at_a_time() {
     let mut w = World::new();
     w.create("t", 1);
-    let r = w.apply(Command::UpsertGroup { group: group("ordered"), config: GroupConfig { fifo: true } });
+    let r = w.apply(Command::UpsertGroup {
+        group: group("ordered"),
+        config: GroupConfig { fifo: true, ..GroupConfig::default() },
+    });
     assert_eq!(r, Response::Done);
     let m = |w: &World, body: &str, g: Option<&str>| StoredMessage {
         message_group: g.map(str::to_string),
@@ -526,6 +537,39 @@ fn a_fifo_group_gets_each_message_group_in_order_one_at_a_time() {
 
     // A group without the setting gets everything at once.
     assert_eq!(offsets(&w.pop(100, "plain-readers", "t", 10, "*")), [0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_message_delivered_as_often_as_allowed_goes_to_the_dead_letter_queue() {
+    let mut w = World::new();
+    w.create("t", 1);
+    let config = GroupConfig { fifo: true, max_attempts: 2 };
+    assert_eq!(w.apply(Command::UpsertGroup { group: group("billing"), config }), Response::Done);
+    let bad = w.apply(Command::UpsertGroup { group: group("x"), config: GroupConfig { max_attempts: 0, ..config } });
+    assert!(matches!(bad, Response::Failed(CommandError::BadConfig(_))), "{bad:?}");
+    let index = w.next();
+    let m =
+        |w: &World, body: &str| StoredMessage { message_group: Some("order-1".into()), ..w.msg("t", 0, None, body) };
+    w.send_at(10, vec![m(&w, "poison"), m(&w, "next")]);
+    // Delivered twice, never acked: then dead-lettered, and the next of its group comes.
+    assert_eq!(
+        w.pop(100, "billing", "t", 10, "*").iter().map(|p| (p.offset.0, p.attempt)).collect::<Vec<_>>(),
+        [(0, 1)]
+    );
+    assert_eq!(
+        w.pop(1_200, "billing", "t", 10, "*").iter().map(|p| (p.offset.0, p.attempt)).collect::<Vec<_>>(),
+        [(0, 2)]
+    );
+    let dlq = group("billing").dead_letter_topic().expect("short name");
+    assert_eq!(dlq.as_str(), "%DLQ%billing");
+    assert!(w.m.topic(&dlq).is_none(), "created on first use");
+    assert!(w.pop(2_400, "billing", "t", 10, "*").is_empty(), "the poison message went, its successor waits a plan");
+    assert_eq!(w.m.queue(&dlq, QueueId(0)).map(Queue::max_offset), Some(1));
+    assert_eq!(w.record("%DLQ%billing", 0, QueueOffset(0)), Rec { log_index: index, slot: 0, tag: None, group: None });
+    assert_eq!(w.pop(2_400, "billing", "t", 10, "*").iter().map(|p| p.offset.0).collect::<Vec<_>>(), [1]);
+    // The dead-letter queue is read like any topic; nothing comes back to the group.
+    assert_eq!(w.pop(2_400, "auditors", "%DLQ%billing", 10, "*").iter().map(|p| p.offset.0).collect::<Vec<_>>(), [0]);
+    assert!(w.pop(9_000, "billing", "t", 10, "*").iter().all(|p| p.offset.0 == 1));
 }
 
 #[test]

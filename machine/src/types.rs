@@ -54,7 +54,28 @@ fn check_name(name: &str) -> Result<(), NameError> {
 const RESERVED_TOPICS: &[&str] =
     &["TBW102", "SCHEDULE_TOPIC_XXXX", "RMQ_SYS_TRANS_HALF_TOPIC", "RMQ_SYS_TRANS_OP_HALF_TOPIC"];
 
+/// The prefix of dead-letter topics.
+pub const DLQ_PREFIX: &str = "%DLQ%";
+
 impl TopicName {
+    /// Validates the name of a topic a consumer reads: a user topic, or a consumer group's
+    /// dead-letter topic (`%DLQ%<group>`, which only the broker writes).
+    pub fn readable(name: &str) -> Result<Self, NameError> {
+        match name.strip_prefix(DLQ_PREFIX) {
+            Some(group) => {
+                check_name(name)?;
+                GroupName::new(group)?;
+                Ok(Self(name.to_string()))
+            }
+            None => Self::new(name),
+        }
+    }
+
+    /// Whether this is a dead-letter topic.
+    pub fn is_dead_letter(&self) -> bool {
+        self.0.starts_with(DLQ_PREFIX)
+    }
+
     /// Validates a topic name a user gave (system prefixes and names are refused).
     pub fn new(name: &str) -> Result<Self, NameError> {
         check_name(name)?;
@@ -78,6 +99,12 @@ impl GroupName {
     pub fn new(name: &str) -> Result<Self, NameError> {
         check_name(name)?;
         Ok(Self(name.to_string()))
+    }
+
+    /// The group's dead-letter topic, `%DLQ%<group>` (none when the name would be too long).
+    pub fn dead_letter_topic(&self) -> Option<TopicName> {
+        let name = format!("{DLQ_PREFIX}{}", self.0);
+        check_name(&name).ok().map(|_| TopicName(name))
     }
 
     /// The name.
@@ -162,13 +189,27 @@ impl TopicConfig {
 }
 
 /// A consumer group's configuration (RocketMQ's subscription group config).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupConfig {
     /// Orderly consumption (RocketMQ's `consumeMessageOrderly`): on each queue, the next
     /// message of a message group is delivered only after the one before it is
     /// acknowledged; messages of other groups keep flowing. Push consumers are told so in
     /// their settings.
     pub fifo: bool,
+    /// Deliveries of a message before it goes to the group's dead-letter queue
+    /// (`%DLQ%<group>`) instead of coming again (RocketMQ's 16 by default).
+    pub max_attempts: u32,
+}
+
+/// Default [`GroupConfig::max_attempts`].
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 16;
+/// Most deliveries a group may allow before dead-lettering.
+pub const MAX_MAX_ATTEMPTS: u32 = 1000;
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        Self { fifo: false, max_attempts: DEFAULT_MAX_ATTEMPTS }
+    }
 }
 
 /// A message as the log stores it.

@@ -11,7 +11,8 @@ use raftmq_machine::codec::{self, ENTRY_VERSION, SNAPSHOT_VERSION};
 use raftmq_machine::timer::Fire;
 use raftmq_machine::types::{GroupConfig, GroupName, StoredMessage, TopicConfig, TopicName};
 use raftmq_machine::{
-    Command, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt, Response, Slot,
+    Command, DeadLetter, LogIndex, Machine, MessageBatch, Millis, PopId, PopTake, QueueId, QueueOffset, Receipt,
+    Response, Slot,
 };
 
 fn sample_path(name: &str) -> PathBuf {
@@ -106,6 +107,12 @@ fn commands() -> Vec<Command> {
                 undefer: vec![],
                 defer: vec![],
                 groups: vec![(QueueOffset(1), 0x5eed)],
+                dead: vec![DeadLetter {
+                    offset: QueueOffset(9),
+                    pop_id: PopId(3),
+                    log_index: LogIndex(2),
+                    slot: Slot(0),
+                }],
             }],
         },
         Command::Ack { group: group(), topic: topic(), receipts: vec![receipt(0)] },
@@ -124,7 +131,7 @@ fn commands() -> Vec<Command> {
             drops: vec![(LogIndex(2), Slot(5))],
         },
         Command::CheckTransactions { now: Millis(1_700_000_070_000), keys: vec![(LogIndex(2), Slot(4))] },
-        Command::UpsertGroup { group: group(), config: GroupConfig { fifo: true } },
+        Command::UpsertGroup { group: group(), config: GroupConfig { fifo: true, max_attempts: 5 } },
         Command::ResetOffset { group: group(), topic: topic(), offsets: vec![(QueueId(1), QueueOffset(0))] },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
@@ -133,7 +140,7 @@ fn commands() -> Vec<Command> {
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 7, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 8, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -143,12 +150,12 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v7.bin", &all);
+    check("commands-v8.bin", &all);
 }
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 5, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 6, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -163,5 +170,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v5.bin", &bytes);
+    check("snapshot-v6.bin", &bytes);
 }

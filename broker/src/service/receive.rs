@@ -143,6 +143,7 @@ impl Broker {
             Ok(pb::ReceiveMessageResponse { content: Some(Content::DeliveryTimestamp(convert::timestamp(now_ms()))) }),
         ];
         for (p, (m, stored)) in popped.iter().zip(messages) {
+            let m = read_from(m, &r.topic, p.queue);
             let d = Delivery {
                 stored,
                 store_host: store_host.clone(),
@@ -335,7 +336,7 @@ impl Broker {
                     next_offset += 1;
                 }
                 if !found.is_empty() || Instant::now() >= deadline {
-                    return Ok((found, next_offset));
+                    return Ok((found, next_offset, topic, queue));
                 }
                 tokio::select! {
                     _ = &mut notified => {}
@@ -344,7 +345,7 @@ impl Broker {
             }
         }
         .await;
-        let (found, next_offset) = match result {
+        let (found, next_offset, topic, queue) = match result {
             Ok(r) => r,
             Err(refusal) => return pull_failed(&refusal),
         };
@@ -363,6 +364,7 @@ impl Broker {
             items.push(Ok(pb::PullMessageResponse { content: Some(PullContent::Status(status::ok())) }));
             let store_host = self.me().map(|m| m.client_addr).unwrap_or_default();
             for ((offset, _), (m, stored)) in found.iter().zip(messages) {
+                let m = read_from(m, &topic, queue);
                 let d = Delivery {
                     stored,
                     store_host: store_host.clone(),
@@ -380,3 +382,17 @@ impl Broker {
         Box::pin(futures::stream::iter(items))
     }
 }
+
+/// The message as read from `topic`'s `queue`: a dead letter is delivered as a message of
+/// the dead-letter topic, its original topic in the `RETRY_TOPIC` property (RocketMQ's).
+fn read_from(mut m: StoredMessage, topic: &TopicName, queue: QueueId) -> StoredMessage {
+    if m.topic != *topic {
+        m.properties.insert(ORIGIN_TOPIC_PROPERTY.to_string(), m.topic.as_str().to_string());
+        m.topic = topic.clone();
+        m.queue = queue;
+    }
+    m
+}
+
+/// The property naming a dead letter's original topic.
+pub const ORIGIN_TOPIC_PROPERTY: &str = "RETRY_TOPIC";

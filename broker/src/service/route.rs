@@ -56,6 +56,12 @@ pub fn group_of(resource: Option<&pb::Resource>) -> Result<GroupName, Refusal> {
 /// The topic name of a request's resource, validated.
 pub fn topic_of(resource: Option<&pb::Resource>) -> Result<TopicName, Refusal> {
     let name = resource.map(|r| r.name.as_str()).unwrap_or_default();
+    TopicName::readable(name).map_err(|e| Refusal::topic(name, e))
+}
+
+/// The topic a producer writes to: a user topic (dead-letter topics are the broker's).
+pub fn write_topic_of(resource: Option<&pb::Resource>) -> Result<TopicName, Refusal> {
+    let name = resource.map(|r| r.name.as_str()).unwrap_or_default();
     TopicName::new(name).map_err(|e| Refusal::topic(name, e))
 }
 
@@ -103,6 +109,12 @@ impl Broker {
     pub(super) async fn ensure_topic(&self, topic: &TopicName) -> Result<TopicConfig, Refusal> {
         if let Some(config) = self.inner.state.read(|a| a.machine.topic(topic).cloned()) {
             return Ok(config);
+        }
+        if topic.is_dead_letter() {
+            return Err(Refusal::new(
+                Code::TopicNotFound,
+                format!("dead-letter topic {topic} does not exist yet: no message of its group was dead-lettered"),
+            ));
         }
         let Some(queues) = self.inner.settings.auto_create_queues else {
             return Err(Refusal::new(

@@ -9,7 +9,7 @@ use raftmq_proto::rocketmq::v2::Code;
 use super::Broker;
 use super::convert;
 use super::message_type::{check_topic_accepts, classify};
-use super::route::topic_of;
+use super::route::write_topic_of;
 use super::status::{self, Refusal};
 use super::transaction;
 use raftmq_machine::types::{MessageType, Permission, QueueId, StoredMessage};
@@ -79,7 +79,7 @@ fn refused_batch(
 
 impl Broker {
     async fn prepare(&self, msg: pb::Message) -> Result<StoredMessage, Refusal> {
-        let topic = topic_of(msg.topic.as_ref())?;
+        let topic = write_topic_of(msg.topic.as_ref())?;
         let config = self.ensure_topic(&topic).await?;
         let now = super::proposer::now_ms();
         let classified = classify(

@@ -11,7 +11,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
 
 use super::Broker;
-use super::route::topic_of;
+use super::route::write_topic_of;
 use super::status::{self, Refusal};
 use crate::timers::ResolveError;
 
@@ -57,7 +57,7 @@ impl Broker {
     }
 
     async fn end_transaction(&self, req: &pb::EndTransactionRequest) -> Result<(), Refusal> {
-        let topic = topic_of(req.topic.as_ref())?;
+        let topic = write_topic_of(req.topic.as_ref())?;
         let (group, key) = parse(&req.transaction_id)?;
         if group != self.inner.group {
             return Err(Refusal::new(

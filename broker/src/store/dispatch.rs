@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use openraft::EntryPayload;
 use raftmq_machine::timer::{self, Fire};
 use raftmq_machine::types::{StoredMessage, TopicName, tag_hash};
-use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, Millis, QueueId, QueueOffset, Slot};
+use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, MessageHead, Millis, QueueId, QueueOffset, Slot};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::consume_queue::{CqError, QueueRecord};
@@ -334,6 +334,26 @@ impl Dispatch {
                         self.queue_record(f.log_index, f.slot, &m, min_offsets)?;
                     }
                 }
+                Command::Pop { group, takes, .. } => {
+                    // Dead letters go to the group's dead-letter queue, read back from the
+                    // log for their tag and size.
+                    if let Some(dlq) = machine.dead_letter_topic_at(group, index) {
+                        for d in takes.iter().flat_map(|t| &t.dead) {
+                            let head = MessageHead {
+                                topic: dlq.clone(),
+                                queue: QueueId(0),
+                                topic_epoch: LogIndex(0),
+                                deliver_at: None,
+                                transactional: false,
+                            };
+                            let fire = Fire { log_index: d.log_index, slot: d.slot, head };
+                            let mut m = self.fired_message(&fire);
+                            m.topic = dlq.clone();
+                            m.queue = QueueId(0);
+                            self.queue_record(d.log_index, d.slot, &m, min_offsets)?;
+                        }
+                    }
+                }
                 Command::DeleteTopic { topic } => {
                     self.stores.consume_queues().remove_topic(topic.as_str())?;
                     self.progress.next.retain(|(t, _), _| t != topic.as_str());
@@ -452,6 +472,13 @@ impl Dispatch {
                 EntryPayload::Normal(Command::FireTimers { prev_fire, fires, drops, .. }) => {
                     for f in machine.fired(&mut last_fire, index, *prev_fire, fires, drops.len()) {
                         count(&f.head.topic, f.head.queue);
+                    }
+                }
+                EntryPayload::Normal(Command::Pop { group, takes, .. }) => {
+                    if let Some(dlq) = machine.dead_letter_topic_at(group, index) {
+                        for _ in takes.iter().flat_map(|t| &t.dead) {
+                            count(&dlq, QueueId(0));
+                        }
                     }
                 }
                 _ => {}

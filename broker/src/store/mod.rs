@@ -262,7 +262,7 @@ impl Stores {
             .iter()
             .enumerate()
             .take_while(|(i, (offset, _))| offset.0 == from + *i as u64)
-            .map(|(_, (_, r))| Fresh { tag: r.tag_hash, group: r.group_hash })
+            .map(|(_, (_, r))| Fresh { tag: r.tag_hash, group: r.group_hash, at: Some((r.log_index, r.slot)) })
             .collect())
     }
 

@@ -29,12 +29,15 @@ pub fn render_clients(list: &ClientList) -> String {
     out
 }
 
-/// `group update GROUP --fifo BOOL`.
+/// `group update GROUP [--fifo BOOL] [--max-attempts N]`.
 #[allow(clippy::print_stdout)]
-pub async fn update(endpoints: &str, group: &str, fifo: bool) -> anyhow::Result<()> {
+pub async fn update(endpoints: &str, group: &str, fifo: bool, max_attempts: u32) -> anyhow::Result<()> {
     let admin = Admin::new(endpoints)?;
-    admin.upsert_group(group, fifo).await.with_context(|| format!("cannot configure the consumer group {group}"))?;
-    println!("consumer group {group}: fifo {fifo}");
+    admin
+        .upsert_group(group, fifo, max_attempts)
+        .await
+        .with_context(|| format!("cannot configure the consumer group {group}"))?;
+    println!("consumer group {group}: fifo {fifo}, max attempts {max_attempts}");
     Ok(())
 }
 
@@ -43,9 +46,9 @@ pub async fn update(endpoints: &str, group: &str, fifo: bool) -> anyhow::Result<
 pub async fn list(endpoints: &str) -> anyhow::Result<()> {
     let admin = Admin::new(endpoints)?;
     let groups = admin.list_groups().await.context("cannot list the consumer groups")?;
-    let mut t = Table::new(&["GROUP", "FIFO"]);
+    let mut t = Table::new(&["GROUP", "FIFO", "MAX ATTEMPTS", "DEAD LETTERS"]);
     for g in &groups {
-        t.row(vec![g.group.clone(), g.fifo.to_string()]);
+        t.row(vec![g.group.clone(), g.fifo.to_string(), g.max_attempts.to_string(), format!("%DLQ%{}", g.group)]);
     }
     print!("{}", t.render());
     Ok(())

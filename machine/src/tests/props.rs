@@ -39,7 +39,10 @@ fn run_pops(ops: Vec<Op>, fifo: bool) -> Result<(), TestCaseError> {
     let mut w = World::new();
     w.create("t", 3);
     if fifo {
-        w.apply(Command::UpsertGroup { group: super::group("cg"), config: GroupConfig { fifo: true } });
+        w.apply(Command::UpsertGroup {
+            group: super::group("cg"),
+            config: GroupConfig { fifo: true, ..GroupConfig::default() },
+        });
     }
     let mut now = 0i64;
     let mut sent = 0u32;
