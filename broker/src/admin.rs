@@ -95,6 +95,11 @@ fn topic_name(name: &str) -> Result<TopicName, Status> {
     TopicName::new(name).map_err(|e| invalid(format!("topic {name:?}: {e}")))
 }
 
+/// A topic to read, query or delete: a user topic or a dead-letter topic.
+fn any_topic_name(name: &str) -> Result<TopicName, Status> {
+    TopicName::readable(name).map_err(|e| invalid(format!("topic {name:?}: {e}")))
+}
+
 fn queue_count(n: u32) -> Result<u32, Status> {
     if n == 0 || n > MAX_QUEUES {
         return Err(invalid(format!("queue count {n} is outside 1..={MAX_QUEUES}")));
@@ -584,7 +589,7 @@ impl AdminService for Admin {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let req = request.get_ref();
-        let topic = topic_name(&req.topic)?;
+        let topic = any_topic_name(&req.topic)?;
         if let Some((addr, mut leader)) = self.leader_client(&request).await? {
             let resp =
                 leader.delete_topic(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s))?;
@@ -780,7 +785,7 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ResetOffsetResponse>, Status> {
         let req = request.get_ref();
         let group = group_name(&req.group)?;
-        let topic = topic_name(&req.topic)?;
+        let topic = any_topic_name(&req.topic)?;
         let to = req.to.ok_or_else(|| invalid("say where to: a time, earliest or latest"))?;
         if let Some((addr, mut leader)) = self.leader_client(&request).await? {
             return leader.reset_offset(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s));

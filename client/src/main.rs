@@ -34,6 +34,9 @@ enum Command {
     /// Consumer groups and the clients connected to the members.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Dead letters: messages a consumer group never acknowledged within its attempts.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -153,6 +156,19 @@ enum GroupCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// The messages in a consumer group's dead-letter topic (`%DLQ%<group>`), oldest first:
+    /// offset, message id, keys, original topic, body preview.
+    List {
+        /// Consumer group.
+        group: String,
+        /// Most messages listed.
+        #[arg(long, default_value_t = 32)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Concurrent producers, each waiting for its acks; prints throughput and latency.
     Produce(ProduceArgs),
@@ -185,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::group::reset_offset(endpoints, &group, &topic, &to).await
         }
         Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
+        Command::Dlq(DlqCommand::List { group, limit }) => cli::group::dead_letters(endpoints, &group, limit).await,
     }
 }
 

@@ -52,6 +52,13 @@ async fn a_message_never_acknowledged_goes_to_the_dead_letter_topic() -> anyhow:
     assert_eq!(m.keys, ["order-13"]);
     assert_eq!(m.properties.get("RETRY_TOPIC").map(String::as_str), Some("orders"));
     dead.ack(m).await?;
+    // `mqadmin dlq list` shows it.
+    let out = common::mqadmin(&["--endpoints", &group.endpoints(), "dlq", "list", "billing"]).await?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.contains("order-13") && table.contains("orders") && table.contains("poison"), "{table}");
+    let out = common::mqadmin(&["--endpoints", &group.endpoints(), "dlq", "list", "nobody"]).await?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"), "{out:?}");
 
     match producer.send("%DLQ%billing", Message::new("forged")).await {
         Err(Error::InvalidArgument(_) | Error::Broker { .. } | Error::GaveUp { .. }) => {}

@@ -14,7 +14,7 @@ use raftmq_proto::admin::v1 as pb;
 use raftmq_proto::admin::v1::query_message_request::Query as By;
 use tonic::Status;
 
-use super::{invalid, topic_name};
+use super::{any_topic_name, invalid};
 use crate::store::Storage;
 use crate::store::StoreError;
 use crate::store::index_file::{IndexKey, MAX_KEY_LEN};
@@ -53,7 +53,7 @@ fn index_text(what: &str, text: &str) -> Result<String, Status> {
 }
 
 fn optional_topic(topic: Option<&String>) -> Result<Option<TopicName>, Status> {
-    topic.map(|t| topic_name(t)).transpose()
+    topic.map(|t| any_topic_name(t)).transpose()
 }
 
 /// Checks a request: INVALID_ARGUMENT names what is wrong.
@@ -80,7 +80,7 @@ pub(super) fn parse(req: &pb::QueryMessageRequest) -> Result<Request, Status> {
             }
         }
         Some(By::ByQueueOffset(q)) => {
-            Query::Offset { topic: topic_name(&q.topic)?, queue: QueueId(q.queue), offset: QueueOffset(q.offset) }
+            Query::Offset { topic: any_topic_name(&q.topic)?, queue: QueueId(q.queue), offset: QueueOffset(q.offset) }
         }
     };
     Ok(Request { query, max })

@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 use raftmq_client::proto::admin::v1::QueueProgress;
-use raftmq_client::{Admin, ClientList, GroupProgress, ResetTo};
+use raftmq_client::proto::rocketmq::v2::Code;
+use raftmq_client::{Admin, ClientList, GroupProgress, PullConsumer, ReceivedMessage, ResetTo, StartFrom};
 
 use super::table::Table;
 
@@ -38,6 +39,52 @@ pub async fn update(endpoints: &str, group: &str, fifo: bool, max_attempts: u32)
         .await
         .with_context(|| format!("cannot configure the consumer group {group}"))?;
     println!("consumer group {group}: fifo {fifo}, max attempts {max_attempts}");
+    Ok(())
+}
+
+/// The `dlq list` table.
+pub fn render_dead_letters(messages: &[ReceivedMessage]) -> String {
+    let mut t = Table::new(&["OFFSET", "MESSAGE ID", "KEYS", "ORIGINAL TOPIC", "BODY"]);
+    for m in messages {
+        let preview: String = String::from_utf8_lossy(&m.body[..m.body.len().min(48)]).chars().take(48).collect();
+        t.row(vec![
+            m.offset.to_string(),
+            m.message_id.clone(),
+            if m.keys.is_empty() { "-".to_string() } else { m.keys.join(",") },
+            m.properties.get("RETRY_TOPIC").cloned().unwrap_or_else(|| "-".to_string()),
+            preview.escape_debug().to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// `dlq list GROUP`: reads the dead-letter topic from its start with a pull consumer (no
+/// consumer group's position moves).
+#[allow(clippy::print_stdout)]
+pub async fn dead_letters(endpoints: &str, group: &str, limit: usize) -> anyhow::Result<()> {
+    let topic = format!("%DLQ%{group}");
+    let reader = PullConsumer::new(endpoints, "mqadmin-dlq-reader", &topic, "*", StartFrom::Earliest)?;
+    let mut messages = Vec::new();
+    while messages.len() < limit {
+        let batch = match reader.pull(32, std::time::Duration::ZERO).await {
+            Ok(b) => b,
+            Err(e) if e.broker_code() == Some(Code::TopicNotFound) => {
+                println!("consumer group {group} has no dead letters ({topic} does not exist)");
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {topic}")),
+        };
+        if batch.is_empty() {
+            break;
+        }
+        messages.extend(batch);
+    }
+    messages.sort_by_key(|m| m.offset);
+    messages.truncate(limit);
+    if messages.is_empty() {
+        println!("consumer group {group} has no dead letters");
+    }
+    print!("{}", render_dead_letters(&messages));
     Ok(())
 }
 
