@@ -28,6 +28,16 @@ pub struct SimpleConsumer {
     filter: String,
 }
 
+/// Checks a consumer's group and topic and returns its filter (`*` when empty).
+pub(crate) fn subscription(group: &str, topic: &str, filter: &str) -> Result<String, Error> {
+    for (what, v) in [("group", group), ("topic", topic)] {
+        if v.trim().is_empty() {
+            return Err(Error::InvalidArgument(format!("the {what} is empty")));
+        }
+    }
+    Ok(if filter.trim().is_empty() { "*" } else { filter.trim() }.to_string())
+}
+
 fn resource(name: &str) -> Option<pb::Resource> {
     Some(pb::Resource { resource_namespace: String::new(), name: name.to_string() })
 }
@@ -53,18 +63,13 @@ impl SimpleConsumer {
         filter: &str,
         options: ClientOptions,
     ) -> Result<Self, Error> {
-        for (what, v) in [("group", group), ("topic", topic)] {
-            if v.trim().is_empty() {
-                return Err(Error::InvalidArgument(format!("the {what} is empty")));
-            }
-        }
-        let filter = if filter.trim().is_empty() { "*" } else { filter.trim() };
+        let filter = subscription(group, topic, filter)?;
         Ok(Self {
             conn: Conn::new(endpoints, options)?,
             routes: RouteCache::default(),
             group: group.to_string(),
             topic: topic.to_string(),
-            filter: filter.to_string(),
+            filter,
         })
     }
 

@@ -12,7 +12,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::pull_message_response::Content;
 
 use crate::conn::{ClientOptions, Conn, Retry};
-use crate::consumer::{MAX_LONG_POLL, MAX_RECEIVE};
+use crate::consumer::{MAX_LONG_POLL, MAX_RECEIVE, subscription};
 use crate::message::pulled;
 use crate::route::{RouteCache, RouteQueue, TopicRoute};
 use crate::{Error, ReceivedMessage};
@@ -59,18 +59,13 @@ impl PullConsumer {
         start: StartFrom,
         options: ClientOptions,
     ) -> Result<Self, Error> {
-        for (what, v) in [("group", group), ("topic", topic)] {
-            if v.trim().is_empty() {
-                return Err(Error::InvalidArgument(format!("the {what} is empty")));
-            }
-        }
-        let filter = if filter.trim().is_empty() { "*" } else { filter.trim() };
+        let filter = subscription(group, topic, filter)?;
         Ok(Self {
             conn: Conn::new(endpoints, options)?,
             routes: RouteCache::default(),
             group: group.to_string(),
             topic: topic.to_string(),
-            filter: filter.to_string(),
+            filter,
             start,
             offsets: Mutex::new(BTreeMap::new()),
         })

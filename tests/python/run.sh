@@ -16,31 +16,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "rocketmq-python-client==5.1.2"
 
-work="$(mktemp -d)"
-log="$work/mqbroker.log"
-"$mqbroker" dev --data-dir "$work/data" --client-port "$client_port" --raft-port "$raft_port" --namesrv-port "${RAFTMQ_PY_NAMESRV_PORT:-19876}" >"$log" 2>&1 &
-broker=$!
-cleanup() {
-    kill "$broker" 2>/dev/null || true
-    wait "$broker" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Wait (with a deadline) until every node's client port accepts connections.
-deadline=$((SECONDS + 60))
-for port in "$client_port" "$((client_port + 1))" "$((client_port + 2))"; do
-    until "$venv/bin/python" -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; do
-        if [ $SECONDS -ge $deadline ] || ! kill -0 "$broker" 2>/dev/null; then
-            echo "mqbroker dev did not come up; its log:" >&2
-            cat "$log" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
-done
-
-endpoints="127.0.0.1:$client_port;127.0.0.1:$((client_port + 1));127.0.0.1:$((client_port + 2))"
+source "$root/tests/dev-group.sh"
+start_dev_group "$mqbroker" "$client_port" "$raft_port" "${RAFTMQ_PY_NAMESRV_PORT:-19876}"
 if ! RAFTMQ_MQADMIN="${RAFTMQ_MQADMIN:-$(dirname "$mqbroker")/mqadmin}" timeout 300 "$venv/bin/python" "$here/official_client.py" "$endpoints"; then
     echo "official client test failed; mqbroker log tail:" >&2
     tail -n 50 "$log" >&2

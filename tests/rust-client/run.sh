@@ -17,32 +17,9 @@ echo "building the Rust client check..." >&2
 cargo build --quiet --locked --manifest-path "$here/Cargo.toml"
 check="$here/target/debug/raftmq-rust-client-check"
 
-work="$(mktemp -d)"
-log="$work/mqbroker.log"
+source "$root/tests/dev-group.sh"
+start_dev_group "$mqbroker" "$client_port" "$raft_port" "$namesrv_port"
 client_log="$work/client.log"
-"$mqbroker" dev --data-dir "$work/data" --client-port "$client_port" --raft-port "$raft_port" --namesrv-port "$namesrv_port" >"$log" 2>&1 &
-broker=$!
-cleanup() {
-    kill "$broker" 2>/dev/null || true
-    wait "$broker" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Wait (with a deadline) until every node's client port accepts connections.
-deadline=$((SECONDS + 60))
-for port in "$client_port" "$((client_port + 1))" "$((client_port + 2))"; do
-    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        if [ $SECONDS -ge $deadline ] || ! kill -0 "$broker" 2>/dev/null; then
-            echo "mqbroker dev did not come up; its log:" >&2
-            cat "$log" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
-done
-
-endpoints="127.0.0.1:$client_port;127.0.0.1:$((client_port + 1));127.0.0.1:$((client_port + 2))"
 # The crate logs to stderr at info level; keep that out of the way unless the check fails.
 if ! timeout 300 "$check" "$endpoints" 2>"$client_log"; then
     echo "Rust client check failed; client log tail:" >&2
