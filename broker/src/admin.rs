@@ -708,8 +708,15 @@ impl AdminService for Admin {
 
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        // Read on the leader once it has applied everything committed: a group configured
+        // just before is listed.
+        if let Some((addr, mut leader)) = self.leader_client(&request).await? {
+            let body = *request.get_ref();
+            return leader.list_groups(forward(&request, body)).await.map_err(|s| forwarded_error(&addr, s));
+        }
+        self.linearize().await?;
         let groups = self.state().read(|a| {
             a.machine
                 .groups()
