@@ -38,11 +38,27 @@ pub(crate) fn subscription(group: &str, topic: &str, filter: &str) -> Result<Str
     Ok(if filter.trim().is_empty() { "*" } else { filter.trim() }.to_string())
 }
 
-fn resource(name: &str) -> Option<pb::Resource> {
+/// The items of a server stream answering a request for `max` messages (a status, maybe a
+/// time, the messages): a broker sending many more is cut off.
+pub(crate) async fn read_stream<T>(
+    mut stream: tonic::Streaming<T>,
+    max: u32,
+) -> Result<tonic::Response<Vec<T>>, tonic::Status> {
+    let mut items = Vec::new();
+    while let Some(item) = stream.message().await? {
+        if items.len() > max as usize + 2 {
+            break;
+        }
+        items.push(item);
+    }
+    Ok(tonic::Response::new(items))
+}
+
+pub(crate) fn resource(name: &str) -> Option<pb::Resource> {
     Some(pb::Resource { resource_namespace: String::new(), name: name.to_string() })
 }
 
-fn duration(d: Duration) -> prost_types::Duration {
+pub(crate) fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
@@ -134,15 +150,8 @@ impl SimpleConsumer {
         let timeout = long_poll + retry.timeout(None);
         let mut client = self.conn.messaging(&endpoint)?;
         let read = async {
-            let mut stream = client.receive_message(self.conn.request(body, timeout)).await?.into_inner();
-            let mut items = Vec::new();
-            while let Some(item) = stream.message().await? {
-                if items.len() > max as usize + 2 {
-                    break;
-                }
-                items.push(item);
-            }
-            Ok(tonic::Response::new(items))
+            let stream = client.receive_message(self.conn.request(body, timeout)).await?.into_inner();
+            read_stream(stream, max).await
         };
         let items = self.conn.call(OP, &endpoint, timeout, read).await?;
         let mut messages = Vec::new();

@@ -12,7 +12,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::pull_message_response::Content;
 
 use crate::conn::{ClientOptions, Conn, Retry};
-use crate::consumer::{MAX_LONG_POLL, MAX_RECEIVE, subscription};
+use crate::consumer::{MAX_LONG_POLL, MAX_RECEIVE, duration, read_stream, resource, subscription};
 use crate::message::pulled;
 use crate::route::{RouteCache, RouteQueue, TopicRoute};
 use crate::{Error, ReceivedMessage};
@@ -38,10 +38,6 @@ pub struct PullConsumer {
     start: StartFrom,
     /// The next offset to read, per queue id.
     offsets: Mutex<BTreeMap<u32, u64>>,
-}
-
-fn resource(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource { resource_namespace: String::new(), name: name.to_string() })
 }
 
 impl PullConsumer {
@@ -193,23 +189,13 @@ impl PullConsumer {
                 r#type: pb::FilterType::Tag as i32,
                 expression: self.filter.clone(),
             }),
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-                nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
-            }),
+            long_polling_timeout: Some(duration(wait)),
         };
         let timeout = wait + retry.timeout(None);
         let mut client = self.conn.messaging(&endpoint)?;
         let read = async {
-            let mut stream = client.pull_message(self.conn.request(body, timeout)).await?.into_inner();
-            let mut items = Vec::new();
-            while let Some(item) = stream.message().await? {
-                if items.len() > max as usize + 2 {
-                    break;
-                }
-                items.push(item);
-            }
-            Ok(tonic::Response::new(items))
+            let stream = client.pull_message(self.conn.request(body, timeout)).await?.into_inner();
+            read_stream(stream, max).await
         };
         let items = self.conn.call(OP, &endpoint, timeout, read).await?;
         let (mut messages, mut status, mut next) = (Vec::new(), None, None);

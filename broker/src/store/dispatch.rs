@@ -20,7 +20,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
-use raftmq_machine::timer::{self, Fire};
+use raftmq_machine::timer;
 use raftmq_machine::types::{StoredMessage, TopicName, tag_hash};
 use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, MessageHead, Millis, QueueId, QueueOffset, Slot};
 
@@ -330,8 +330,7 @@ impl Dispatch {
                         self.stores.timers().set_last_fire(self.progress.last_fire);
                     }
                     for f in fired {
-                        let m = self.fired_message(f);
-                        self.queue_record(f.log_index, f.slot, &m, min_offsets)?;
+                        self.record_stored_earlier(f.log_index, f.slot, &f.head.topic, f.head.queue, min_offsets)?;
                     }
                 }
                 Command::Pop { group, takes, .. } => {
@@ -339,18 +338,7 @@ impl Dispatch {
                     // log for their tag and size.
                     if let Some(dlq) = machine.dead_letter_topic_at(group, index) {
                         for d in takes.iter().flat_map(|t| &t.dead) {
-                            let head = MessageHead {
-                                topic: dlq.clone(),
-                                queue: QueueId(0),
-                                topic_epoch: LogIndex(0),
-                                deliver_at: None,
-                                transactional: false,
-                            };
-                            let fire = Fire { log_index: d.log_index, slot: d.slot, head };
-                            let mut m = self.fired_message(&fire);
-                            m.topic = dlq.clone();
-                            m.queue = QueueId(0);
-                            self.queue_record(d.log_index, d.slot, &m, min_offsets)?;
+                            self.record_stored_earlier(d.log_index, d.slot, &dlq, QueueId(0), min_offsets)?;
                         }
                     }
                 }
@@ -366,18 +354,36 @@ impl Dispatch {
         Ok(())
     }
 
-    /// A fired delay message, read from the log for its tag and size; one that cannot be read
-    /// (this is a bug or damage: retention keeps every unfired message's segment) still takes
-    /// its offset, as a bare record.
-    fn fired_message(&self, f: &Fire) -> StoredMessage {
-        match self.log.message_at(f.log_index.0, f.slot) {
+    /// Appends the ConsumeQueue record, in `topic`'s `queue`, of a message an earlier entry
+    /// wrote (a fired delay message, a committed half message, a dead letter), read from the
+    /// log for its tag, group and size. One that cannot be read (a bug or damage: retention
+    /// keeps every message still waiting) still takes its offset, as a bare record.
+    fn record_stored_earlier(
+        &mut self,
+        log_index: LogIndex,
+        slot: Slot,
+        topic: &TopicName,
+        queue: QueueId,
+        min_offsets: Option<&BTreeMap<(String, QueueId), u64>>,
+    ) -> Result<(), DispatchError> {
+        let mut m = match self.log.message_at(log_index.0, slot) {
             Ok(Some(m)) => m,
             other => {
-                tracing::error!(log_index = f.log_index.0, slot = f.slot.0, result = ?other.map(|m| m.is_some()),
-                    "a fired delay message cannot be read from the CommitLog; its queue offset is kept, it cannot be read");
-                StoredMessage::bare(f.head.clone())
+                tracing::error!(log_index = log_index.0, slot = slot.0, result = ?other.map(|m| m.is_some()),
+                    "a message going to a queue cannot be read from the CommitLog; its queue offset is kept, it cannot be read");
+                let head = MessageHead {
+                    topic: topic.clone(),
+                    queue,
+                    topic_epoch: LogIndex(0),
+                    deliver_at: None,
+                    transactional: false,
+                };
+                StoredMessage::bare(head)
             }
-        }
+        };
+        m.topic = topic.clone();
+        m.queue = queue;
+        self.queue_record(log_index, slot, &m, min_offsets)
     }
 
     /// Appends the ConsumeQueue record of a message stored at (`index`, `slot`).
