@@ -388,6 +388,7 @@ impl Admin {
             .list(group)
             .into_iter()
             .map(|s| pb::ClientInfo {
+                assignable: s.assignable(),
                 client_id: s.client_id,
                 kind: s.kind.name().to_string(),
                 group: s.group.unwrap_or_default(),

@@ -25,6 +25,10 @@ const MAX_FIELD_BYTES: usize = 256;
 const MAX_TOPICS_PER_CLIENT: usize = 256;
 /// The header RocketMQ clients name themselves in.
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
+/// A push consumer without an open Telemetry stream still takes part in queue assignment
+/// while heard from this recently (the official clients heartbeat every 10 s), unless its
+/// stream closed after it was last heard from (it died with its connection).
+pub const ASSIGNMENT_QUIET: Duration = Duration::from_secs(15);
 /// Most commands waiting to go out on one client's Telemetry stream; more are not sent.
 const OUTBOX_CAPACITY: usize = 256;
 
@@ -96,6 +100,19 @@ pub struct Session {
     pub last_seen: Instant,
     /// Whether its Telemetry stream is open.
     pub telemetry: bool,
+    /// When its Telemetry stream last closed.
+    pub closed_at: Option<Instant>,
+}
+
+impl Session {
+    /// Whether this is a push consumer that takes part in its group's queue assignment now:
+    /// its Telemetry stream is open, or it was heard from within [`ASSIGNMENT_QUIET`] and
+    /// after its stream last closed.
+    pub fn assignable(&self) -> bool {
+        self.kind == ClientKind::PushConsumer
+            && (self.telemetry
+                || (self.last_seen.elapsed() < ASSIGNMENT_QUIET && self.closed_at.is_none_or(|c| self.last_seen > c)))
+    }
 }
 
 /// This node's live clients.
@@ -150,6 +167,7 @@ impl Sessions {
             agent: String::new(),
             last_seen: now,
             telemetry: false,
+            closed_at: None,
         });
         session.last_seen = now;
         if address.is_some() {
@@ -205,6 +223,7 @@ impl Sessions {
     pub fn telemetry_closed(&self, client_id: &str) {
         if let Some(s) = self.inner.lock().get_mut(client_id) {
             s.telemetry = false;
+            s.closed_at = Some(Instant::now());
         }
     }
 
@@ -223,14 +242,15 @@ impl Sessions {
         (id, rx)
     }
 
-    /// A client's Telemetry stream `id` ended.
+    /// A client's Telemetry stream `id` ended (a later stream of the same client stays
+    /// open).
     pub fn close_stream(&self, client_id: &str, id: u64) {
         let mut streams = self.streams.lock();
         if streams.get(client_id).is_some_and(|s| s.id == id) {
             streams.remove(client_id);
+            drop(streams);
+            self.telemetry_closed(client_id);
         }
-        drop(streams);
-        self.telemetry_closed(client_id);
     }
 
     /// Sends `command` over the Telemetry stream of a live producer publishing to `topic`
@@ -298,6 +318,10 @@ mod tests {
         }
     }
 
+    fn push(group: &str, topic: &str) -> pb::Settings {
+        pb::Settings { client_type: Some(pb::ClientType::PushConsumer as i32), ..subscription(group, topic) }
+    }
+
     #[test]
     fn clients_are_listed_by_group_or_topic_and_leave_when_they_say_so() {
         let sessions = Sessions::new();
@@ -327,6 +351,19 @@ mod tests {
         assert_eq!(billing[1].kind, ClientKind::PushConsumer);
         let orders: Vec<_> = sessions.list(Some("orders")).into_iter().map(|s| s.client_id).collect();
         assert_eq!(orders, ["c1", "p1"]);
+        // Push consumers take part in queue assignment while their stream is open or they
+        // were heard from since it closed; other kinds never do.
+        assert!(!billing[0].assignable(), "a simple consumer is not assigned queues");
+        assert!(billing[1].assignable(), "a push consumer heard from just now is");
+        let (older, _outbox) = sessions.open_stream("c2");
+        sessions.settings("c2", None, &push("billing", "orders"));
+        assert!(sessions.list(Some("billing"))[1].telemetry);
+        let (newer, _outbox2) = sessions.open_stream("c2");
+        sessions.close_stream("c2", older);
+        assert!(sessions.list(Some("billing"))[1].telemetry, "closing a replaced stream leaves the newer one open");
+        sessions.close_stream("c2", newer);
+        let c2 = &sessions.list(Some("billing"))[1];
+        assert!(!c2.telemetry && !c2.assignable(), "a push consumer whose stream closed since it was heard from left");
         sessions.telemetry_closed("c1");
         assert!(!sessions.list(Some("billing"))[0].telemetry);
         sessions.terminated("c1");

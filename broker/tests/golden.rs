@@ -63,7 +63,7 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
     let bytes = store.encode_entry(&entry)?;
     assert_eq!(bytes[..4], ENTRY_VERSION.to_le_bytes());
-    check("entry-v8.bin", &bytes);
+    check("entry-v9.bin", &bytes);
 
     let record = Record { index: 42, term: 3, payload: bytes.clone() };
     assert_eq!(store.decode_entry(&record)?, entry);

@@ -14,6 +14,7 @@ use broker::store::index_file::IndexKey;
 use bytes::Bytes;
 use proptest::prelude::*;
 use raft_log::LogConfig;
+use raftmq_machine::plan::{Fresh, PopScope};
 use raftmq_machine::types::{GroupName, StoredMessage, TagFilter, TopicConfig, TopicName};
 use raftmq_machine::{Command, MessageBatch, Millis, NodeId, QueueId, QueueOffset, Receipt, Response};
 
@@ -176,9 +177,10 @@ async fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                 let now = Millis(common::now_ms());
                 let stores = node.stores.clone();
                 let takes = node.state.read(|a| {
-                    a.machine.plan_pop(now, &group, &topic, u32::from(max), &filter, |q, from, end| {
-                        stores.tags(&topic, q, from, end)
-                    })
+                    let accept = |f: &Fresh| Ok(filter.matches(f.tag));
+                    let scope = PopScope::all(&group, &topic);
+                    a.machine
+                        .plan_pop(now, scope, u32::from(max), accept, |q, from, end| stores.tags(&topic, q, from, end))
                 })?;
                 if takes.is_empty() {
                     continue;

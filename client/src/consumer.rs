@@ -17,25 +17,73 @@ pub const MAX_RECEIVE: u32 = 1024;
 /// Longest long-polling wait a receive may ask for.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
 
-/// A consumer of one topic for one consumer group, taking messages that match a tag
-/// filter (`*`, or `TagA||TagB`).
+/// A consumer of one topic for one consumer group, taking the messages its filter passes.
 #[derive(Debug)]
 pub struct SimpleConsumer {
     conn: Conn,
     routes: RouteCache,
     group: String,
     topic: String,
-    filter: String,
+    filter: FilterExpression,
 }
 
-/// Checks a consumer's group and topic and returns its filter (`*` when empty).
-pub(crate) fn subscription(group: &str, topic: &str, filter: &str) -> Result<String, Error> {
+/// Which messages of its topic a consumer takes: a tag expression (`*`, `TagA || TagB`),
+/// judged from the tag alone, or a SQL92 condition over the message's properties (its tag
+/// as `TAGS`), e.g. `region = 'eu' AND amount > 100`, with RocketMQ's semantics. A plain
+/// string is a tag expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterExpression {
+    /// A tag expression.
+    Tag(String),
+    /// A SQL92 condition.
+    Sql(String),
+}
+
+impl FilterExpression {
+    /// A SQL92 condition.
+    pub fn sql(condition: impl Into<String>) -> Self {
+        FilterExpression::Sql(condition.into())
+    }
+
+    /// The expression as the protocol carries it.
+    pub(crate) fn to_proto(&self) -> pb::FilterExpression {
+        let (kind, text) = match self {
+            FilterExpression::Tag(t) => (pb::FilterType::Tag, t),
+            FilterExpression::Sql(s) => (pb::FilterType::Sql, s),
+        };
+        pb::FilterExpression { r#type: kind as i32, expression: text.clone() }
+    }
+}
+
+impl From<&str> for FilterExpression {
+    fn from(tags: &str) -> Self {
+        FilterExpression::Tag(tags.to_string())
+    }
+}
+
+impl From<String> for FilterExpression {
+    fn from(tags: String) -> Self {
+        FilterExpression::Tag(tags)
+    }
+}
+
+/// Checks a consumer's group, topic and filter (an empty tag expression is `*`; a SQL92
+/// condition that does not parse is refused here, saying where, before any call).
+pub(crate) fn subscription(group: &str, topic: &str, filter: FilterExpression) -> Result<FilterExpression, Error> {
     for (what, v) in [("group", group), ("topic", topic)] {
         if v.trim().is_empty() {
             return Err(Error::InvalidArgument(format!("the {what} is empty")));
         }
     }
-    Ok(if filter.trim().is_empty() { "*" } else { filter.trim() }.to_string())
+    match filter {
+        FilterExpression::Tag(t) => {
+            Ok(FilterExpression::Tag(if t.trim().is_empty() { "*" } else { t.trim() }.to_string()))
+        }
+        FilterExpression::Sql(s) => match raftmq_machine::sql::SqlFilter::parse(&s) {
+            Ok(_) => Ok(FilterExpression::Sql(s)),
+            Err(e) => Err(Error::InvalidArgument(format!("SQL92 filter {s:?}: {e}"))),
+        },
+    }
 }
 
 /// The items of a server stream answering a request for `max` messages (a status, maybe a
@@ -67,7 +115,7 @@ pub(crate) fn duration(d: Duration) -> prost_types::Duration {
 
 impl SimpleConsumer {
     /// A consumer for the endpoints `host:port;host:port` with default options.
-    pub fn new(endpoints: &str, group: &str, topic: &str, filter: &str) -> Result<Self, Error> {
+    pub fn new(endpoints: &str, group: &str, topic: &str, filter: impl Into<FilterExpression>) -> Result<Self, Error> {
         Self::with_options(endpoints, group, topic, filter, ClientOptions::default())
     }
 
@@ -76,10 +124,10 @@ impl SimpleConsumer {
         endpoints: &str,
         group: &str,
         topic: &str,
-        filter: &str,
+        filter: impl Into<FilterExpression>,
         options: ClientOptions,
     ) -> Result<Self, Error> {
-        let filter = subscription(group, topic, filter)?;
+        let filter = subscription(group, topic, filter.into())?;
         Ok(Self {
             conn: Conn::new(endpoints, options)?,
             routes: RouteCache::default(),
@@ -136,10 +184,7 @@ impl SimpleConsumer {
                 broker: Some(pb::Broker { name: queue.broker.clone(), id: 0, endpoints: None }),
                 accept_message_types: queue.message_types.iter().map(|t| *t as i32).collect(),
             }),
-            filter_expression: Some(pb::FilterExpression {
-                r#type: pb::FilterType::Tag as i32,
-                expression: self.filter.clone(),
-            }),
+            filter_expression: Some(self.filter.to_proto()),
             batch_size: i32::try_from(max).unwrap_or(i32::MAX),
             invisible_duration: Some(duration(invisible)),
             auto_renew: false,

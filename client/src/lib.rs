@@ -40,7 +40,7 @@ pub use self::admin::{
     Admin, ClientList, ClusterStatus, GroupProgress, MessageQuery, QueriedMessage, ResetTo, TopicSpec, TopicUpdate,
 };
 pub use self::conn::{ClientOptions, MAX_ENDPOINTS, parse_endpoints};
-pub use self::consumer::{MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
+pub use self::consumer::{FilterExpression, MAX_LONG_POLL, MAX_RECEIVE, SimpleConsumer};
 pub use self::error::Error;
 pub use self::message::{Message, ReceivedMessage, SendReceipt};
 pub use self::producer::{MAX_BATCH, Producer, Transaction};

@@ -166,6 +166,19 @@ enum DlqCommand {
         #[arg(long, default_value_t = 32)]
         limit: usize,
     },
+    /// Sends dead letters again to their original topic (every consumer group of that topic
+    /// gets them, as new messages with their keys, tag, message group and properties, and
+    /// ORIGIN_MESSAGE_ID naming the dead letter); the dead-letter topic keeps them.
+    Resend {
+        /// Consumer group.
+        group: String,
+        /// A message id to resend (repeat for more).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter of the group.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
         Command::Dlq(DlqCommand::List { group, limit }) => cli::group::dead_letters(endpoints, &group, limit).await,
+        Command::Dlq(DlqCommand::Resend { group, ids, all: _ }) => {
+            cli::group::resend_dead_letters(endpoints, &group, &ids).await
+        }
     }
 }
 

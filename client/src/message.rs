@@ -105,6 +105,8 @@ pub struct ReceivedMessage {
     pub tag: Option<String>,
     /// Keys.
     pub keys: Vec<String>,
+    /// Message group (FIFO).
+    pub message_group: Option<String>,
     /// User properties.
     pub properties: HashMap<String, String>,
     /// Receipt handle: acks and invisibility changes name the delivery with it (empty for a
@@ -249,6 +251,7 @@ fn delivered(operation: &'static str, endpoint: &str, m: pb::Message, pulled: bo
         body,
         tag: sys.tag,
         keys: sys.keys,
+        message_group: sys.message_group,
         properties: m.user_properties,
         receipt_handle,
         delivery_attempt: sys.delivery_attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),

@@ -12,7 +12,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::pull_message_response::Content;
 
 use crate::conn::{ClientOptions, Conn, Retry};
-use crate::consumer::{MAX_LONG_POLL, MAX_RECEIVE, duration, read_stream, resource, subscription};
+use crate::consumer::{FilterExpression, MAX_LONG_POLL, MAX_RECEIVE, duration, read_stream, resource, subscription};
 use crate::message::pulled;
 use crate::route::{RouteCache, RouteQueue, TopicRoute};
 use crate::{Error, ReceivedMessage};
@@ -26,7 +26,7 @@ pub enum StartFrom {
     Latest,
 }
 
-/// A pull consumer of one topic, taking messages that match a tag filter; its offsets live
+/// A pull consumer of one topic, taking the messages its filter passes; its offsets live
 /// in this value only.
 #[derive(Debug)]
 pub struct PullConsumer {
@@ -34,7 +34,7 @@ pub struct PullConsumer {
     routes: RouteCache,
     group: String,
     topic: String,
-    filter: String,
+    filter: FilterExpression,
     start: StartFrom,
     /// The next offset to read, per queue id.
     offsets: Mutex<BTreeMap<u32, u64>>,
@@ -42,7 +42,13 @@ pub struct PullConsumer {
 
 impl PullConsumer {
     /// A pull consumer for the endpoints `host:port;host:port` with default options.
-    pub fn new(endpoints: &str, group: &str, topic: &str, filter: &str, start: StartFrom) -> Result<Self, Error> {
+    pub fn new(
+        endpoints: &str,
+        group: &str,
+        topic: &str,
+        filter: impl Into<FilterExpression>,
+        start: StartFrom,
+    ) -> Result<Self, Error> {
         Self::with_options(endpoints, group, topic, filter, start, ClientOptions::default())
     }
 
@@ -51,11 +57,11 @@ impl PullConsumer {
         endpoints: &str,
         group: &str,
         topic: &str,
-        filter: &str,
+        filter: impl Into<FilterExpression>,
         start: StartFrom,
         options: ClientOptions,
     ) -> Result<Self, Error> {
-        let filter = subscription(group, topic, filter)?;
+        let filter = subscription(group, topic, filter.into())?;
         Ok(Self {
             conn: Conn::new(endpoints, options)?,
             routes: RouteCache::default(),
@@ -185,10 +191,7 @@ impl PullConsumer {
             message_queue: Some(self.message_queue(queue)),
             offset: i64::try_from(offset).unwrap_or(i64::MAX),
             batch_size: i32::try_from(max).unwrap_or(i32::MAX),
-            filter_expression: Some(pb::FilterExpression {
-                r#type: pb::FilterType::Tag as i32,
-                expression: self.filter.clone(),
-            }),
+            filter_expression: Some(self.filter.to_proto()),
             long_polling_timeout: Some(duration(wait)),
         };
         let timeout = wait + retry.timeout(None);

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 /// Format version of the commands in log entries (the CommitLog adapter writes it at the
 /// start of every entry's payload).
-pub const ENTRY_VERSION: u32 = 8;
+pub const ENTRY_VERSION: u32 = 9;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
 /// Format version of snapshots.

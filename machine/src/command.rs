@@ -142,6 +142,20 @@ pub enum Command {
         /// New minimum offsets (at most [`crate::MAX_TRIM_QUEUES`]).
         mins: Vec<(TopicName, QueueId, QueueOffset)>,
     },
+    /// A consumer gives up on a message it holds (a FIFO push consumer after its local
+    /// retries): it leaves the group, if still in flight from the pop named, and is appended
+    /// to the group's `%DLQ%<group>` topic either way (the leader checked the receipt before
+    /// proposing; like a planned dead letter, one acknowledged in between is both).
+    ForwardToDeadLetter {
+        /// Consumer group.
+        group: GroupName,
+        /// Topic it was delivered from.
+        topic: TopicName,
+        /// Queue it was delivered from.
+        queue: QueueId,
+        /// The message.
+        letter: DeadLetter,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -164,6 +178,9 @@ impl std::fmt::Display for Command {
             Command::UpsertGroup { group, config } => write!(f, "upsert-group {group} fifo={}", config.fifo),
             Command::ResetOffset { group, topic, offsets } => {
                 write!(f, "reset-offset {group} {topic} queues={}", offsets.len())
+            }
+            Command::ForwardToDeadLetter { group, topic, queue, letter } => {
+                write!(f, "forward-to-dead-letter {group} {topic} q{} @{}", queue.0, letter.offset.0)
             }
         }
     }

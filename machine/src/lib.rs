@@ -17,6 +17,7 @@ pub mod ids;
 pub mod plan;
 pub mod pop;
 pub mod receipt;
+pub mod sql;
 pub mod timer;
 pub mod transaction;
 pub mod types;
@@ -412,6 +413,10 @@ impl Machine {
                     Err(e) => Response::Failed(e),
                 }
             }
+            Command::ForwardToDeadLetter { group, topic, queue, letter } => {
+                self.forward_to_dead_letter(log_index, group, topic, *queue, letter);
+                Response::Done
+            }
             Command::Ack { group, topic, receipts } => {
                 if receipts.len() > MAX_RECEIPTS_PER_ACK {
                     return Response::Failed(CommandError::LimitReached(format!(
@@ -734,6 +739,32 @@ impl Machine {
                 }
             }
         }
+        self.append_dead_letters(log_index, group, count);
+    }
+
+    /// A consumer's own dead letter ([`Command::ForwardToDeadLetter`]): out of the group if
+    /// still in flight from the pop named, into its dead-letter queue either way (never
+    /// refused, so dispatch, which appends it whenever the dead-letter topic exists, agrees;
+    /// the leader checked the request).
+    fn forward_to_dead_letter(
+        &mut self,
+        log_index: LogIndex,
+        group: &GroupName,
+        topic: &TopicName,
+        queue: QueueId,
+        letter: &DeadLetter,
+    ) {
+        if let Some(state) = self.pops.get_mut(&(group.clone(), topic.clone(), queue))
+            && state.inflight(letter.offset.0).is_some_and(|i| i.pop_id == letter.pop_id)
+        {
+            state.dead(letter.offset.0);
+        }
+        self.append_dead_letters(log_index, group, 1);
+    }
+
+    /// Appends `count` messages to `group`'s `%DLQ%<group>` topic, creating it on first use
+    /// (one queue, every message type), unless the topic limit is reached.
+    fn append_dead_letters(&mut self, log_index: LogIndex, group: &GroupName, count: u64) {
         let Some(dlq) = group.dead_letter_topic() else { return };
         if !self.topics.contains_key(&dlq) {
             if self.topics.len() >= MAX_TOPICS {

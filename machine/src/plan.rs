@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use crate::command::DeadLetter;
 use crate::command::PopTake;
 use crate::ids::{LogIndex, Millis, QueueId, QueueOffset, Slot};
-use crate::types::{GroupName, TagFilter, TopicName};
+use crate::types::{GroupName, TopicName};
 use crate::{MAX_POP_BATCH, Machine, POP_SCAN_LIMIT};
 
 /// What a pop plan reads of one never-delivered message.
@@ -31,21 +31,47 @@ pub struct Fresh {
 /// dispatch is behind).
 pub type Tags = Vec<Fresh>;
 
+/// What a pop reads from: a consumer group's view of a topic, all its queues or one.
+#[derive(Debug, Clone, Copy)]
+pub struct PopScope<'a> {
+    /// The consumer group.
+    pub group: &'a GroupName,
+    /// The topic.
+    pub topic: &'a TopicName,
+    /// Only this queue (a push consumer reads the queues assigned to it); `None`: any.
+    pub queue: Option<QueueId>,
+}
+
+impl<'a> PopScope<'a> {
+    /// Every queue of `topic`.
+    pub fn all(group: &'a GroupName, topic: &'a TopicName) -> Self {
+        Self { group, topic, queue: None }
+    }
+
+    /// The queues this scope reads of a topic with `count` queues, starting at `start`
+    /// (taken modulo `count`).
+    fn queues(&self, count: u32, start: u64) -> impl Iterator<Item = QueueId> + use<> {
+        let only = self.queue;
+        let all = (0..count).map(move |i| QueueId(((start + u64::from(i)) % u64::from(count.max(1))) as u32));
+        all.filter(move |q| only.is_none_or(|o| o == *q))
+    }
+}
+
 impl Machine {
-    /// Plans a pop of at most `max` messages for `group` on `topic` at `now`, queue by queue
-    /// from a rotating start (so concurrent consumers spread over the queues): first the
-    /// messages whose invisibility ended, then never-delivered ones that pass `filter`, read
-    /// with `read(queue, from, end)`; the ones that do not pass are skipped. The plan is
-    /// checked again when applied ([`crate::Command::Pop`]).
+    /// Plans a pop of at most `max` messages for `scope` at `now`, queue by queue from a
+    /// rotating start (so concurrent consumers spread over the queues): first the messages
+    /// whose invisibility ended, then never-delivered ones that `accept` (the subscription's
+    /// filter), read with `read(queue, from, end)`; the ones not accepted are skipped. The
+    /// plan is checked again when applied ([`crate::Command::Pop`]).
     pub fn plan_pop<E>(
         &self,
         now: Millis,
-        group: &GroupName,
-        topic: &TopicName,
+        scope: PopScope<'_>,
         max: u32,
-        filter: &TagFilter,
+        mut accept: impl FnMut(&Fresh) -> Result<bool, E>,
         mut read: impl FnMut(QueueId, u64, u64) -> Result<Tags, E>,
     ) -> Result<Vec<PopTake>, E> {
+        let PopScope { group, topic, .. } = scope;
         let Some(t) = self.topics.get(topic) else { return Ok(Vec::new()) };
         let config = self.group_config(group);
         let fifo = config.fifo;
@@ -53,12 +79,11 @@ impl Machine {
         let count = t.config.queue_count;
         let mut budget = max.min(MAX_POP_BATCH) as usize;
         let mut takes = Vec::new();
-        for i in 0..count {
+        for q in scope.queues(count, self.next_pop_id) {
             if budget == 0 {
                 break;
             }
-            let q = QueueId(((self.next_pop_id + u64::from(i)) % u64::from(count)) as u32);
-            let queue = t.queues[q.0 as usize];
+            let Some(&queue) = t.queues.get(q.0 as usize) else { continue };
             let state = self.pops.get(&(group.clone(), topic.clone(), q));
             // Expired messages come again, but those delivered as often as the group allows
             // go to its dead-letter queue (where the log holds them: read from the
@@ -106,7 +131,7 @@ impl Machine {
                 for (i, m) in fresh.iter().take((scan_end - from) as usize).enumerate() {
                     let offset = QueueOffset(from + i as u64);
                     end = offset.0 + 1;
-                    if !filter.matches(m.tag) {
+                    if !accept(m)? {
                         continue;
                     }
                     match m.group.filter(|_| fifo) {
@@ -142,15 +167,17 @@ impl Machine {
         Ok(takes)
     }
 
-    /// Whether a pop by `group` on `topic` at `now` could take something: a message never
-    /// delivered to the group, or one whose invisibility ended. When nothing is, also returns
-    /// when the next invisible message reappears.
-    pub fn pop_outlook(&self, group: &GroupName, topic: &TopicName, now: Millis) -> (bool, Option<Millis>) {
+    /// Whether a pop in `scope` at `now` could take something: a message never delivered to
+    /// the group, or one whose invisibility ended. When nothing is, also returns when the
+    /// next invisible message reappears.
+    pub fn pop_outlook(&self, scope: PopScope<'_>, now: Millis) -> (bool, Option<Millis>) {
+        let PopScope { group, topic, .. } = scope;
         let Some(t) = self.topics.get(topic) else { return (false, None) };
         let now = now.max(self.clock);
         let mut next: Option<Millis> = None;
-        for (i, queue) in t.queues.iter().enumerate() {
-            match self.pops.get(&(group.clone(), topic.clone(), QueueId(i as u32))) {
+        for q in scope.queues(t.config.queue_count, 0) {
+            let Some(queue) = t.queues.get(q.0 as usize) else { continue };
+            match self.pops.get(&(group.clone(), topic.clone(), q)) {
                 None if queue.max_offset() > queue.min_offset() => return (true, None),
                 None => {}
                 Some(state) => {

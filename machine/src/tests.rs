@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 use super::*;
-use crate::plan::Fresh;
+use crate::plan::{Fresh, PopScope};
 use crate::timer::{Fire, MAX_FIRES_PER_COMMAND, TimerState};
 use crate::types::{StoredMessage, TagFilter, tag_hash};
 
@@ -102,7 +102,9 @@ impl World {
                 .map(|r| Fresh { tag: r.tag, group: r.group, at: Some((r.log_index, Slot(r.slot))) })
                 .collect())
         };
-        self.m.plan_pop(Millis(now), &group(g), &name, max, filter, read).expect("reads never fail here")
+        let g = group(g);
+        let accept = |f: &Fresh| Ok(filter.matches(f.tag));
+        self.m.plan_pop(Millis(now), PopScope::all(&g, &name), max, accept, read).expect("reads never fail here")
     }
 
     fn ack(&mut self, g: &str, t: &str, receipts: Vec<Receipt>) -> Vec<Result<(), CommandError>> {
@@ -175,6 +177,12 @@ fn dispatch(
                     let rec = Rec { log_index: d.log_index, slot: d.slot.0, tag: None, group: None };
                     cq.entry((dlq.clone(), QueueId(0))).or_default().push(rec);
                 }
+            }
+        }
+        Command::ForwardToDeadLetter { group, letter, .. } => {
+            if let Some(dlq) = m.dead_letter_topic_at(group, index) {
+                let rec = Rec { log_index: letter.log_index, slot: letter.slot.0, tag: None, group: None };
+                cq.entry((dlq, QueueId(0))).or_default().push(rec);
             }
         }
         Command::DeleteTopic { topic } => cq.retain(|(t, _), _| t != topic),
@@ -519,11 +527,11 @@ fn a_fifo_group_gets_each_message_group_in_order_one_at_a_time() {
     let first = w.pop(100, "ordered", "t", 10, "*");
     assert_eq!(offsets(&first), [0, 1, 3]);
     assert!(w.pop(100, "ordered", "t", 10, "*").is_empty(), "a2, b2 and a3 wait for their groups");
-    assert!(!w.m.pop_outlook(&group("ordered"), &topic("t"), Millis(100)).0);
+    assert!(!w.m.pop_outlook(PopScope::all(&group("ordered"), &topic("t")), Millis(100)).0);
     // a1 acked: a2 is next, b2 still waits for b1.
     let a1 = first.iter().find(|p| p.offset.0 == 0).expect("a1").receipt.clone();
     assert_eq!(w.ack("ordered", "t", vec![a1]), vec![Ok(())]);
-    assert!(w.m.pop_outlook(&group("ordered"), &topic("t"), Millis(100)).0);
+    assert!(w.m.pop_outlook(PopScope::all(&group("ordered"), &topic("t")), Millis(100)).0);
     let second = w.pop(100, "ordered", "t", 10, "*");
     assert_eq!(offsets(&second), [2]);
     // Nothing more is acked: when their invisibility ends b1, a2 and the plain one come
@@ -662,4 +670,68 @@ fn reset_offset_moves_receives_and_commits_and_forgets_what_was_in_flight() {
     };
     assert!(matches!(w.apply(bad), Response::Failed(CommandError::QueueNotFound { .. })));
     assert_eq!(w.m.pop_state(&group("g"), &topic("t"), QueueId(0)).map(|s| s.next_fresh), Some(4));
+}
+
+#[test]
+fn a_pop_scoped_to_one_queue_takes_only_from_it() {
+    let mut w = World::new();
+    w.create("t", 3);
+    let batch = (0..3).flat_map(|q| [w.msg("t", q, None, "x"), w.msg("t", q, None, "y")]).collect();
+    w.send_at(10, batch);
+    let (g, t) = (group("push"), topic("t"));
+    let scope = PopScope { group: &g, topic: &t, queue: Some(QueueId(1)) };
+    let read = |q: QueueId, from: u64, end: u64| -> Result<Vec<Fresh>, ()> {
+        let recs = w.cq.get(&(t.clone(), q)).map_or(&[][..], Vec::as_slice);
+        let end = (end as usize).min(recs.len());
+        Ok(recs[from as usize..end].iter().map(|r| Fresh { tag: r.tag, group: r.group, at: None }).collect())
+    };
+    let takes = w.m.plan_pop(Millis(100), scope, 10, |_| Ok(true), read).expect("reads never fail here");
+    assert_eq!(takes.iter().map(|t| t.queue).collect::<Vec<_>>(), [QueueId(1)]);
+    assert_eq!(takes[0].deliver.len(), 2);
+    let popped =
+        match w.apply(Command::Pop { now: Millis(100), group: g.clone(), topic: t.clone(), invisible_ms: 1000, takes })
+        {
+            Response::Popped(p) => p,
+            other => panic!("pop failed: {other:?}"),
+        };
+    assert!(popped.iter().all(|p| p.queue == QueueId(1)) && popped.len() == 2);
+    assert!(!w.m.pop_outlook(scope, Millis(100)).0, "queue 1 has nothing left");
+    assert!(w.m.pop_outlook(PopScope::all(&g, &t), Millis(100)).0, "queues 0 and 2 still have messages");
+    let missing = PopScope { queue: Some(QueueId(7)), ..scope };
+    assert!(!w.m.pop_outlook(missing, Millis(100)).0, "a queue the topic lacks has nothing");
+}
+
+#[test]
+fn a_consumer_forwards_a_message_it_holds_to_the_dead_letter_queue() {
+    let mut w = World::new();
+    w.create("t", 1);
+    let config = GroupConfig { fifo: true, ..GroupConfig::default() };
+    assert_eq!(w.apply(Command::UpsertGroup { group: group("ordered"), config }), Response::Done);
+    let index = w.next();
+    let m = |w: &World, body: &str| StoredMessage { message_group: Some("o-1".into()), ..w.msg("t", 0, None, body) };
+    w.send_at(10, vec![m(&w, "poison"), m(&w, "next")]);
+    let held = w.pop(100, "ordered", "t", 10, "*");
+    assert_eq!(held.iter().map(|p| p.offset.0).collect::<Vec<_>>(), [0], "FIFO: one of the message group at a time");
+    let letter =
+        |p: &Popped| DeadLetter { offset: p.offset, pop_id: p.receipt.pop_id, log_index: index, slot: Slot(0) };
+    let forward = Command::ForwardToDeadLetter {
+        group: group("ordered"),
+        topic: topic("t"),
+        queue: QueueId(0),
+        letter: letter(&held[0]),
+    };
+    // Still invisible for a long while, yet forwarded at once: it leaves the group and its
+    // successor in the message group comes next.
+    assert_eq!(w.apply(forward.clone()), Response::Done);
+    let dlq = group("ordered").dead_letter_topic().expect("short name");
+    assert_eq!(w.m.queue(&dlq, QueueId(0)).map(Queue::max_offset), Some(1));
+    assert_eq!(w.record("%DLQ%ordered", 0, QueueOffset(0)), Rec { log_index: index, slot: 0, tag: None, group: None });
+    assert_eq!(w.pop(200, "ordered", "t", 10, "*").iter().map(|p| p.offset.0).collect::<Vec<_>>(), [1]);
+    assert!(
+        w.pop(5_000_000, "ordered", "t", 10, "*").iter().all(|p| p.offset.0 == 1),
+        "the forwarded one never returns"
+    );
+    // Forwarded again (a retried request): it is appended again but nothing else changes.
+    assert_eq!(w.apply(forward), Response::Done);
+    assert_eq!(w.m.queue(&dlq, QueueId(0)).map(Queue::max_offset), Some(2));
 }

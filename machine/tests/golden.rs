@@ -134,13 +134,19 @@ fn commands() -> Vec<Command> {
         Command::UpsertGroup { group: group(), config: GroupConfig { fifo: true, max_attempts: 5 } },
         Command::ResetOffset { group: group(), topic: topic(), offsets: vec![(QueueId(1), QueueOffset(0))] },
         Command::TrimQueues { mins: vec![(topic(), QueueId(1), QueueOffset(1))] },
+        Command::ForwardToDeadLetter {
+            group: group(),
+            topic: topic(),
+            queue: QueueId(0),
+            letter: DeadLetter { offset: QueueOffset(1), pop_id: PopId(1), log_index: LogIndex(2), slot: Slot(1) },
+        },
         Command::DeleteTopic { topic: TopicName::new("gone").expect("valid") },
     ]
 }
 
 #[test]
 fn commands_keep_their_bytes() {
-    assert_eq!(ENTRY_VERSION, 8, "a new entry version needs a new sample file");
+    assert_eq!(ENTRY_VERSION, 9, "a new entry version needs a new sample file");
     let mut all = Vec::new();
     for command in commands() {
         let bytes = bincode::serde::encode_to_vec(&command, bincode::config::standard()).expect("encodes");
@@ -150,7 +156,7 @@ fn commands_keep_their_bytes() {
         all.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         all.extend_from_slice(&bytes);
     }
-    check("commands-v8.bin", &all);
+    check("commands-v9.bin", &all);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 """Drives the official RocketMQ 5 Python client (rocketmq-python-client) against a running
-raftmq group: Producer send, SimpleConsumer receive/ack, tag filtering, delay messages,
-transactions with check-back, FIFO consumption.
+raftmq group: Producer send, SimpleConsumer receive/ack, tag and SQL92 filtering, delay
+messages, transactions with check-back, FIFO consumption, push consumers sharing a topic's
+queues and taking over when one leaves, and a FIFO push consumer's dead letter.
 
 Usage: python official_client.py <endpoints> [topic-suffix]
 Exits non-zero, with the reason, when anything a user would notice goes wrong.
@@ -9,12 +10,15 @@ Exits non-zero, with the reason, when anything a user would notice goes wrong.
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
-from rocketmq import (ClientConfiguration, Credentials, FilterExpression,
-                      Message, Producer, SimpleConsumer, TransactionChecker,
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,
+                      FilterExpression, Message, MessageListener, Producer,
+                      PushConsumer, SimpleConsumer, TransactionChecker,
                       TransactionResolution)
+from rocketmq.grpc_protocol import FilterType
 
 
 def fail(why):
@@ -45,6 +49,110 @@ class CommitOrphans(TransactionChecker):
     def check(self, message):
         self.checked.append(bytes(message.body).decode())
         return TransactionResolution.COMMIT
+
+
+class Recorder(MessageListener):
+    """A push consumer's listener: records each body it consumes; fails those in `fail`."""
+
+    def __init__(self, fail=()):
+        self.got = []
+        self.fail = set(fail)
+        self.lock = threading.Lock()
+
+    def consume(self, message):
+        body = bytes(message.body).decode()
+        with self.lock:
+            self.got.append(body)
+        return ConsumeResult.FAILURE if body in self.fail else ConsumeResult.SUCCESS
+
+    def bodies(self):
+        with self.lock:
+            return list(self.got)
+
+
+def wait_until(what, deadline_s, done):
+    deadline = time.time() + deadline_s
+    while not done():
+        if time.time() > deadline:
+            fail(f"{what}: not within {deadline_s} s")
+        time.sleep(0.1)
+
+
+def send_bodies(producer, topic, bodies, group=None):
+    for body in bodies:
+        m = Message()
+        m.topic = topic
+        m.body = body.encode()
+        if group:
+            m.message_group = group
+        producer.send(m)
+
+
+def push_consumers(config, endpoints, suffix, mqadmin):
+    """Two push consumers share a topic's queues; when one shuts down the other takes its
+    queues and receives everything sent after. A FIFO push consumer whose listener keeps
+    failing a message forwards it to the dead-letter topic and goes on with the next."""
+    topic, group = f"pypush-{suffix}", f"group-push-{suffix}"
+    producer = Producer(config, (topic,))
+    producer.startup()
+    first, second = Recorder(), Recorder()
+    sub = {topic: FilterExpression("*")}
+    c1 = PushConsumer(config, group, first, sub, consumption_thread_count=2)
+    c1.startup()
+    c2 = PushConsumer(config, group, second, sub, consumption_thread_count=2)
+    c2.startup()
+    # A trickle of messages: the first consumer may hold every queue until its next
+    # assignment query (every 5 s); from then on the two share them.
+    batch1 = []
+    deadline = time.time() + 40
+    while not (first.bodies() and second.bodies()) or len(batch1) < 40:
+        if time.time() > deadline:
+            fail(f"push: the consumers did not share the queues: {len(first.bodies())} and {len(second.bodies())}")
+        body = f"p1-{len(batch1)}"
+        send_bodies(producer, topic, [body])
+        batch1.append(body)
+        time.sleep(0.1)
+    wait_until(f"push consumers receive the first {len(batch1)}", 60,
+               lambda: set(batch1) <= set(first.bodies()) | set(second.bodies()))
+    print(f"push consumers: {len(batch1)} messages shared {len(first.bodies())} / {len(second.bodies())}",
+          flush=True)
+    c2.shutdown()
+    left = time.time()
+    batch2 = [f"p2-{i}" for i in range(20)]
+    send_bodies(producer, topic, batch2)
+    wait_until("the remaining push consumer receives all sent after the other left", 60,
+               lambda: set(batch2) <= set(first.bodies()))
+    print(f"push consumers: after one left the other received all 20 new messages in {time.time() - left:.1f} s",
+          flush=True)
+    total = first.bodies() + second.bodies()
+    if len(total) != len(set(total)):
+        fail("push: a message consumed successfully was delivered again")
+    c1.shutdown()
+    producer.shutdown()
+
+    if not mqadmin:
+        return
+    topic, group = f"pypushfifo-{suffix}", f"group-pushfifo-{suffix}"
+    out = subprocess.run([mqadmin, "--endpoints", endpoints, "group", "update", group, "--fifo", "true",
+                          "--max-attempts", "2"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        fail(f"mqadmin group update failed: {out.stdout}{out.stderr}")
+    producer = Producer(config, (topic,))
+    producer.startup()
+    send_bodies(producer, topic, ["f/0", "f/1", "f/2"], group="order-f")
+    listener = Recorder(fail=("f/1",))
+    fifo = PushConsumer(config, group, listener, {topic: FilterExpression("*")}, consumption_thread_count=2)
+    fifo.startup()
+    wait_until("the FIFO push consumer goes past its failing message", 90, lambda: "f/2" in listener.bodies())
+    if listener.bodies() != ["f/0", "f/1", "f/1", "f/2"]:
+        fail(f"FIFO push: expected f/0, f/1 twice (max attempts 2), then f/2; got {listener.bodies()}")
+    fifo.shutdown()
+    out = subprocess.run([mqadmin, "--endpoints", endpoints, "dlq", "list", group],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 or "f/1" not in out.stdout:
+        fail(f"FIFO push: f/1 is not in the dead letters: {out.stdout}{out.stderr}")
+    print("FIFO push consumer: f/0, f/1 failed twice and forwarded to the dead-letter topic, then f/2", flush=True)
+    producer.shutdown()
 
 
 def main():
@@ -183,6 +291,27 @@ def main():
         fail(f"tag filter delivered other tags: {got}")
     print("tag filter: received exactly the 10 TagA messages", flush=True)
 
+    # SQL92 over user properties and the tag: n > 10 AND TAGS = 'TagA' is 12, 14, 16, 18.
+    sql = SimpleConsumer(config, f"group-sql-{suffix}",
+                         {topic: FilterExpression("n > 10 AND TAGS = 'TagA'", FilterType.SQL)}, await_duration=5)
+    sql.startup()
+    got = receive_all(sql, 4, 60)
+    if set(got) != {"body-12", "body-14", "body-16", "body-18"}:
+        fail(f"SQL92 filter: expected body-12, -14, -16, -18, got {sorted(got)}")
+    print("SQL92 filter: received exactly the 4 messages with n > 10 and tag TagA", flush=True)
+    sql.shutdown()
+    bad = SimpleConsumer(config, f"group-badsql-{suffix}",
+                         {topic: FilterExpression("n > ", FilterType.SQL)}, await_duration=5)
+    bad.startup()
+    try:
+        bad.receive(16, 15)
+        fail("a receive with a malformed SQL92 filter was not refused")
+    except Exception as e:  # the client raises its own exception type for the status
+        if "column" not in str(e):
+            fail(f"a malformed SQL92 filter was refused without saying where: {e}")
+        print(f"malformed SQL92 filter refused: {e}", flush=True)
+    bad.shutdown()
+
     # A second group receives everything; after acks nothing comes back.
     everyone = SimpleConsumer(config, f"group-all-{suffix}", {topic: FilterExpression("*")}, await_duration=5)
     everyone.startup()
@@ -207,6 +336,8 @@ def main():
     everyone.shutdown()
     only_a.shutdown()
     producer.shutdown()
+
+    push_consumers(config, endpoints, suffix, mqadmin)
     print("PASS", flush=True)
 
 

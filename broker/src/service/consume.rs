@@ -8,7 +8,7 @@ use super::convert;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use raftmq_machine::types::{QueueId, QueueOffset};
-use raftmq_machine::{Command, Receipt, Response};
+use raftmq_machine::{Command, DeadLetter, Receipt, Response};
 
 /// Most entries in one AckMessage request.
 pub const MAX_ACKS_PER_REQUEST: usize = 1024;
@@ -201,6 +201,75 @@ impl Broker {
         match result {
             Ok(o) => pb::QueryOffsetResponse { status: Some(status::ok()), offset: o as i64 },
             Err(r) => pb::QueryOffsetResponse { status: Some(r.status()), offset: 0 },
+        }
+    }
+}
+
+/// The answer when forwarding to the dead-letter queue failed.
+pub fn failed_forward(r: &Refusal) -> pb::ForwardMessageToDeadLetterQueueResponse {
+    pb::ForwardMessageToDeadLetterQueueResponse { status: Some(r.status()) }
+}
+
+impl Broker {
+    /// A consumer gives up on a message it holds (the FIFO push consumer does after its
+    /// local retries): it goes to the group's `%DLQ%<group>` topic at once. The receipt must
+    /// be the message's newest; one acknowledged, delivered again or forwarded already is
+    /// refused, so a retried request dead-letters nothing twice.
+    pub(super) async fn serve_forward_to_dead_letter(
+        &self,
+        req: pb::ForwardMessageToDeadLetterQueueRequest,
+    ) -> pb::ForwardMessageToDeadLetterQueueResponse {
+        let result = async {
+            let group = group_of(req.group.as_ref())?;
+            let topic = topic_of(req.topic.as_ref())?;
+            let receipt = self.receipt(&req.receipt_handle)?;
+            if group.dead_letter_topic().is_none() {
+                return Err(Refusal::new(
+                    Code::IllegalConsumerGroup,
+                    format!("group {group} is too long a name for a dead-letter topic"),
+                ));
+            }
+            let held = self.inner.state.read(|a| {
+                a.machine
+                    .pop_state(&group, &topic, receipt.queue)
+                    .and_then(|s| s.inflight(receipt.offset.0))
+                    .is_some_and(|i| i.pop_id == receipt.pop_id)
+            });
+            if !held {
+                return Err(Refusal::new(
+                    Code::InvalidReceiptHandle,
+                    format!(
+                        "queue {} offset {} of {topic} is not held by this receipt in group {group}: acknowledged, \
+                         delivered again or dead-lettered already",
+                        receipt.queue.0, receipt.offset.0
+                    ),
+                ));
+            }
+            let record = self
+                .inner
+                .stores
+                .record(&topic, receipt.queue, receipt.offset)
+                .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?
+                .ok_or_else(|| {
+                    Refusal::unavailable(format!(
+                        "queue {} offset {} of {topic} is not in this node's ConsumeQueue",
+                        receipt.queue.0, receipt.offset.0
+                    ))
+                })?;
+            let letter = DeadLetter {
+                offset: receipt.offset,
+                pop_id: receipt.pop_id,
+                log_index: record.log_index,
+                slot: record.slot,
+            };
+            self.propose(Command::ForwardToDeadLetter { group, topic, queue: receipt.queue, letter }).await?;
+            tracing::info!(message_id = %req.message_id, attempt = req.delivery_attempt, "a consumer forwarded a message to its dead-letter queue");
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => pb::ForwardMessageToDeadLetterQueueResponse { status: Some(status::ok()) },
+            Err(r) => failed_forward(&r),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! client endpoint, once (a forwarded call is never forwarded again). Failures are answered
 //! inside the response's `status`, as the official clients expect.
 
+mod assignment;
 mod consume;
 pub mod convert;
+pub mod filter;
 mod message_type;
 pub mod namesrv_view;
 pub mod proposer;
@@ -81,6 +83,8 @@ struct Inner {
     sessions: Sessions,
     /// Ends transactions (on the leader).
     resolver: Resolver,
+    /// Push consumers per group, as last gathered for queue assignment.
+    members: assignment::MemberCache,
 }
 
 impl std::fmt::Debug for Broker {
@@ -141,6 +145,7 @@ impl Broker {
                 view,
                 sessions,
                 resolver,
+                members: assignment::MemberCache::default(),
             }),
         }
     }
@@ -221,8 +226,9 @@ impl MessagingService for Broker {
 
     async fn send_message(
         &self,
-        request: Request<pb::SendMessageRequest>,
+        mut request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        send::broker_picks_queue(&mut request);
         unary!(self, request, send_message, Broker::serve_send, |r: Refusal| send::failed_send(&r))
     }
 
@@ -230,12 +236,19 @@ impl MessagingService for Broker {
         &self,
         request: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
-        if let Some(response) = self.query_assignment_from_view(&request).await {
-            return Ok(Response::new(response));
-        }
-        unary!(self, request, query_assignment, Broker::serve_query_assignment, |r: Refusal| {
-            pb::QueryAssignmentResponse { status: Some(r.status()), assignments: vec![] }
-        })
+        let meta = request.metadata().clone();
+        let group = request.get_ref().group.clone();
+        let whole = match self.query_assignment_from_view(&request).await {
+            Some(response) => response,
+            None => {
+                let answer: Result<Response<pb::QueryAssignmentResponse>, Status> =
+                    unary!(self, request, query_assignment, Broker::serve_query_assignment, |r: Refusal| {
+                        pb::QueryAssignmentResponse { status: Some(r.status()), assignments: vec![] }
+                    });
+                answer?.into_inner()
+            }
+        };
+        Ok(Response::new(self.balance(&meta, group.as_ref(), whole).await))
     }
 
     async fn receive_message(
@@ -267,11 +280,15 @@ impl MessagingService for Broker {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(not_implemented("dead letter queues")),
-        }))
+        unary!(
+            self,
+            request,
+            forward_message_to_dead_letter_queue,
+            Broker::serve_forward_to_dead_letter,
+            |r: Refusal| consume::failed_forward(&r)
+        )
     }
 
     async fn pull_message(

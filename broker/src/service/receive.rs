@@ -13,11 +13,13 @@ use raftmq_proto::rocketmq::v2::receive_message_response::Content;
 use tokio::time::Instant;
 
 use super::convert::{self, Delivery};
+use super::filter::Filter;
 use super::proposer::now_ms;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use super::{BoxStream, Broker};
-use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TagFilter, TopicName};
+use raftmq_machine::plan::{Fresh, PopScope};
+use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TopicName};
 use raftmq_machine::{Command, Popped, Response, Slot};
 
 /// Time kept between our answer and the client's deadline.
@@ -52,27 +54,21 @@ fn grpc_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
     })
 }
 
-fn filter_of(expr: Option<&pb::FilterExpression>) -> Result<TagFilter, Refusal> {
-    let Some(expr) = expr else { return Ok(TagFilter::All) };
-    match pb::FilterType::try_from(expr.r#type) {
-        Ok(pb::FilterType::Tag) | Ok(pb::FilterType::Unspecified) => {
-            TagFilter::parse(&expr.expression).map_err(|e| Refusal::new(Code::IllegalFilterExpression, e))
-        }
-        Ok(pb::FilterType::Sql) => Err(Refusal::new(
-            Code::IllegalFilterExpression,
-            "SQL92 filters are not supported yet; use a tag expression",
-        )),
-        Err(_) => Err(Refusal::new(Code::IllegalFilterExpression, format!("unknown filter type {}", expr.r#type))),
-    }
-}
-
 struct Receive {
     group: GroupName,
     topic: TopicName,
-    filter: TagFilter,
+    /// The one queue a push consumer asks for (the ones assigned to it); `None`: any.
+    queue: Option<QueueId>,
+    filter: Filter,
     max: u32,
     invisible_ms: u64,
     wait: Duration,
+}
+
+impl Receive {
+    fn scope(&self) -> PopScope<'_> {
+        PopScope { group: &self.group, topic: &self.topic, queue: self.queue }
+    }
 }
 
 impl Broker {
@@ -80,7 +76,15 @@ impl Broker {
         let body = req.get_ref();
         let group = group_of(body.group.as_ref())?;
         let topic = topic_of(body.message_queue.as_ref().and_then(|q| q.topic.as_ref()))?;
-        let filter = filter_of(body.filter_expression.as_ref())?;
+        let filter = Filter::of(body.filter_expression.as_ref())?;
+        // Push consumers (they ask for auto renewal) read the queues assigned to them, one per
+        // call; simple consumers name a random queue and get messages of any.
+        let queue = body
+            .message_queue
+            .as_ref()
+            .filter(|q| body.auto_renew && q.id >= 0)
+            .filter(|q| q.broker.as_ref().is_none_or(|b| b.name.is_empty() || b.name == self.inner.group))
+            .map(|q| QueueId(q.id as u32));
         if body.batch_size <= 0 {
             return Err(Refusal::new(Code::BadRequest, format!("batch size {} must be positive", body.batch_size)));
         }
@@ -112,7 +116,7 @@ impl Broker {
             Some(deadline) => long_poll.min(deadline.saturating_sub(DEADLINE_MARGIN)),
             None => long_poll,
         };
-        Ok(Receive { group, topic, filter, max, invisible_ms, wait })
+        Ok(Receive { group, topic, queue, filter, max, invisible_ms, wait })
     }
 
     pub(super) async fn serve_receive(
@@ -123,8 +127,23 @@ impl Broker {
             Ok(r) => r,
             Err(refusal) => return failed(&refusal),
         };
-        if let Err(refusal) = self.ensure_topic(&r.topic).await {
-            return failed(&refusal);
+        tracing::debug!(
+            client = crate::sessions::client_id(request.metadata()).unwrap_or_default(),
+            group = %r.group,
+            topic = %r.topic,
+            queue = ?r.queue.map(|q| q.0),
+            max = r.max,
+            "receive"
+        );
+        match self.ensure_topic(&r.topic).await {
+            Err(refusal) => return failed(&refusal),
+            Ok(config) => {
+                if let Some(q) = r.queue.filter(|q| q.0 >= config.queue_count) {
+                    let message =
+                        format!("topic {} has {} queues, there is no queue {}", r.topic, config.queue_count, q.0);
+                    return failed(&Refusal::new(Code::BadRequest, message));
+                }
+            }
         }
         let popped = match self.pop_waiting(&r).await {
             Ok(p) => p,
@@ -169,7 +188,7 @@ impl Broker {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
-            let (visible, next) = self.inner.state.read(|a| a.machine.pop_outlook(&r.group, &r.topic, now));
+            let (visible, next) = self.inner.state.read(|a| a.machine.pop_outlook(r.scope(), now));
             if visible {
                 let popped = self.pop_once(r, now).await?;
                 if !popped.is_empty() {
@@ -195,15 +214,21 @@ impl Broker {
     async fn pop_once(&self, r: &Receive, now: Millis) -> Result<Vec<Popped>, Refusal> {
         let _serial = self.inner.pops.lock(r.group.as_str(), r.topic.as_str()).await;
         let stores = &self.inner.stores;
-        let takes = self
-            .inner
-            .state
-            .read(|a| {
-                a.machine.plan_pop(now, &r.group, &r.topic, r.max, &r.filter, |q, from, end| {
-                    stores.tags(&r.topic, q, from, end)
+        let log = &self.inner.store;
+        let takes = self.inner.state.read(|a| {
+            let accept = |f: &Fresh| {
+                r.filter.accepts(f, |index, slot| {
+                    log.message_at(index.0, slot)
+                        .map_err(|e| Refusal::unavailable(format!("reading log entry {} to filter it: {e}", index.0)))
                 })
-            })
-            .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?;
+            };
+            let read = |q, from, end| {
+                stores
+                    .tags(&r.topic, q, from, end)
+                    .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))
+            };
+            a.machine.plan_pop(now, r.scope(), r.max, accept, read)
+        })?;
         if takes.is_empty() {
             return Ok(Vec::new());
         }
@@ -277,7 +302,7 @@ impl Broker {
                 u32::try_from(mq.map_or(-1, |q| q.id))
                     .map_err(|_| Refusal::new(Code::BadRequest, "queue id must not be negative"))?,
             );
-            let filter = filter_of(body.filter_expression.as_ref())?;
+            let filter = Filter::of(body.filter_expression.as_ref())?;
             if body.offset < 0 || body.batch_size <= 0 {
                 return Err(Refusal::new(
                     Code::BadRequest,
@@ -330,7 +355,13 @@ impl Broker {
                     if off.0 != next_offset || found.len() as u64 >= max {
                         break;
                     }
-                    if filter.matches(rec.tag_hash) {
+                    let fresh = Fresh { tag: rec.tag_hash, group: rec.group_hash, at: Some((rec.log_index, rec.slot)) };
+                    let pass = filter.accepts(&fresh, |index, slot| {
+                        self.inner.store.message_at(index.0, slot).map_err(|e| {
+                            Refusal::unavailable(format!("reading log entry {} to filter it: {e}", index.0))
+                        })
+                    })?;
+                    if pass {
                         found.push((off.0, rec));
                     }
                     next_offset += 1;

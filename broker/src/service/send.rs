@@ -30,6 +30,22 @@ fn fnv(s: &str) -> u64 {
     raftmq_machine::types::tag_hash(s)
 }
 
+/// The official Python client picks a queue only to choose an endpoint and leaves the
+/// message's `queue_id` unset, which protobuf cannot tell from queue 0 (RocketMQ's proxy
+/// ignores it and picks one itself). Its messages without a message group get the broker's
+/// round-robin queue instead of all landing in queue 0; other clients' queue ids hold.
+pub fn broker_picks_queue(request: &mut tonic::Request<pb::SendMessageRequest>) {
+    let python = request.metadata().get("x-mq-language").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"PYTHON"));
+    if !python {
+        return;
+    }
+    for m in &mut request.get_mut().messages {
+        if let Some(sys) = m.system_properties.as_mut().filter(|s| s.queue_id == 0) {
+            sys.queue_id = -1;
+        }
+    }
+}
+
 /// The answer when the whole request failed.
 pub fn failed_send(r: &Refusal) -> pb::SendMessageResponse {
     pb::SendMessageResponse {

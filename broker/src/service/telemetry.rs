@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use futures::{StreamExt, stream};
-use raftmq_machine::types::GroupName;
+use raftmq_machine::types::{GroupConfig, GroupName};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::settings::PubSub;
 use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
@@ -19,6 +19,11 @@ use crate::sessions::Sessions;
 /// Backoff the clients are told to use between send retries.
 const RETRY_INITIAL_MS: u64 = 10;
 const RETRY_MAX_MS: u64 = 1_000;
+
+/// The waits before a push consumer's message comes again after a failed consumption, by
+/// attempt (RocketMQ's 10 s 30 s 1 m 2 m … 2 h; the last repeats).
+const CONSUME_BACKOFF_SECS: [i64; 16] =
+    [10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200];
 
 /// Marks a client's Telemetry stream closed when dropped.
 struct StreamOpen {
@@ -44,41 +49,57 @@ enum Event {
 }
 
 impl Broker {
-    /// Whether the consumer group `name` is configured for orderly (FIFO) consumption.
-    fn group_is_fifo(&self, name: &str) -> bool {
-        GroupName::new(name).is_ok_and(|g| self.inner.state.read(|a| a.machine.group_config(&g).fifo))
+    /// The consumer group `name`'s configuration (the defaults for a name not valid).
+    fn group_config(&self, name: &str) -> GroupConfig {
+        GroupName::new(name)
+            .map_or_else(|_| GroupConfig::default(), |g| self.inner.state.read(|a| a.machine.group_config(&g)))
     }
 
     fn answer_settings(&self, client: pb::Settings) -> pb::Settings {
         let settings = &self.inner.settings;
+        // Producers retry failed sends quickly; consumers wait RocketMQ's growing backoff
+        // before a failed message comes again, up to the group's max attempts.
+        let mut backoff_policy = pb::RetryPolicy {
+            max_attempts: 3,
+            strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(pb::ExponentialBackoff {
+                initial: Some(duration(RETRY_INITIAL_MS)),
+                max: Some(duration(RETRY_MAX_MS)),
+                multiplier: 2.0,
+            })),
+        };
         let pub_sub = match client.pub_sub {
             Some(PubSub::Publishing(p)) => Some(PubSub::Publishing(pb::Publishing {
                 topics: p.topics,
                 max_body_size: i32::try_from(settings.max_body_bytes).unwrap_or(i32::MAX),
                 validate_message_type: true,
             })),
-            Some(PubSub::Subscription(s)) => Some(PubSub::Subscription(pb::Subscription {
-                // A FIFO consumer group's push consumers consume each message group in order.
-                fifo: Some(s.group.as_ref().is_some_and(|g| self.group_is_fifo(&g.name))),
-                group: s.group,
-                subscriptions: s.subscriptions,
-                receive_batch_size: Some(settings.max_receive_batch as i32),
-                long_polling_timeout: Some(duration(settings.max_long_polling_ms.min(20_000))),
-                ..Default::default()
-            })),
+            Some(PubSub::Subscription(s)) => {
+                let config = s.group.as_ref().map(|g| self.group_config(&g.name)).unwrap_or_default();
+                backoff_policy = pb::RetryPolicy {
+                    max_attempts: i32::try_from(config.max_attempts).unwrap_or(i32::MAX),
+                    strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(pb::CustomizedBackoff {
+                        next: CONSUME_BACKOFF_SECS
+                            .iter()
+                            .map(|s| prost_types::Duration { seconds: *s, nanos: 0 })
+                            .collect(),
+                    })),
+                };
+                Some(PubSub::Subscription(pb::Subscription {
+                    // A FIFO consumer group's push consumers consume each message group in order.
+                    fifo: Some(config.fifo),
+                    group: s.group,
+                    subscriptions: s.subscriptions,
+                    receive_batch_size: Some(settings.max_receive_batch as i32),
+                    long_polling_timeout: Some(duration(settings.max_long_polling_ms.min(20_000))),
+                    ..Default::default()
+                }))
+            }
             None => None,
         };
         pb::Settings {
             client_type: client.client_type,
             access_point: client.access_point,
-            backoff_policy: Some(pb::RetryPolicy {
-                max_attempts: 3,
-                strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(pb::ExponentialBackoff {
-                    initial: Some(duration(RETRY_INITIAL_MS)),
-                    max: Some(duration(RETRY_MAX_MS)),
-                    multiplier: 2.0,
-                })),
-            }),
+            backoff_policy: Some(backoff_policy),
             request_timeout: client.request_timeout.or(Some(duration(3_000))),
             user_agent: client.user_agent,
             metric: client.metric,

@@ -342,6 +342,11 @@ impl Dispatch {
                         }
                     }
                 }
+                Command::ForwardToDeadLetter { group, letter, .. } => {
+                    if let Some(dlq) = machine.dead_letter_topic_at(group, index) {
+                        self.record_stored_earlier(letter.log_index, letter.slot, &dlq, QueueId(0), min_offsets)?;
+                    }
+                }
                 Command::DeleteTopic { topic } => {
                     self.stores.consume_queues().remove_topic(topic.as_str())?;
                     self.progress.next.retain(|(t, _), _| t != topic.as_str());
@@ -485,6 +490,11 @@ impl Dispatch {
                         for _ in takes.iter().flat_map(|t| &t.dead) {
                             count(&dlq, QueueId(0));
                         }
+                    }
+                }
+                EntryPayload::Normal(Command::ForwardToDeadLetter { group, .. }) => {
+                    if let Some(dlq) = machine.dead_letter_topic_at(group, index) {
+                        count(&dlq, QueueId(0));
                     }
                 }
                 _ => {}

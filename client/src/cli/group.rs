@@ -3,7 +3,9 @@
 use anyhow::Context as _;
 use raftmq_client::proto::admin::v1::QueueProgress;
 use raftmq_client::proto::rocketmq::v2::Code;
-use raftmq_client::{Admin, ClientList, GroupProgress, PullConsumer, ReceivedMessage, ResetTo, StartFrom};
+use raftmq_client::{
+    Admin, ClientList, GroupProgress, Message, Producer, PullConsumer, ReceivedMessage, ResetTo, StartFrom,
+};
 
 use super::table::Table;
 
@@ -58,20 +60,20 @@ pub fn render_dead_letters(messages: &[ReceivedMessage]) -> String {
     t.render()
 }
 
-/// `dlq list GROUP`: reads the dead-letter topic from its start with a pull consumer (no
-/// consumer group's position moves).
-#[allow(clippy::print_stdout)]
-pub async fn dead_letters(endpoints: &str, group: &str, limit: usize) -> anyhow::Result<()> {
+/// Most dead letters one `dlq list` or `dlq resend` reads.
+const MAX_DEAD_LETTERS_READ: usize = 100_000;
+
+/// Reads `group`'s dead-letter topic from its start with a pull consumer (no consumer
+/// group's position moves), at most `limit` messages, oldest first; `None` when the topic
+/// does not exist (nothing was ever dead-lettered).
+async fn read_dead_letters(endpoints: &str, group: &str, limit: usize) -> anyhow::Result<Option<Vec<ReceivedMessage>>> {
     let topic = format!("%DLQ%{group}");
     let reader = PullConsumer::new(endpoints, "mqadmin-dlq-reader", &topic, "*", StartFrom::Earliest)?;
     let mut messages = Vec::new();
     while messages.len() < limit {
         let batch = match reader.pull(32, std::time::Duration::ZERO).await {
             Ok(b) => b,
-            Err(e) if e.broker_code() == Some(Code::TopicNotFound) => {
-                println!("consumer group {group} has no dead letters ({topic} does not exist)");
-                return Ok(());
-            }
+            Err(e) if e.broker_code() == Some(Code::TopicNotFound) => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {topic}")),
         };
         if batch.is_empty() {
@@ -81,10 +83,79 @@ pub async fn dead_letters(endpoints: &str, group: &str, limit: usize) -> anyhow:
     }
     messages.sort_by_key(|m| m.offset);
     messages.truncate(limit);
+    Ok(Some(messages))
+}
+
+/// `dlq list GROUP`.
+#[allow(clippy::print_stdout)]
+pub async fn dead_letters(endpoints: &str, group: &str, limit: usize) -> anyhow::Result<()> {
+    let Some(messages) = read_dead_letters(endpoints, group, limit.min(MAX_DEAD_LETTERS_READ)).await? else {
+        println!("consumer group {group} has no dead letters (%DLQ%{group} does not exist)");
+        return Ok(());
+    };
     if messages.is_empty() {
         println!("consumer group {group} has no dead letters");
     }
     print!("{}", render_dead_letters(&messages));
+    Ok(())
+}
+
+/// The message a dead letter is sent again as, and the topic it goes to: its original
+/// topic, keys, tag, message group and user properties (without the delivery's
+/// RETRY_TOPIC), and ORIGIN_MESSAGE_ID naming it.
+pub fn resend_of(dead: &ReceivedMessage) -> anyhow::Result<(String, Message)> {
+    let topic = dead.properties.get(ORIGINAL_TOPIC).cloned().with_context(|| {
+        format!("dead letter {} (offset {}) does not name its original topic", dead.message_id, dead.offset)
+    })?;
+    let mut m = Message::new(dead.body.clone());
+    m.tag = dead.tag.clone();
+    m.keys = dead.keys.clone();
+    m.message_group = dead.message_group.clone();
+    m.properties = dead.properties.clone();
+    m.properties.remove(ORIGINAL_TOPIC);
+    m.properties.insert(ORIGIN_MESSAGE_ID.to_string(), dead.message_id.clone());
+    Ok((topic, m))
+}
+
+/// The property a dead letter's delivery names its original topic in.
+const ORIGINAL_TOPIC: &str = "RETRY_TOPIC";
+/// The property a resent message names the dead letter it came from in.
+const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+
+/// `dlq resend GROUP --id ID... | --all` (`ids` empty: all).
+#[allow(clippy::print_stdout)]
+pub async fn resend_dead_letters(endpoints: &str, group: &str, ids: &[String]) -> anyhow::Result<()> {
+    let Some(messages) = read_dead_letters(endpoints, group, MAX_DEAD_LETTERS_READ).await? else {
+        anyhow::bail!("consumer group {group} has no dead letters (%DLQ%{group} does not exist)");
+    };
+    let chosen: Vec<&ReceivedMessage> =
+        messages.iter().filter(|m| ids.is_empty() || ids.contains(&m.message_id)).collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !messages.iter().any(|m| &m.message_id == *id)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "not in the dead letters of {group}: {}; nothing was resent (see `mqadmin dlq list {group}`)",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let resends = chosen.iter().map(|m| resend_of(m)).collect::<anyhow::Result<Vec<_>>>()?;
+    let producer = Producer::new(endpoints)?;
+    let mut t = Table::new(&["DLQ OFFSET", "DEAD LETTER ID", "TOPIC", "NEW MESSAGE ID", "QUEUE", "OFFSET"]);
+    for (dead, (topic, message)) in chosen.iter().zip(resends) {
+        let receipt = producer
+            .send(&topic, message)
+            .await
+            .with_context(|| format!("resending dead letter {} to {topic}", dead.message_id))?;
+        t.row(vec![
+            dead.offset.to_string(),
+            dead.message_id.clone(),
+            topic,
+            receipt.message_id.clone(),
+            receipt.queue_id.to_string(),
+            receipt.offset.map_or_else(|| "-".to_string(), |o| o.to_string()),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("resent {} dead letters of {group}", chosen.len());
     Ok(())
 }
 
