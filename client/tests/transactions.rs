@@ -124,8 +124,8 @@ fn resource(name: &str) -> Option<pb::Resource> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_on_a_follower_gets_the_check_back_and_its_answer_commits() -> anyhow::Result<()> {
-    let transactions = TransactionSettings { timeout_ms: 500, check_interval_ms: 60_000, max_checks: 15 };
+async fn a_producer_on_a_follower_gets_the_check_back_from_a_new_leader_and_its_answer_commits() -> anyhow::Result<()> {
+    let transactions = TransactionSettings { timeout_ms: 2_000, check_interval_ms: 60_000, max_checks: 15 };
     let group =
         Group::start_with(ServiceSettings { auto_create_queues: Some(2), transactions, ..ServiceSettings::default() })
             .await?;
@@ -153,6 +153,12 @@ async fn a_producer_on_a_follower_gets_the_check_back_and_its_answer_commits() -
     commands.message().await?.ok_or_else(|| anyhow::anyhow!("no settings answer"))?;
 
     let orphan = producer.send_in_transaction("orders", Message::new("orphan").with_key("order-7")).await?;
+    // The leader stops before the transaction is due for a check: the new leader checks it
+    // back (the open transaction is replicated state).
+    let leader = group.leader(Duration::from_secs(10)).await?;
+    anyhow::ensure!(leader != follower, "the producer's node must outlive the leader");
+    let mut group = group;
+    group.stop(leader).await;
     let recover = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match commands.message().await? {
