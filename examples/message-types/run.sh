@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Rust client's example per message type and consumption mode (client/examples:
 # normal, fifo, delay, transaction, broadcast, filter) against a three-node `mqbroker dev`
-# group on spare ports in a temporary directory; each example checks its own promise and
+# group on spare ports in a temporary directory (RAFTMQ_GROUP=processes: a nameserver and
+# three `mqbroker --config` processes); each example checks its own promise and
 # exits non-zero when it is broken.
 # Usage: examples/message-types/run.sh [path-to-mqbroker]
 set -euo pipefail

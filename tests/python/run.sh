@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the official RocketMQ 5 Python client against `mqbroker dev`: installs
 # rocketmq-python-client==5.1.2 from PyPI into a virtualenv, starts a three-node dev group
-# on spare ports in a temporary directory, and runs official_client.py against it.
+# on spare ports in a temporary directory (RAFTMQ_GROUP=processes: a nameserver and three
+# `mqbroker --config` processes instead), and runs official_client.py against it.
 # Usage: tests/python/run.sh [path-to-mqbroker]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

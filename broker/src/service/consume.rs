@@ -245,17 +245,7 @@ impl Broker {
                     ),
                 ));
             }
-            let record = self
-                .inner
-                .stores
-                .record(&topic, receipt.queue, receipt.offset)
-                .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?
-                .ok_or_else(|| {
-                    Refusal::unavailable(format!(
-                        "queue {} offset {} of {topic} is not in this node's ConsumeQueue",
-                        receipt.queue.0, receipt.offset.0
-                    ))
-                })?;
+            let record = self.cq_record(&topic, receipt.queue, receipt.offset)?;
             let letter = DeadLetter {
                 offset: receipt.offset,
                 pop_id: receipt.pop_id,

@@ -18,8 +18,9 @@ use super::proposer::now_ms;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
 use super::{BoxStream, Broker};
+use crate::store::consume_queue::QueueRecord;
 use raftmq_machine::plan::{Fresh, PopScope};
-use raftmq_machine::types::{GroupName, Millis, QueueId, StoredMessage, TopicName};
+use raftmq_machine::types::{GroupName, Millis, QueueId, QueueOffset, StoredMessage, TopicName};
 use raftmq_machine::{Command, Popped, Response, Slot};
 
 /// Time kept between our answer and the client's deadline.
@@ -247,21 +248,30 @@ impl Broker {
         }
     }
 
+    /// The ConsumeQueue record of `topic`'s `queue` at `offset` on this node.
+    pub(super) fn cq_record(
+        &self,
+        topic: &TopicName,
+        queue: QueueId,
+        offset: QueueOffset,
+    ) -> Result<QueueRecord, Refusal> {
+        self.inner
+            .stores
+            .record(topic, queue, offset)
+            .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?
+            .ok_or_else(|| {
+                Refusal::unavailable(format!(
+                    "queue {} offset {} of {topic} is not in this node's ConsumeQueue",
+                    queue.0, offset.0
+                ))
+            })
+    }
+
     /// Reads the bodies of popped messages: their ConsumeQueue records, then the CommitLog.
     fn load(&self, topic: &TopicName, at: &[Popped]) -> Result<Vec<(StoredMessage, Millis)>, Refusal> {
         let mut locations = Vec::with_capacity(at.len());
         for p in at {
-            let record = self
-                .inner
-                .stores
-                .record(topic, p.queue, p.offset)
-                .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))?
-                .ok_or_else(|| {
-                    Refusal::unavailable(format!(
-                        "queue {} offset {} is not in this node's ConsumeQueue",
-                        p.queue.0, p.offset.0
-                    ))
-                })?;
+            let record = self.cq_record(topic, p.queue, p.offset)?;
             locations.push((record.log_index.0, record.slot.0, record.store_time));
         }
         self.load_at(&locations)
