@@ -4,6 +4,7 @@
 //! a half message is stored but invisible until [`Producer::commit`]; [`Producer::rollback`]
 //! drops it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftmq_proto::rocketmq::v2 as pb;
@@ -38,6 +39,26 @@ impl Producer {
     pub async fn send(&self, topic: &str, message: Message) -> Result<SendReceipt, Error> {
         let mut receipts = self.send_batch(topic, vec![message]).await?;
         receipts.pop().ok_or_else(|| Error::protocol("send", "", "the broker answered no result"))
+    }
+
+    /// Sends one message without waiting (RocketMQ's `sendAsync`): the send starts at once
+    /// on a task of its own and the returned future gives its receipt, or the error, once
+    /// the broker group committed it or the send gave up. Dropping the future does not stop
+    /// the send. (RocketMQ's oneway send has no place in its v2 protocol, where every send
+    /// is answered: use this and drop the future.)
+    pub fn send_async(
+        self: &Arc<Self>,
+        topic: &str,
+        message: Message,
+    ) -> impl Future<Output = Result<SendReceipt, Error>> + Send + 'static {
+        let (this, topic) = (self.clone(), topic.to_string());
+        let task = tokio::spawn(async move { this.send(&topic, message).await });
+        async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::protocol("send", "", format!("the send's task ended without an answer: {e}"))),
+            }
+        }
     }
 
     /// Sends messages to `topic` in one request (one queue, unless they carry message

@@ -146,3 +146,24 @@ async fn sends_fail_over_when_the_leader_stops() -> anyhow::Result<()> {
     group.shutdown().await;
     Ok(())
 }
+
+/// `send_async` (RocketMQ's `sendAsync`): many sends started at once from one producer,
+/// their receipts collected later; every message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_sends_run_concurrently_and_each_gives_its_receipt() -> anyhow::Result<()> {
+    let group = Group::start(Some(4)).await?;
+    let producer = std::sync::Arc::new(Producer::new(&group.endpoints())?);
+    let pending: Vec<_> = (0..100).map(|i| producer.send_async("orders", Message::new(format!("async-{i}")))).collect();
+    let mut ids = BTreeSet::new();
+    for send in pending {
+        let receipt = send.await?;
+        assert!(receipt.offset.is_some(), "a committed send has its queue offset");
+        ids.insert(receipt.message_id);
+    }
+    assert_eq!(ids.len(), 100, "each send has its own message id");
+    let consumer = SimpleConsumer::new(&group.endpoints(), "async-readers", "orders", "*")?;
+    let got = receive_all(&consumer, 100, Duration::from_secs(30)).await?;
+    assert_eq!(got.len(), 100);
+    group.shutdown().await;
+    Ok(())
+}
