@@ -71,6 +71,8 @@ pub struct QueueProgress {
     pub next_fresh: Option<u64>,
     /// Receives (pop): delivered, not yet acknowledged.
     pub inflight: usize,
+    /// Receives (pop, FIFO groups): passed over, waiting for their message group.
+    pub deferred: usize,
     /// Pulls: the committed offset.
     pub committed: Option<u64>,
 }
@@ -87,9 +89,12 @@ impl QueueProgress {
         self.max_offset.saturating_sub(self.consumer_offset())
     }
 
-    /// Messages never delivered to the group (pops), or not yet consumed.
+    /// Messages never delivered to the group (pops: past its fresh edge, or deferred behind
+    /// their message group), or not yet consumed (pulls).
     pub fn ready(&self) -> u64 {
-        self.max_offset.saturating_sub(self.next_fresh.unwrap_or(self.consumer_offset()).max(self.min_offset))
+        let fresh =
+            self.max_offset.saturating_sub(self.next_fresh.unwrap_or(self.consumer_offset()).max(self.min_offset));
+        fresh + self.deferred as u64
     }
 }
 
@@ -254,6 +259,7 @@ impl Machine {
                 acked_below: None,
                 next_fresh: None,
                 inflight: 0,
+                deferred: 0,
                 committed: None,
             }))
         }
@@ -262,6 +268,7 @@ impl Machine {
                 p.acked_below = Some(state.ack_offset);
                 p.next_fresh = Some(state.next_fresh);
                 p.inflight = state.inflight_count();
+                p.deferred = state.deferred_count();
             }
         }
         for ((_, topic, queue), offset) in self.offsets.iter().filter(|((g, _, _), _)| g == group) {

@@ -528,6 +528,9 @@ fn a_fifo_group_gets_each_message_group_in_order_one_at_a_time() {
     assert_eq!(offsets(&first), [0, 1, 3]);
     assert!(w.pop(100, "ordered", "t", 10, "*").is_empty(), "a2, b2 and a3 wait for their groups");
     assert!(!w.m.pop_outlook(PopScope::all(&group("ordered"), &topic("t")), Millis(100)).0);
+    // Progress counts the deferred as ready (never delivered), not as in flight.
+    let p = &w.m.group_progress(&group("ordered"))[0];
+    assert_eq!((p.inflight, p.deferred, p.ready()), (3, 3, 3));
     // a1 acked: a2 is next, b2 still waits for b1.
     let a1 = first.iter().find(|p| p.offset.0 == 0).expect("a1").receipt.clone();
     assert_eq!(w.ack("ordered", "t", vec![a1]), vec![Ok(())]);
