@@ -12,6 +12,7 @@ use raftmq_proto::rocketmq::v2::telemetry_command::Command as Telemetry;
 use tonic::Streaming;
 
 use super::convert::duration;
+use super::filter::Filter;
 use super::status;
 use super::{BoxStream, Broker};
 use crate::sessions::Sessions;
@@ -46,6 +47,20 @@ enum Event {
     Push(pb::TelemetryCommand),
     /// The client closed its side: the stream ends.
     End,
+}
+
+/// Logs each subscription of a consumer's settings whose filter does not parse: the
+/// client learns it from its first receive (`ILLEGAL_FILTER_EXPRESSION`, naming the
+/// column), the operator from this line at subscribe time.
+fn warn_bad_filters(client: &str, settings: &pb::Settings) {
+    let Some(PubSub::Subscription(sub)) = &settings.pub_sub else { return };
+    let group = sub.group.as_ref().map_or("", |g| g.name.as_str());
+    for entry in &sub.subscriptions {
+        if let Err(refusal) = Filter::of(entry.expression.as_ref()) {
+            let topic = entry.topic.as_ref().map_or("", |t| t.name.as_str());
+            tracing::warn!(client, group, topic, error = %refusal.message, "a consumer subscribed with a bad filter");
+        }
+    }
 }
 
 impl Broker {
@@ -135,6 +150,7 @@ impl Broker {
                         if let Some((id, address)) = &client {
                             this.inner.sessions.settings(id, *address, &s);
                         }
+                        warn_bad_filters(client.as_ref().map_or("", |(id, _)| id.as_str()), &s);
                         Some(Ok(pb::TelemetryCommand {
                             status: Some(status::ok()),
                             command: Some(Telemetry::Settings(this.answer_settings(s))),
