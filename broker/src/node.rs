@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use raft_log::{Log, RaftLogStore};
-use raftmq_machine::codec::ENTRY_VERSION;
+use raftmq_machine::codec::{ENTRY_VERSION, OLDEST_READ_ENTRY_VERSION};
 use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
 use raftmq_proto::raft::v1::raft_service_server::RaftServiceServer;
 use raftmq_proto::rocketmq::v2::messaging_service_server::MessagingServiceServer;
@@ -124,7 +124,7 @@ impl Node {
         let config = Arc::new(raft_config(&cfg)?);
         // The store tells `ack = "leader"` proposers when the leader's write is durable.
         let store = AckLogStore::new(
-            RaftLogStore::<TypeConfig>::with_entry_version(log.clone(), ENTRY_VERSION),
+            RaftLogStore::<TypeConfig>::with_entry_versions(log.clone(), OLDEST_READ_ENTRY_VERSION..=ENTRY_VERSION),
             FlushWaiters::new(DEFAULT_WAITERS),
         );
         let raft = Raft::new(cfg.node_id, config, Network::new(&cfg.group), store.clone(), state.clone())

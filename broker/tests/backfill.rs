@@ -100,7 +100,7 @@ fn read_all(node: &Node, sent: &BTreeMap<String, Bytes>) -> anyhow::Result<Reads
     };
     anyhow::ensure!(locations.len() == sent.len(), "{} queue records for {} messages", locations.len(), sent.len());
     for (index, slot) in locations {
-        let m = match read_message(&node.log, ENTRY_VERSION, index, Slot(slot)) {
+        let m = match read_message(&node.log, &(ENTRY_VERSION..=ENTRY_VERSION), index, Slot(slot)) {
             Ok(Some(m)) => m,
             Ok(None) => anyhow::bail!("entry {index} slot {slot} is missing and not marked as being copied in"),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Reads::Copying(e.to_string())),
@@ -234,7 +234,7 @@ async fn a_member_first_started_after_the_purge_gets_every_retained_message_then
     for id in ids.into_iter().flatten() {
         let hits = fresh.stores.lookup(IndexKey::Id(id), Millis(0), Millis(i64::MAX))?;
         anyhow::ensure!(hits.len() == 1, "{id}: {hits:?}");
-        let m = read_message(&fresh.log, ENTRY_VERSION, hits[0].log_index.0, hits[0].slot)?;
+        let m = read_message(&fresh.log, &(ENTRY_VERSION..=ENTRY_VERSION), hits[0].log_index.0, hits[0].slot)?;
         anyhow::ensure!(m.as_ref().map(|m| &m.message_id) == Some(id), "{id}: wrong message at {:?}", hits[0]);
     }
 

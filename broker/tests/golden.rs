@@ -77,6 +77,26 @@ fn log_entries_keep_their_bytes_and_refuse_other_versions() -> anyhow::Result<()
     Ok(())
 }
 
+/// A log entry written by a build of the oldest format still read (version 8) is decoded by
+/// a node's store; a store that reads only today's format refuses it.
+#[test]
+fn log_entries_of_the_oldest_format_still_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (log, _) =
+        Log::open(dir.path(), LogConfig { segment_size: 1 << 20, max_payload: 256 << 10, ..LogConfig::default() })?;
+    let old = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/entry-v8.bin"))?;
+    assert_eq!(old[..4], codec::OLDEST_READ_ENTRY_VERSION.to_le_bytes());
+    let record = Record { index: 42, term: 3, payload: Bytes::from(old) };
+    let store =
+        RaftLogStore::<TypeConfig>::with_entry_versions(log.clone(), codec::OLDEST_READ_ENTRY_VERSION..=ENTRY_VERSION);
+    let entry = Entry::new(log_id(42), EntryPayload::Normal(send()));
+    assert_eq!(store.decode_entry(&record)?, entry);
+    let strict = RaftLogStore::<TypeConfig>::with_entry_version(log, ENTRY_VERSION);
+    let error = strict.decode_entry(&record).expect_err("only today's format").to_string();
+    assert!(error.contains("version 8") && error.contains(&format!("reads version {ENTRY_VERSION}")), "{error}");
+    Ok(())
+}
+
 #[test]
 fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     let mut machine = Machine::new("g1");

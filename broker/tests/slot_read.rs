@@ -61,13 +61,13 @@ fn check_all(log: &Log, entries: &[(Entry, Vec<StoredMessage>)]) -> anyhow::Resu
     for (entry, messages) in entries {
         let index = entry.log_id.index();
         for (slot, m) in messages.iter().enumerate() {
-            let read = read_message(log, ENTRY_VERSION, index, Slot(slot as u32))?;
+            let read = read_message(log, &(ENTRY_VERSION..=ENTRY_VERSION), index, Slot(slot as u32))?;
             anyhow::ensure!(read.as_ref() == Some(m), "entry {index} slot {slot}");
         }
-        let past = read_message(log, ENTRY_VERSION, index, Slot(messages.len() as u32))?;
+        let past = read_message(log, &(ENTRY_VERSION..=ENTRY_VERSION), index, Slot(messages.len() as u32))?;
         anyhow::ensure!(past.is_none(), "entry {index} has no slot {}", messages.len());
     }
-    anyhow::ensure!(read_message(log, ENTRY_VERSION, 99, Slot(0))?.is_none(), "no entry 99");
+    anyhow::ensure!(read_message(log, &(ENTRY_VERSION..=ENTRY_VERSION), 99, Slot(0))?.is_none(), "no entry 99");
     Ok(())
 }
 
@@ -111,11 +111,12 @@ async fn every_slot_reads_alone_from_memory_and_files_and_damage_is_named() -> a
     file.sync_all()?;
     drop(file);
 
-    let error = read_message(&log, ENTRY_VERSION, 4, Slot(2)).expect_err("a damaged message is an error");
+    let error =
+        read_message(&log, &(ENTRY_VERSION..=ENTRY_VERSION), 4, Slot(2)).expect_err("a damaged message is an error");
     let text = error.to_string();
     assert!(text.contains("log entry 4") && text.contains("slot 2") && text.contains("CRC32C"), "{text}");
     for slot in [0u32, 1, 3, 4] {
-        let read = read_message(&log, ENTRY_VERSION, 4, Slot(slot))?;
+        let read = read_message(&log, &(ENTRY_VERSION..=ENTRY_VERSION), 4, Slot(slot))?;
         assert_eq!(read.as_ref(), Some(&target.1[slot as usize]), "neighbour slot {slot} still reads");
     }
     // The whole-record read checks the record's CRC and refuses it too.

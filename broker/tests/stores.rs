@@ -99,7 +99,7 @@ fn contents(node: &Node, topics: &[(&str, u32)], keys: &[String]) -> anyhow::Res
         let found = if kind == "id" { lookup(IndexKey::Id(k))? } else { lookup(IndexKey::Key(k))? };
         let mut positions = Vec::new();
         for h in found {
-            let m = read_message(&node.log, ENTRY_VERSION, h.log_index.0, h.slot)?
+            let m = read_message(&node.log, &(ENTRY_VERSION..=ENTRY_VERSION), h.log_index.0, h.slot)?
                 .ok_or_else(|| anyhow::anyhow!("hit {h:?} names no message"))?;
             if node.state.read(|a| a.machine.accepts(&m, h.log_index).is_ok()) {
                 positions.push((h.log_index.0, h.slot.0));

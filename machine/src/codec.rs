@@ -8,6 +8,10 @@ use serde::de::DeserializeOwned;
 /// Format version of the commands in log entries (the CommitLog adapter writes it at the
 /// start of every entry's payload).
 pub const ENTRY_VERSION: u32 = 9;
+/// The oldest entry format still read: version 8 differs from 9 only in lacking the last
+/// command (`ForwardToDeadLetter`), so its entries decode the same (golden test
+/// `older_entries_still_read`); a log written by a version 8 build goes on under this one.
+pub const OLDEST_READ_ENTRY_VERSION: u32 = 8;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
 /// Format version of snapshots.

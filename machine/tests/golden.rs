@@ -159,6 +159,28 @@ fn commands_keep_their_bytes() {
     check("commands-v9.bin", &all);
 }
 
+/// Entries written by a build of the oldest format still read decode to today's commands:
+/// the version 8 sample holds every command but the one version 9 added.
+#[test]
+fn older_entries_still_read() {
+    assert_eq!(codec::OLDEST_READ_ENTRY_VERSION, 8, "a sample of each version still read");
+    let stored = std::fs::read(sample_path("commands-v8.bin")).expect("read the version 8 sample");
+    let mut rest = &stored[..];
+    let mut decoded = Vec::new();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let (bytes, tail) = tail.split_at(len);
+        let (command, used): (Command, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard()).expect("a version 8 entry decodes");
+        assert_eq!(used, len);
+        decoded.push(command);
+        rest = tail;
+    }
+    let expected: Vec<Command> =
+        commands().into_iter().filter(|c| !matches!(c, Command::ForwardToDeadLetter { .. })).collect();
+    assert_eq!(decoded, expected);
+}
+
 #[test]
 fn snapshot_keeps_its_bytes() {
     assert_eq!(SNAPSHOT_VERSION, 6, "a new snapshot version needs a new sample file");

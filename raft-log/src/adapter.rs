@@ -18,7 +18,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, RangeBounds, RangeInclusive};
 
 use bytes::Bytes;
 use openraft::alias::{LogIdOf, VoteOf};
@@ -51,6 +51,9 @@ type CommittedOf<C> = <<C as RaftTypeConfig>::LeaderId as openraft::vote::RaftLe
 pub struct RaftLogStore<C> {
     log: Log,
     entry_version: u32,
+    /// The oldest entry format version read (the application's encoding of that version
+    /// decodes the same with today's types).
+    oldest_read: u32,
     _types: PhantomData<fn() -> C>,
 }
 
@@ -59,7 +62,12 @@ pub const DEFAULT_ENTRY_VERSION: u32 = 1;
 
 impl<C> Clone for RaftLogStore<C> {
     fn clone(&self) -> Self {
-        Self { log: self.log.clone(), entry_version: self.entry_version, _types: PhantomData }
+        Self {
+            log: self.log.clone(),
+            entry_version: self.entry_version,
+            oldest_read: self.oldest_read,
+            _types: PhantomData,
+        }
     }
 }
 
@@ -78,12 +86,25 @@ impl<C> RaftLogStore<C> {
     /// Wraps an open log whose entries carry (and must carry) format version `version`:
     /// the application's encoding of its commands.
     pub fn with_entry_version(log: Log, version: u32) -> Self {
-        Self { log, entry_version: version, _types: PhantomData }
+        Self::with_entry_versions(log, version..=version)
     }
 
-    /// The entry format version written and read.
+    /// Wraps an open log whose entries are written with format version `versions.end()` and
+    /// read with any of `versions` (older encodings that today's types decode the same, for
+    /// a log written by an earlier build).
+    pub fn with_entry_versions(log: Log, versions: RangeInclusive<u32>) -> Self {
+        let (oldest_read, entry_version) = versions.into_inner();
+        Self { log, entry_version, oldest_read: oldest_read.min(entry_version), _types: PhantomData }
+    }
+
+    /// The entry format version written.
     pub fn entry_version(&self) -> u32 {
         self.entry_version
+    }
+
+    /// The entry format versions read.
+    pub fn readable_versions(&self) -> RangeInclusive<u32> {
+        self.oldest_read..=self.entry_version
     }
 
     /// The underlying log, for reads of retained (even purged) records.
@@ -108,15 +129,16 @@ impl<C: RaftTypeConfig> RaftLogStore<C> {
         Ok(Bytes::from(out))
     }
 
-    /// Decodes a record written by [`Self::encode_entry`], checking its format version.
+    /// Decodes a record written by [`Self::encode_entry`] (or by a build whose format this
+    /// one reads), checking its format version.
     pub fn decode_entry(&self, record: &Record) -> io::Result<C::Entry> {
-        decode_entry::<C>(record, self.entry_version)
+        decode_entry::<C>(record, self.readable_versions())
     }
 }
 
-/// Decodes a record written by [`RaftLogStore::encode_entry`] with entry format `version`;
-/// another version is an error naming the record's index.
-pub fn decode_entry<C: RaftTypeConfig>(record: &Record, version: u32) -> io::Result<C::Entry> {
+/// Decodes a record written by [`RaftLogStore::encode_entry`] with an entry format in
+/// `versions`; another version is an error naming the record's index.
+pub fn decode_entry<C: RaftTypeConfig>(record: &Record, versions: RangeInclusive<u32>) -> io::Result<C::Entry> {
     let Some((found, body)) = record.payload.split_first_chunk::<4>() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -124,17 +146,27 @@ pub fn decode_entry<C: RaftTypeConfig>(record: &Record, version: u32) -> io::Res
         ));
     };
     let found = u32::from_le_bytes(*found);
-    if found != version {
+    if !versions.contains(&found) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "log entry {} has entry format version {found}, this build reads version {version}; \
+                "log entry {} has entry format version {found}, this build reads {}; \
                  run a raftmq build that reads version {found}",
-                record.index
+                record.index,
+                describe_versions(&versions)
             ),
         ));
     }
     decode(body, &format!("log entry {}", record.index))
+}
+
+/// "version 9" or "versions 8 to 9".
+pub fn describe_versions(versions: &RangeInclusive<u32>) -> String {
+    if versions.start() == versions.end() {
+        format!("version {}", versions.end())
+    } else {
+        format!("versions {} to {}", versions.start(), versions.end())
+    }
 }
 
 fn bincode_config() -> bincode::config::Configuration {

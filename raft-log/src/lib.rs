@@ -20,7 +20,7 @@ mod meta;
 pub mod record;
 mod segment;
 
-pub use crate::adapter::{RaftLogStore, decode_entry};
+pub use crate::adapter::{RaftLogStore, decode_entry, describe_versions};
 pub use crate::core::{
     Backfilled, LogConfig, LogCore, MAX_SYNC_INTERVAL, OpenReport, RemovedSegment, Retention, SyncPolicy,
 };

@@ -164,7 +164,7 @@ impl AckLogStore {
     /// messages ([`super::slot::read_message`]): `None` when the log no longer holds the
     /// entry or it holds no such message; a damaged message is an error.
     pub fn message_at(&self, index: u64, slot: Slot) -> io::Result<Option<StoredMessage>> {
-        super::slot::read_message(self.inner.log(), self.inner.entry_version(), index, slot)
+        super::slot::read_message(self.inner.log(), &self.inner.readable_versions(), index, slot)
     }
 
     /// The first index the CommitLog holds (purged ones included while retained).

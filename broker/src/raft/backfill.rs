@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::network::read_segment;
 use super::{Entry, NodeId, Raft, TypeConfig};
 use crate::durable::write_durably;
-use raftmq_machine::codec::ENTRY_VERSION;
+use raftmq_machine::codec::{ENTRY_VERSION, OLDEST_READ_ENTRY_VERSION};
 
 /// File (in the state directory) holding the range still to copy.
 const PENDING_FILE: &str = "backfill.bin";
@@ -354,8 +354,8 @@ fn sources(raft: &Raft, me: NodeId) -> Vec<(NodeId, String)> {
 /// Checks that a record's payload is the log entry its header names.
 fn check_entry(r: &raftmq_proto::raft::v1::LogRecord) -> Result<(), String> {
     let record = Record { index: r.index, term: r.term, payload: r.payload.clone() };
-    let entry: Entry =
-        raft_log::decode_entry::<TypeConfig>(&record, ENTRY_VERSION).map_err(|e| format!("record {}: {e}", r.index))?;
+    let entry: Entry = raft_log::decode_entry::<TypeConfig>(&record, OLDEST_READ_ENTRY_VERSION..=ENTRY_VERSION)
+        .map_err(|e| format!("record {}: {e}", r.index))?;
     let id = entry.log_id();
     if id.index() != r.index || id.committed_leader_id().term != r.term {
         return Err(format!("record {} (term {}) holds entry {id}", r.index, r.term));

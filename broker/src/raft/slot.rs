@@ -4,6 +4,7 @@
 //! stands in for the record's, which a partial read cannot check.
 
 use std::io;
+use std::ops::RangeInclusive;
 use std::sync::OnceLock;
 
 use openraft::EntryPayload;
@@ -53,19 +54,20 @@ struct BatchAt {
     len: u64,
 }
 
-/// Finds the batch of the `Send` entry whose payload starts with `first` (written with
-/// entry format `version`); `None` when the entry is not a `Send`.
-fn find_batch(first: &PayloadPart, version: u32) -> io::Result<Option<BatchAt>> {
+/// Finds the batch of the `Send` entry whose payload starts with `first` (written with an
+/// entry format in `versions`); `None` when the entry is not a `Send`.
+fn find_batch(first: &PayloadPart, versions: &RangeInclusive<u32>) -> io::Result<Option<BatchAt>> {
     let index = first.index;
     let Some((found, body)) = first.bytes.split_first_chunk::<4>() else {
         return Err(invalid(index, format!("{} bytes, too short for its format version", first.bytes.len())));
     };
     let found = u32::from_le_bytes(*found);
-    if found != version {
+    if !versions.contains(&found) {
         return Err(invalid(
             index,
             format!(
-                "entry format version {found}, this build reads version {version}; run a raftmq build that reads version {found}"
+                "entry format version {found}, this build reads {}; run a raftmq build that reads version {found}",
+                raft_log::describe_versions(versions)
             ),
         ));
     }
@@ -107,15 +109,20 @@ fn bytes_at(log: &Log, first: &PayloadPart, from: u64, to: u64) -> io::Result<by
     Ok(part.bytes)
 }
 
-/// The message in `slot` of the log entry at `index` (entry format `version`), reading only
+/// The message in `slot` of the log entry at `index` (entry format in `versions`), reading only
 /// the entry's head, its batch's table up to the slot, and the slot. `None` when the log
 /// does not hold the entry, it is not a `Send`, or it has no such slot; a message whose
 /// bytes do not match their CRC32C is an error naming the entry and slot.
-pub fn read_message(log: &Log, version: u32, index: u64, slot: Slot) -> io::Result<Option<StoredMessage>> {
+pub fn read_message(
+    log: &Log,
+    versions: &RangeInclusive<u32>,
+    index: u64,
+    slot: Slot,
+) -> io::Result<Option<StoredMessage>> {
     let Some(first) = log.read_payload_part(index, 0..FIRST_READ_BYTES).map_err(io::Error::from)? else {
         return Ok(None);
     };
-    let Some(batch) = find_batch(&first, version)? else { return Ok(None) };
+    let Some(batch) = find_batch(&first, versions)? else { return Ok(None) };
     let table_len = (MessageBatch::table_prefix_for(slot) as u64).min(batch.len);
     let table = bytes_at(log, &first, batch.start, batch.start + table_len)?;
     let damaged = |e: raftmq_machine::codec::CodecError| invalid(index, format!("slot {}: {e}", slot.0));
