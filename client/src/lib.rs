@@ -3,6 +3,7 @@
 //! - [`Producer`]: sends messages (round robin over a topic's queues, or by message group)
 //!   to the leader its route names.
 //! - [`SimpleConsumer`]: receives with long polling, acks, changes invisibility.
+//! - [`PushConsumer`]: reads the queues the broker assigns it and calls a listener per message.
 //! - [`Admin`]: topics, node and cluster status, leader transfer, routes, message queries.
 //!
 //! Every client takes the endpoint list the RocketMQ clients take (`host:port;host:port`):
@@ -34,6 +35,7 @@ mod error;
 mod message;
 mod producer;
 mod pull;
+mod push;
 mod route;
 
 pub use self::admin::{
@@ -45,6 +47,7 @@ pub use self::error::Error;
 pub use self::message::{Message, ReceivedMessage, SendReceipt};
 pub use self::producer::{MAX_BATCH, Producer, Transaction};
 pub use self::pull::{PullConsumer, StartFrom};
+pub use self::push::{ConsumeResult, PushConsumer, PushOptions};
 pub use self::route::{RouteQueue, TopicRoute};
 /// The generated protocol types the admin client returns (`TopicInfo`, `NodeStatus`, ...).
 pub use raftmq_proto as proto;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Rust client's example per message type and consumption mode (client/examples:
-# normal, fifo, delay, transaction, broadcast, filter) against a three-node `mqbroker dev`
+# normal, fifo, delay, transaction, broadcast, filter, push) against a three-node `mqbroker dev`
 # group on spare ports in a temporary directory (RAFTMQ_GROUP=processes: a nameserver and
 # three `mqbroker --config` processes); each example checks its own promise and
 # exits non-zero when it is broken.
@@ -12,7 +12,7 @@ mqbroker="${1:-$root/target/debug/mqbroker}"
 client_port="${RAFTMQ_EXAMPLES_CLIENT_PORT:-48081}"
 raft_port="${RAFTMQ_EXAMPLES_RAFT_PORT:-49081}"
 namesrv_port="${RAFTMQ_EXAMPLES_NAMESRV_PORT:-49876}"
-examples=(normal fifo delay transaction broadcast filter)
+examples=(normal fifo delay transaction broadcast filter push)
 
 if [ ! -x "$mqbroker" ]; then
     (cd "$root" && cargo build --bin mqbroker)
