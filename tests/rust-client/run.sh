@@ -21,7 +21,7 @@ source "$root/tests/dev-group.sh"
 start_dev_group "$mqbroker" "$client_port" "$raft_port" "$namesrv_port"
 client_log="$work/client.log"
 # The crate logs to stderr at info level; keep that out of the way unless the check fails.
-if ! timeout 300 "$check" "$endpoints" 2>"$client_log"; then
+if ! RAFTMQ_MQADMIN="${RAFTMQ_MQADMIN:-$(dirname "$mqbroker")/mqadmin}" timeout 300 "$check" "$endpoints" 2>"$client_log"; then
     echo "Rust client check failed; client log tail:" >&2
     tail -n 40 "$client_log" >&2
     echo "mqbroker log tail:" >&2
