@@ -113,6 +113,42 @@ pub(crate) fn duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+/// One `ReceiveMessage` call to `endpoint` with deadline `timeout`, for at most `max`
+/// messages: the messages, none when the broker found none, or the broker's refusal.
+pub(crate) async fn receive_call(
+    conn: &Conn,
+    endpoint: &str,
+    body: pb::ReceiveMessageRequest,
+    timeout: Duration,
+    max: u32,
+) -> Result<Vec<ReceivedMessage>, Error> {
+    const OP: &str = "receive";
+    let mut client = conn.messaging(endpoint)?;
+    let read = async {
+        let stream = client.receive_message(conn.request(body, timeout)).await?.into_inner();
+        read_stream(stream, max).await
+    };
+    let items = conn.call(OP, endpoint, timeout, read).await?;
+    let mut messages = Vec::new();
+    let mut status = None;
+    for item in items {
+        match item.content {
+            Some(Content::Status(s)) => status = Some(s),
+            Some(Content::Message(m)) => messages.push(incoming(OP, endpoint, m)?),
+            Some(Content::DeliveryTimestamp(_)) | None => {}
+        }
+    }
+    match status.as_ref().map(|s| pb::Code::try_from(s.code)) {
+        Some(Ok(pb::Code::Ok)) => {}
+        Some(Ok(pb::Code::MessageNotFound)) if messages.is_empty() => return Ok(Vec::new()),
+        _ => return Err(Error::broker(OP, endpoint, status.as_ref())),
+    }
+    if messages.len() > max as usize {
+        return Err(Error::protocol(OP, endpoint, format!("{} messages for a receive of {max}", messages.len())));
+    }
+    Ok(messages)
+}
+
 impl SimpleConsumer {
     /// A consumer for the endpoints `host:port;host:port` with default options.
     pub fn new(endpoints: &str, group: &str, topic: &str, filter: impl Into<FilterExpression>) -> Result<Self, Error> {
@@ -192,31 +228,7 @@ impl SimpleConsumer {
             attempt_id: None,
         };
         // The broker answers before the deadline it is given; leave it room past the poll.
-        let timeout = long_poll + retry.timeout(None);
-        let mut client = self.conn.messaging(&endpoint)?;
-        let read = async {
-            let stream = client.receive_message(self.conn.request(body, timeout)).await?.into_inner();
-            read_stream(stream, max).await
-        };
-        let items = self.conn.call(OP, &endpoint, timeout, read).await?;
-        let mut messages = Vec::new();
-        let mut status = None;
-        for item in items {
-            match item.content {
-                Some(Content::Status(s)) => status = Some(s),
-                Some(Content::Message(m)) => messages.push(incoming(OP, &endpoint, m)?),
-                Some(Content::DeliveryTimestamp(_)) | None => {}
-            }
-        }
-        match status.as_ref().map(|s| pb::Code::try_from(s.code)) {
-            Some(Ok(pb::Code::Ok)) => {}
-            Some(Ok(pb::Code::MessageNotFound)) if messages.is_empty() => return Ok(Vec::new()),
-            _ => return Err(Error::broker(OP, &endpoint, status.as_ref())),
-        }
-        if messages.len() > max as usize {
-            return Err(Error::protocol(OP, &endpoint, format!("{} messages for a receive of {max}", messages.len())));
-        }
-        Ok(messages)
+        receive_call(&self.conn, &endpoint, body, long_poll + retry.timeout(None), max).await
     }
 
     /// Acknowledges a received message: the group will not see it again.

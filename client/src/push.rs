@@ -16,14 +16,12 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
-use raftmq_proto::rocketmq::v2::receive_message_response::Content;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::conn::{ClientOptions, Conn, Retry};
-use crate::consumer::{FilterExpression, duration, read_stream, resource, subscription};
-use crate::message::incoming;
+use crate::consumer::{FilterExpression, duration, receive_call, resource, subscription};
 use crate::route::{RouteCache, target};
 use crate::{Error, ReceivedMessage};
 
@@ -574,7 +572,6 @@ impl Inner {
 
     /// One `ReceiveMessage` of `queue`; no message is an empty answer.
     async fn receive(&self, queue: &pb::MessageQueue, attempt: u32) -> Result<Vec<ReceivedMessage>, Error> {
-        const OP: &str = "receive";
         let timeout = self.conn.options.request_timeout;
         let route = self.routes.route(&self.conn, &self.topic, attempt, timeout).await?;
         let endpoint = target(&route, self.conn.seeds(), attempt);
@@ -589,27 +586,7 @@ impl Inner {
             attempt_id: None,
         };
         // The broker answers by the end of the poll; leave it room past it.
-        let timeout = LONG_POLL + timeout;
-        let mut client = self.conn.messaging(&endpoint)?;
-        let read = async {
-            let stream = client.receive_message(self.conn.request(body, timeout)).await?.into_inner();
-            read_stream(stream, BATCH_SIZE).await
-        };
-        let items = self.conn.call(OP, &endpoint, timeout, read).await?;
-        let mut messages = Vec::new();
-        let mut status = None;
-        for item in items {
-            match item.content {
-                Some(Content::Status(s)) => status = Some(s),
-                Some(Content::Message(m)) => messages.push(incoming(OP, &endpoint, m)?),
-                Some(Content::DeliveryTimestamp(_)) | None => {}
-            }
-        }
-        match status.as_ref().map(|s| pb::Code::try_from(s.code)) {
-            Some(Ok(pb::Code::Ok)) => Ok(messages),
-            Some(Ok(pb::Code::MessageNotFound)) if messages.is_empty() => Ok(Vec::new()),
-            _ => Err(Error::broker(OP, &endpoint, status.as_ref())),
-        }
+        receive_call(&self.conn, &endpoint, body, LONG_POLL + timeout, BATCH_SIZE).await
     }
 
     /// Calls the listener; a panicking listener fails the message.
