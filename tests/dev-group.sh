@@ -1,7 +1,7 @@
 # Sourced by the scripts that run a client against a group: starts a three-node group on
 # the given ports in a temporary directory, waits (with a deadline) until every node's
-# client port accepts connections, and stops it and removes the directory on exit. The
-# group is `mqbroker dev` (one process), or, with RAFTMQ_GROUP=processes, a nameserver
+# client port accepts connections and a leader is elected, and stops it and removes the
+# directory on exit. The group is `mqbroker dev` (one process), or, with RAFTMQ_GROUP=processes, a nameserver
 # (`mqnamesrv`) and three `mqbroker --config` processes, as a deployment runs them.
 # Usage: source tests/dev-group.sh; start_dev_group MQBROKER CLIENT_PORT RAFT_PORT NAMESRV_PORT
 # Sets `work` (the temporary directory), `log` (the group's log, every process's lines)
@@ -74,4 +74,18 @@ start_dev_group() {
         done
     done
     endpoints="127.0.0.1:$client_port;127.0.0.1:$((client_port + 1));127.0.0.1:$((client_port + 2))"
+    # Separate processes open their ports before they have elected a leader: wait for one
+    # (clients fetch a route once at start and give up after a few seconds).
+    local mqadmin
+    mqadmin="$(dirname "$mqbroker")/mqadmin"
+    if [ -x "$mqadmin" ]; then
+        until "$mqadmin" --endpoints "$endpoints" cluster list 2>/dev/null | grep -q " LEADER "; do
+            if [ $SECONDS -ge $deadline ]; then
+                echo "the group elected no leader in time; its log:" >&2
+                cat "$log" >&2
+                exit 1
+            fi
+            sleep 0.2
+        done
+    fi
 }
