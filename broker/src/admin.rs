@@ -83,6 +83,30 @@ impl std::fmt::Debug for Admin {
     }
 }
 
+/// Entries read per step of a digest.
+const DIGEST_STEP: u64 = 1024;
+
+/// CRC32C over each entry's index, term and encoded bytes in `[from, to)`, and the entry count.
+fn log_digest(log: &Log, from: u64, to: u64) -> Result<(u32, u64), Status> {
+    let (mut crc, mut entries, mut at) = (0u32, 0u64, from);
+    while at < to {
+        let end = to.min(at.saturating_add(DIGEST_STEP));
+        let records =
+            log.read(at, end).map_err(|e| Status::internal(format!("cannot read log entries [{at}, {end}): {e}")))?;
+        for r in &records {
+            crc = crc32c::crc32c_append(crc, &r.index.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &r.term.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &r.payload);
+            entries += 1;
+        }
+        if records.len() as u64 != end - at {
+            return Err(Status::internal(format!("log entries [{at}, {end}) read back {} records", records.len())));
+        }
+        at = end;
+    }
+    Ok((crc, entries))
+}
+
 fn unavailable(e: Unavailable) -> Status {
     Status::unavailable(e.0)
 }
@@ -747,6 +771,53 @@ impl AdminService for Admin {
                 .await
                 .map_err(Status::internal)?;
         Ok(Response::new(pb::CheckBackTransactionResponse { client_id: sent.unwrap_or_default() }))
+    }
+
+    async fn log_digest(
+        &self,
+        request: Request<pb::LogDigestRequest>,
+    ) -> Result<Response<pb::LogDigestResponse>, Status> {
+        let req = request.into_inner();
+        if req.to < req.from {
+            return Err(invalid(format!("the range [{}, {}) ends before it starts", req.from, req.to)));
+        }
+        let view = self.inner.log.view();
+        let last = view.last.map(|(index, _)| index);
+        let commit_index = self.inner.raft.metrics().borrow_watched().local_committed.as_ref().map(|l| l.index());
+        let mut resp = pb::LogDigestResponse {
+            node_id: self.inner.node_id.0,
+            first: view.first,
+            last,
+            commit_index,
+            digest: 0,
+            entries: 0,
+        };
+        if req.from == req.to {
+            return Ok(Response::new(resp));
+        }
+        let held = view.first.zip(last).is_some_and(|(first, last)| first <= req.from && req.to <= last + 1);
+        if !held {
+            return Err(Status::failed_precondition(format!(
+                "node {} holds log entries {}, not all of [{}, {})",
+                self.inner.node_id,
+                view.first.zip(last).map_or_else(|| "none".to_string(), |(f, l)| format!("[{f}, {l}]")),
+                req.from,
+                req.to
+            )));
+        }
+        let _turn = self
+            .inner
+            .queries
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable(format!("node {} is shutting down", self.inner.node_id)))?;
+        let log = self.inner.log.clone();
+        let (digest, entries) = tokio::task::spawn_blocking(move || log_digest(&log, req.from, req.to))
+            .await
+            .map_err(|e| Status::internal(format!("the digest task failed: {e}")))??;
+        resp.digest = digest;
+        resp.entries = entries;
+        Ok(Response::new(resp))
     }
 
     async fn list_clients(

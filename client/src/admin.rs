@@ -233,6 +233,14 @@ impl Admin {
         .await
     }
 
+    /// The answering node's own log: the entries it holds, its commit index, and a CRC32C
+    /// digest over `[from, to)` (with `from == to`, only the rest).
+    pub async fn log_digest(&self, from: u64, to: u64) -> Result<pb::LogDigestResponse, Error> {
+        let body = pb::LogDigestRequest { from, to };
+        let timeout = Some(Duration::from_secs(120));
+        self.call("log digest", timeout, body, |mut c, r| async move { c.log_digest(r).await }).await
+    }
+
     /// Creates or changes a consumer group's configuration (through the leader):
     /// orderly consumption, and deliveries before a message is dead-lettered (0: 16).
     pub async fn upsert_group(&self, group: &str, fifo: bool, max_attempts: u32) -> Result<(), Error> {

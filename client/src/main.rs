@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::bench::ProduceArgs;
+use crate::cli::bench::{ConsumeArgs, ProduceArgs};
+use crate::cli::check::CheckArgs;
 use crate::cli::message::QueryArgs;
 
 #[derive(Parser, Debug)]
@@ -40,6 +41,14 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Exits 0 when the process at the (first) endpoint serves: a broker node that knows its
+    /// group's leader, or a nameserver (for container health checks).
+    Health,
+    /// Reads the records of `bench produce --record` and `bench consume --record` and
+    /// prints every invariant with its count (nothing lost, nothing altered, offsets gapless,
+    /// committed offsets never going back, ...), the unavailability of a fault, and whether
+    /// the members hold the same log; fails if an invariant does not hold.
+    Check(CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +194,9 @@ enum DlqCommand {
 enum BenchCommand {
     /// Concurrent producers, each waiting for its acks; prints throughput and latency.
     Produce(ProduceArgs),
+    /// A consumer group of simple consumers receiving and acking; prints throughput and
+    /// end-to-end latency.
+    Consume(ConsumeArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -213,7 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(GroupCommand::ResetOffset { group, topic, to }) => {
             cli::group::reset_offset(endpoints, &group, &topic, &to).await
         }
+        Command::Health => cli::health::health(endpoints).await,
+        Command::Check(args) => cli::check::check(args).await,
         Command::Bench(BenchCommand::Produce(args)) => cli::bench::produce(endpoints, args).await,
+        Command::Bench(BenchCommand::Consume(args)) => cli::bench::consume(endpoints, args).await,
         Command::Dlq(DlqCommand::List { group, limit }) => cli::group::dead_letters(endpoints, &group, limit).await,
         Command::Dlq(DlqCommand::Resend { group, ids, all: _ }) => {
             cli::group::resend_dead_letters(endpoints, &group, &ids).await
