@@ -11,11 +11,15 @@
 #   pause-leader      docker pause the leader for DRILL_PAUSE seconds
 #   partition-leader  cut the leader off from the other two (iptables in its network
 #                     namespace; clients still reach it) for DRILL_PARTITION seconds, heal
+#   no-fault          DRILL_LOAD_PRODUCERS (64) producers for DRILL_SECONDS (30) and no fault:
+#                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
 # With no scenario: the short set CI runs (kill-leader with two kills, partition-leader).
 #
-# Settings (environment): DRILL_PRODUCERS (16), DRILL_CONSUMERS (4), DRILL_KILLS (2; 10 for
-# the failover figure), DRILL_PAUSE (4), DRILL_PARTITION (6), DRILL_BUILD=0 to use the image
+# Settings (environment): DRILL_CLIENT (rust: `mqadmin bench produce`; python: the official
+# Python client, deploy/python-producer.py, in a virtualenv made on first use),
+# DRILL_PRODUCERS (16), DRILL_CONSUMERS (4), DRILL_KILLS (2; 10 for the failover figure),
+# DRILL_PAUSE (4), DRILL_PARTITION (6), DRILL_BUILD=0 to use the image
 # and binaries already built, DRILL_OUT (where records and logs go; default a temporary
 # directory, kept when a drill fails).
 set -euo pipefail
@@ -46,11 +50,11 @@ scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     scenarios=(kill-leader partition-leader)
 elif [ "${scenarios[0]}" = all ]; then
-    scenarios=(kill-leader kill-follower pause-leader partition-leader)
+    scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader)
 fi
 for s in "${scenarios[@]}"; do
     case "$s" in
-        kill-leader | kill-follower | pause-leader | partition-leader) ;;
+        kill-leader | kill-follower | pause-leader | partition-leader | no-fault) ;;
         *) die "unknown scenario $s (see the usage at the top of $0)" ;;
     esac
 done
@@ -66,6 +70,19 @@ if [ "${DRILL_BUILD:-1}" = 1 ]; then
 fi
 [ -x "$mqadmin" ] || die "$mqadmin is missing: run deploy/build-image.sh first"
 admin() { "$mqadmin" --endpoints "$members" "$@"; }
+
+client="${DRILL_CLIENT:-rust}"
+case "$client" in
+    rust) ;;
+    python)
+        py_venv="${RAFTMQ_PY_VENV:-$root/target/py-venv}"
+        if [ ! -x "$py_venv/bin/python" ]; then
+            python3 -m venv "$py_venv"
+        fi
+        "$py_venv/bin/python" -m pip install --quiet --disable-pip-version-check "rocketmq-python-client==5.1.2"
+        ;;
+    *) die "DRILL_CLIENT is rust or python, not $client" ;;
+esac
 
 out="${DRILL_OUT:-$(mktemp -d)}"
 mkdir -p "$out"
@@ -94,6 +111,11 @@ leader() {
         sleep 0.2
     done
     die "no leader within 30 s"
+}
+
+# The highest Raft term any member reports.
+term() {
+    admin cluster list 2>/dev/null | awk 'NR > 1 && $4 ~ /^[0-9]+$/ && $4 > t { t = $4 } END { print t + 0 }'
 }
 
 # Waits until every container of the project reports healthy.
@@ -144,7 +166,7 @@ summary=()
 run_scenario() {
     local scenario="$1" dir="$out/$1"
     mkdir -p "$dir"
-    say "== $scenario: fresh cluster"
+    say "== $scenario ($client producers): fresh cluster"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     compose up -d >"$dir/compose-up.log" 2>&1 || {
         cat "$dir/compose-up.log" >&2
@@ -159,9 +181,16 @@ run_scenario() {
         --consumers "$consumers" --seconds 900 --record "$dir/deliveries" --quiet --json \
         >"$dir/consume.json" 2>"$dir/consume.err" &
     local consumer_pid=$!
-    "$mqadmin" --endpoints "$members" bench produce --topic "$topic" --producers "$producers" \
-        --seconds 3600 --record "$dir/sends" --json --quiet \
-        >"$dir/produce.json" 2>"$dir/produce.err" &
+    local n_producers="$producers" term_before term_after
+    [ "$scenario" = no-fault ] && n_producers="${DRILL_LOAD_PRODUCERS:-64}"
+    term_before="$(term)"
+    if [ "$client" = python ]; then
+        "$py_venv/bin/python" "$root/deploy/python-producer.py" "$members" "$topic" "$dir/sends" "$n_producers" \
+            >"$dir/produce.json" 2>"$dir/produce.err" &
+    else
+        "$mqadmin" --endpoints "$members" bench produce --topic "$topic" --producers "$n_producers" \
+            --seconds 3600 --record "$dir/sends" --json --quiet >"$dir/produce.json" 2>"$dir/produce.err" &
+    fi
     local producer_pid=$!
     sleep 5
 
@@ -212,6 +241,10 @@ run_scenario() {
             heals+=("$(now_ms)")
             wait_healthy
             ;;
+        no-fault)
+            say "no fault: $n_producers producers for ${DRILL_SECONDS:-30} s"
+            sleep "${DRILL_SECONDS:-30}"
+            ;;
     esac
 
     # Some sends after the heal, then the producers stop (finishing what is in flight).
@@ -220,6 +253,9 @@ run_scenario() {
     wait "$producer_pid" || say "the producers ended with an error (see $dir/produce.err)"
     kill -TERM "$consumer_pid"
     wait "$consumer_pid" || say "the consumers ended with an error (see $dir/consume.err)"
+    term_after="$(term)"
+    local elections=$((term_after - term_before))
+    say "elections during $scenario: $elections (term $term_before -> $term_after)"
 
     printf '%s\n' "${faults[@]}" >"$dir/faults"
     printf '%s\n' "${heals[@]}" >"$dir/heals"
@@ -233,10 +269,15 @@ run_scenario() {
         status=FAILED
         failed=1
     fi
+    if [ "$scenario" = no-fault ] && [ "$elections" -ne 0 ]; then
+        say "FAILED: $elections elections without a fault: the election timeout is too short for this load"
+        status=FAILED
+        failed=1
+    fi
     compose logs --no-color >"$dir/cluster.log" 2>&1 || true
     local line
     line="$(tail -n 2 "$dir/check.txt" | grep '^{' || true)"
-    summary+=("$scenario $status $(python3 - "$line" <<'PY'
+    summary+=("$scenario $status elections $elections, $(python3 - "$line" <<'PY'
 import json, sys
 try:
     c = json.loads(sys.argv[1])

@@ -321,9 +321,9 @@ impl Admin {
         &self,
         request: &Request<T>,
     ) -> Result<Option<(String, AdminServiceClient<Channel>)>, Status> {
-        match self.inner.forwarder.leader_endpoint(request).await.map_err(unavailable)? {
+        match self.inner.forwarder.leader_endpoint(request, None).await.map_err(unavailable)? {
             None => Ok(None),
-            Some(addr) => {
+            Some((_, addr)) => {
                 let channel = self.inner.forwarder.channel(&addr).map_err(unavailable)?;
                 Ok(Some((addr, AdminServiceClient::new(channel))))
             }

@@ -57,10 +57,10 @@ fn default_true() -> bool {
     true
 }
 fn default_heartbeat_ms() -> u64 {
-    100
+    50
 }
 fn default_election_timeout_ms() -> u64 {
-    500
+    200
 }
 fn default_snapshot_every() -> u64 {
     2_000
@@ -410,8 +410,8 @@ client = "10.0.0.3:8081"
         assert_eq!(cfg.peers.len(), 3);
         assert_eq!(cfg.peers[&NodeId(2)].client_addr, "10.0.0.2:8081");
         assert_eq!(cfg.data_dir, PathBuf::from("data/broker-a-2"));
-        assert_eq!(cfg.heartbeat, Duration::from_millis(100));
-        assert_eq!(cfg.election_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.heartbeat, Duration::from_millis(50));
+        assert_eq!(cfg.election_timeout, Duration::from_millis(200));
         assert_eq!(cfg.log.segment_size, 1 << 30);
         assert_eq!(cfg.log.sync, SyncPolicy::EveryBatch);
         assert_eq!(cfg.service.max_body_bytes, 4 << 20);
@@ -446,7 +446,7 @@ client = "10.0.0.3:8081"
         assert!(e.contains("max_delay_ms") && e.contains("30 days"), "{e}");
         let e = error_of(&format!("transaction_check_max = 0\n{THREE}"));
         assert!(e.contains("transaction_check_max") && e.contains("within 1 and 1000"), "{e}");
-        let e = error_of(&format!("election_timeout_ms = 200\n{THREE}"));
+        let e = error_of(&format!("election_timeout_ms = 100\n{THREE}"));
         assert!(e.contains("election_timeout_ms"), "{e}");
         let e = error_of(&format!("group = \"a b\"\n{}", THREE.replace("group = \"broker-a\"", "")));
         assert!(e.contains("group"), "{e}");

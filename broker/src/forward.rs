@@ -73,10 +73,18 @@ impl Forwarder {
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for one to be elected.
     pub async fn leader(&self) -> Result<NodeId, Unavailable> {
+        self.leader_other_than(None).await
+    }
+
+    /// The current leader unless it is `old`: waits up to [`LEADER_WAIT`] for a leader
+    /// other than `old` to be elected (a call forwarded to `old` failed as it lost the lead).
+    pub async fn leader_other_than(&self, old: Option<NodeId>) -> Result<NodeId, Unavailable> {
         let mut rx = self.raft.metrics();
         let wait = async {
             loop {
-                if let Some(l) = rx.borrow_watched().current_leader {
+                if let Some(l) = rx.borrow_watched().current_leader
+                    && Some(l) != old
+                {
                     return Ok(l);
                 }
                 if rx.changed().await.is_err() {
@@ -89,10 +97,30 @@ impl Forwarder {
             .unwrap_or_else(|_| Err(Unavailable("no leader elected in the broker group; retry shortly".into())))
     }
 
+    /// Resolves once this node no longer sees `leader` as the leader (an election started,
+    /// or another member leads): a call forwarded to it is then abandoned and forwarded
+    /// again to the next leader.
+    pub async fn leader_lost(&self, leader: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader != Some(leader) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Where a call that needs the leader is served: `None` on this node (it leads), or the
-    /// leader's client endpoint. A call already forwarded once is refused, not forwarded.
-    pub async fn leader_endpoint<T>(&self, request: &Request<T>) -> Result<Option<String>, Unavailable> {
-        let leader = self.leader().await?;
+    /// leader with its client endpoint. A call already forwarded once is refused, not
+    /// forwarded. With `not` set, waits for a leader other than that one.
+    pub async fn leader_endpoint<T>(
+        &self,
+        request: &Request<T>,
+        not: Option<NodeId>,
+    ) -> Result<Option<(NodeId, String)>, Unavailable> {
+        let leader = self.leader_other_than(not).await?;
         if leader == self.node_id {
             return Ok(None);
         }
@@ -102,7 +130,7 @@ impl Forwarder {
                 self.node_id
             )));
         }
-        Ok(Some(self.member_address(leader).await?.client_addr))
+        Ok(Some((leader, self.member_address(leader).await?.client_addr)))
     }
 
     /// A member's addresses, waiting up to [`LEADER_WAIT`] for this node to learn them (a

@@ -159,7 +159,7 @@ impl Admin {
         let extra = timeout.unwrap_or_default();
         let mut retry = Retry::new(operation, &self.conn.options, extra);
         loop {
-            let endpoint = self.conn.seed(retry.attempt()).to_string();
+            let endpoint = self.conn.seed(retry.attempt());
             let t = retry.timeout(timeout);
             let result = match self.conn.channel(&endpoint) {
                 Ok(channel) => {
@@ -318,7 +318,7 @@ impl Admin {
     pub async fn route(&self, topic: &str) -> Result<TopicRoute, Error> {
         let mut retry = Retry::new("query route", &self.conn.options, Duration::ZERO);
         loop {
-            let endpoint = self.conn.seed(retry.attempt()).to_string();
+            let endpoint = self.conn.seed(retry.attempt());
             match query_route(&self.conn, &endpoint, topic, retry.timeout(None)).await {
                 Ok(route) => return Ok(route),
                 Err(e) => retry.failed(e).await?,

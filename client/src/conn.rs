@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
@@ -21,6 +21,110 @@ pub const MAX_ENDPOINTS: usize = 64;
 const MAX_ATTEMPTS: u32 = 64;
 /// Largest message the client encodes or decodes.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How often an open connection is pinged (HTTP/2 PING, also while idle), and how long a
+/// ping may go unanswered before the connection is given up: a member that died without
+/// closing its connections (a crashed machine, a killed container) fails the calls in flight
+/// on it within both, instead of at their timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(300);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often an isolated endpoint is probed (a heartbeat call on a connection of its own,
+/// answered within [`PROBE_TIMEOUT`]); live calls never probe, so none waits on a dead member.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long an endpoint that never answers a probe stays isolated; then calls try it again.
+const PROBE_FOR: Duration = Duration::from_secs(600);
+/// Most isolated endpoints remembered.
+const MAX_ISOLATED: usize = 1024;
+
+/// Endpoints that failed at the connection level lately (a refused or timed-out connect, a
+/// broken connection, no answer in time), each until a probe finds it answering again;
+/// shared by every client of the process: what one producer learns of a dead member, the
+/// others need not learn by waiting on it.
+static ISOLATED: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Whether [`ISOLATED`] may hold anything (spares successful calls the lock).
+static ANY_ISOLATED: AtomicBool = AtomicBool::new(false);
+
+fn isolated_map() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+    ISOLATED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Passes `endpoint` over until a probe finds it answering (or [`PROBE_FOR`] passes).
+pub(crate) fn isolate(endpoint: &str) {
+    let fresh = {
+        let mut map = isolated_map();
+        if map.len() >= MAX_ISOLATED {
+            map.clear();
+        }
+        let now = Instant::now();
+        let fresh = map.get(endpoint).is_none_or(|until| *until <= now);
+        if fresh {
+            map.insert(endpoint.to_string(), now + PROBE_FOR);
+        }
+        ANY_ISOLATED.store(true, Ordering::Relaxed);
+        fresh
+    };
+    if fresh && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(probe(endpoint.to_string()));
+    }
+}
+
+/// Asks `endpoint` for a heartbeat every [`PROBE_EVERY`] while it is isolated; restores it
+/// at the first answer.
+async fn probe(endpoint: String) {
+    let Ok(endpoint_config) = Endpoint::from_shared(format!("http://{endpoint}")) else { return };
+    let endpoint_config = endpoint_config.connect_timeout(PROBE_TIMEOUT).timeout(PROBE_TIMEOUT);
+    while is_isolated(&endpoint) {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let answered = async {
+            let channel = endpoint_config.connect().await.ok()?;
+            let mut client = MessagingServiceClient::new(channel);
+            client.heartbeat(raftmq_proto::rocketmq::v2::HeartbeatRequest::default()).await.ok()
+        };
+        if tokio::time::timeout(PROBE_TIMEOUT * 2, answered).await.ok().flatten().is_some() {
+            restore(&endpoint);
+            return;
+        }
+    }
+}
+
+/// `endpoint` answered: use it again.
+pub(crate) fn restore(endpoint: &str) {
+    if ANY_ISOLATED.load(Ordering::Relaxed) {
+        let mut map = isolated_map();
+        map.remove(endpoint);
+        if map.is_empty() {
+            ANY_ISOLATED.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `endpoint` is being passed over.
+pub(crate) fn is_isolated(endpoint: &str) -> bool {
+    ANY_ISOLATED.load(Ordering::Relaxed) && isolated_map().get(endpoint).is_some_and(|until| *until > Instant::now())
+}
+
+/// The candidate for attempt `attempt`: in rotation over the candidates not isolated, or
+/// over all of them when every one is.
+pub(crate) fn rotate(candidates: &[String], attempt: u32) -> String {
+    let live: Vec<&String> = candidates.iter().filter(|c| !is_isolated(c)).collect();
+    if live.is_empty() {
+        candidates.get(attempt as usize % candidates.len().max(1)).cloned().unwrap_or_default()
+    } else {
+        live[attempt as usize % live.len()].clone()
+    }
+}
+
+/// Whether a failed call says the connection to the endpoint failed, rather than the
+/// endpoint refusing the request: a status made here from a transport error carries that
+/// error as its source (one received from a server never does).
+fn connection_failed(status: &tonic::Status) -> bool {
+    let m = status.message();
+    std::error::Error::source(status).is_some()
+        || (matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+            && ["transport error", "http2 error", "tcp connect", "keep-alive", "broken pipe", "h2 protocol error"]
+                .iter()
+                .any(|needle| m.contains(needle)))
+}
 
 /// Timeouts and retry settings shared by producers, consumers and the admin client.
 #[derive(Debug, Clone)]
@@ -117,9 +221,12 @@ impl Conn {
         &self.seeds
     }
 
-    /// The seed to try at `attempt` (each client starts at a random one, then rotates).
-    pub(crate) fn seed(&self, attempt: u32) -> &str {
-        &self.seeds[(self.first_seed + attempt as usize) % self.seeds.len()]
+    /// The seed to try at `attempt` (each client starts at a random one, then rotates,
+    /// passing over isolated ones while another is left).
+    pub(crate) fn seed(&self, attempt: u32) -> String {
+        let n = self.seeds.len();
+        let order: Vec<String> = (0..n).map(|i| self.seeds[(self.first_seed + i) % n].clone()).collect();
+        rotate(&order, attempt)
     }
 
     /// A counter for spreading work (queue picks), starting at a random point.
@@ -137,6 +244,9 @@ impl Conn {
             .map_err(|e| Error::Endpoints { list: endpoint.to_string(), reason: e.to_string() })?
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         if channels.len() >= MAX_ENDPOINTS {
             // Routes named more endpoints than a client keeps: start over.
@@ -180,9 +290,20 @@ impl Conn {
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, Error> {
         match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(Error::Timeout { operation, endpoint: endpoint.to_string(), timeout }),
-            Ok(Err(status)) => Err(Error::rpc(operation, endpoint, &status)),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Err(_) => {
+                isolate(endpoint);
+                Err(Error::Timeout { operation, endpoint: endpoint.to_string(), timeout })
+            }
+            Ok(Err(status)) => {
+                if connection_failed(&status) {
+                    isolate(endpoint);
+                }
+                Err(Error::rpc(operation, endpoint, &status))
+            }
+            Ok(Ok(resp)) => {
+                restore(endpoint);
+                Ok(resp.into_inner())
+            }
         }
     }
 }
@@ -254,6 +375,30 @@ mod tests {
         for bad in ["", ";", "host", "host:0", "host:99999", ":80", "a b:1"] {
             assert!(matches!(parse_endpoints(bad), Err(Error::Endpoints { .. })), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn isolated_endpoints_are_passed_over_while_another_is_left() {
+        // Addresses no other test uses: the registry is shared by the process.
+        let all: Vec<String> = ["isolate-a:1", "isolate-b:1", "isolate-c:1"].iter().map(|s| s.to_string()).collect();
+        assert_eq!((0..3).map(|i| rotate(&all, i)).collect::<Vec<_>>(), all);
+        isolate("isolate-a:1");
+        assert!(is_isolated("isolate-a:1"));
+        assert_eq!(
+            (0..4).map(|i| rotate(&all, i)).collect::<Vec<_>>(),
+            ["isolate-b:1", "isolate-c:1", "isolate-b:1", "isolate-c:1"]
+        );
+        isolate("isolate-b:1");
+        isolate("isolate-c:1");
+        assert_eq!(rotate(&all, 1), "isolate-b:1", "all isolated: plain rotation");
+        for e in &all {
+            restore(e);
+        }
+        assert!(!is_isolated("isolate-a:1"));
+        assert_eq!(rotate(&all, 0), "isolate-a:1");
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)");
+        assert!(connection_failed(&refused));
+        assert!(!connection_failed(&tonic::Status::unavailable("no leader elected in the broker group")));
     }
 
     #[tokio::test(start_paused = true)]

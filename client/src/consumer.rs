@@ -1,7 +1,10 @@
 //! The simple consumer: receives (pops) messages for a consumer group with long polling,
-//! acks them and changes how long they stay invisible. Calls go to the route's leader
-//! endpoint; on a transport failure or a leader change they are retried elsewhere.
+//! acks them and changes how long they stay invisible. A topic's queues may be in several
+//! broker groups: each receive asks one group, the next receive the next group; an ack or
+//! an invisibility change goes to the group that delivered the message. Calls go to the
+//! group's leader; on a transport failure or a leader change they are retried elsewhere.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftmq_proto::rocketmq::v2 as pb;
@@ -9,7 +12,7 @@ use raftmq_proto::rocketmq::v2::receive_message_response::Content;
 
 use crate::conn::{ClientOptions, Conn, Retry};
 use crate::message::incoming;
-use crate::route::{RouteCache, target};
+use crate::route::{RouteCache, RouteQueue, TopicRoute, broker_target, queue_target};
 use crate::{Error, ReceivedMessage};
 
 /// Most messages one receive asks for (the broker may cap it lower).
@@ -25,6 +28,8 @@ pub struct SimpleConsumer {
     group: String,
     topic: String,
     filter: FilterExpression,
+    /// Turns of receives: the next receive asks the route's broker group this names.
+    turn: AtomicUsize,
 }
 
 /// Which messages of its topic a consumer takes: a tag expression (`*`, `TagA || TagB`),
@@ -114,7 +119,8 @@ pub(crate) fn duration(d: Duration) -> prost_types::Duration {
 }
 
 /// One `ReceiveMessage` call to `endpoint` with deadline `timeout`, for at most `max`
-/// messages: the messages, none when the broker found none, or the broker's refusal.
+/// messages: the messages (from the broker group `body`'s queue names), none when the
+/// broker found none, or the broker's refusal.
 pub(crate) async fn receive_call(
     conn: &Conn,
     endpoint: &str,
@@ -123,6 +129,8 @@ pub(crate) async fn receive_call(
     max: u32,
 ) -> Result<Vec<ReceivedMessage>, Error> {
     const OP: &str = "receive";
+    let broker =
+        body.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| b.name.clone()).unwrap_or_default();
     let mut client = conn.messaging(endpoint)?;
     let read = async {
         let stream = client.receive_message(conn.request(body, timeout)).await?.into_inner();
@@ -134,7 +142,7 @@ pub(crate) async fn receive_call(
     for item in items {
         match item.content {
             Some(Content::Status(s)) => status = Some(s),
-            Some(Content::Message(m)) => messages.push(incoming(OP, endpoint, m)?),
+            Some(Content::Message(m)) => messages.push(incoming(OP, endpoint, &broker, m)?),
             Some(Content::DeliveryTimestamp(_)) | None => {}
         }
     }
@@ -170,12 +178,14 @@ impl SimpleConsumer {
             group: group.to_string(),
             topic: topic.to_string(),
             filter,
+            turn: AtomicUsize::new(0),
         })
     }
 
     /// Takes up to `max` messages, which stay invisible to the group for
     /// `invisible_duration` unless acked. Waits up to `long_poll_timeout` for messages to
-    /// arrive; none by then is an empty answer, not an error.
+    /// arrive; none by then is an empty answer, not an error. When the topic's queues are in
+    /// several broker groups, one receive asks one of them and the next receive the next.
     pub async fn receive(
         &self,
         max: u32,
@@ -188,9 +198,10 @@ impl SimpleConsumer {
         if long_poll_timeout > MAX_LONG_POLL {
             return Err(Error::InvalidArgument(format!("long polling is limited to {MAX_LONG_POLL:?}")));
         }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut retry = Retry::new("receive", &self.conn.options, long_poll_timeout);
         loop {
-            match self.try_receive(max, invisible_duration, long_poll_timeout, &retry).await {
+            match self.try_receive(max, invisible_duration, long_poll_timeout, turn, &retry).await {
                 Ok(messages) => return Ok(messages),
                 Err(e) => {
                     self.routes.forget(&self.topic);
@@ -205,12 +216,14 @@ impl SimpleConsumer {
         max: u32,
         invisible: Duration,
         long_poll: Duration,
+        turn: usize,
         retry: &Retry,
     ) -> Result<Vec<ReceivedMessage>, Error> {
         const OP: &str = "receive";
         let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
-        let endpoint = target(&route, self.conn.seeds(), retry.attempt());
-        let queue = route.queues.first().ok_or_else(|| Error::protocol(OP, &endpoint, "the route has no queue"))?;
+        let queue = receive_queue(&route, turn)
+            .ok_or_else(|| Error::protocol(OP, &self.conn.seed(retry.attempt()), "the route has no queue"))?;
+        let endpoint = queue_target(&route, queue, self.conn.seeds(), retry.attempt());
         let body = pb::ReceiveMessageRequest {
             group: resource(&self.group),
             message_queue: Some(pb::MessageQueue {
@@ -238,7 +251,7 @@ impl SimpleConsumer {
         loop {
             let attempt = async {
                 let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
-                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let endpoint = broker_target(&route, &message.broker, self.conn.seeds(), retry.attempt());
                 let body = pb::AckMessageRequest {
                     group: resource(&self.group),
                     topic: resource(&message.topic),
@@ -278,7 +291,7 @@ impl SimpleConsumer {
         loop {
             let attempt = async {
                 let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
-                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let endpoint = broker_target(&route, &message.broker, self.conn.seeds(), retry.attempt());
                 let body = pb::ChangeInvisibleDurationRequest {
                     group: resource(&self.group),
                     topic: resource(&message.topic),
@@ -308,5 +321,48 @@ impl SimpleConsumer {
                 }
             }
         }
+    }
+}
+
+/// The queue receive turn `turn` names: the first queue (a readable one if any) of the
+/// route's broker group `turn` names, the groups taken in turn.
+fn receive_queue(route: &TopicRoute, turn: usize) -> Option<&RouteQueue> {
+    let readable = route.readable_queues();
+    let queues: Vec<&RouteQueue> = if readable.is_empty() { route.queues.iter().collect() } else { readable };
+    let mut brokers: Vec<&str> = Vec::new();
+    for q in &queues {
+        if !brokers.contains(&q.broker.as_str()) {
+            brokers.push(&q.broker);
+        }
+    }
+    let broker = *brokers.get(turn % brokers.len().max(1))?;
+    queues.into_iter().find(|q| q.broker == broker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::tests::two_groups;
+
+    #[test]
+    fn receives_take_the_broker_groups_in_turn() {
+        let route = two_groups();
+        let seeds = vec!["b:1".to_string()];
+        let asked: Vec<(String, u32, String)> = (0..4)
+            .map(|turn| {
+                let q = receive_queue(&route, turn).expect("a queue");
+                (q.broker.clone(), q.id, queue_target(&route, q, &seeds, 0))
+            })
+            .collect();
+        let want = |b: &str, e: &str| (b.to_string(), 0, e.to_string());
+        assert_eq!(
+            asked,
+            [want("broker-a", "a:1"), want("broker-b", "b:2"), want("broker-a", "a:1"), want("broker-b", "b:2")]
+        );
+        // One group: always its first queue, as before.
+        let mut one = route.clone();
+        one.queues.retain(|q| q.broker == "broker-b");
+        assert!((0..3).all(|t| receive_queue(&one, t) == one.queues.first()));
+        assert!(receive_queue(&TopicRoute { topic: "t".into(), queues: vec![] }, 0).is_none());
     }
 }

@@ -80,6 +80,8 @@ pub struct SendReceipt {
     pub message_id: String,
     /// The queue it went to.
     pub queue_id: u32,
+    /// The broker group holding that queue (queue ids repeat across a topic's groups).
+    pub broker: String,
     /// Its offset in that queue; `None` when the group acknowledges sends before applying
     /// them (`ack = "leader"`), so no offset is assigned yet, and for delay and half
     /// messages (they get one when they become visible).
@@ -97,6 +99,8 @@ pub struct ReceivedMessage {
     pub topic: String,
     /// Queue.
     pub queue_id: u32,
+    /// The broker group holding the queue (and the message: acks go there).
+    pub broker: String,
     /// Offset in the queue.
     pub offset: u64,
     /// Body, as the producer sent it (checked against the broker's CRC32 digest).
@@ -196,17 +200,33 @@ fn gunzip(body: &[u8]) -> Result<Bytes, String> {
 
 /// A delivered message, its body checked against the digest the broker sent (the digest
 /// covers the body as sent, before inflating). A received one must carry a receipt handle;
-/// a pulled one has none.
-pub(crate) fn incoming(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
-    delivered(operation, endpoint, m, false)
+/// a pulled one has none. `broker` is the broker group it was received from.
+pub(crate) fn incoming(
+    operation: &'static str,
+    endpoint: &str,
+    broker: &str,
+    m: pb::Message,
+) -> Result<ReceivedMessage, Error> {
+    delivered(operation, endpoint, broker, m, false)
 }
 
 /// A pulled message (no receipt handle: pull consumers keep offsets, they do not ack).
-pub(crate) fn pulled(operation: &'static str, endpoint: &str, m: pb::Message) -> Result<ReceivedMessage, Error> {
-    delivered(operation, endpoint, m, true)
+pub(crate) fn pulled(
+    operation: &'static str,
+    endpoint: &str,
+    broker: &str,
+    m: pb::Message,
+) -> Result<ReceivedMessage, Error> {
+    delivered(operation, endpoint, broker, m, true)
 }
 
-fn delivered(operation: &'static str, endpoint: &str, m: pb::Message, pulled: bool) -> Result<ReceivedMessage, Error> {
+fn delivered(
+    operation: &'static str,
+    endpoint: &str,
+    broker: &str,
+    m: pb::Message,
+    pulled: bool,
+) -> Result<ReceivedMessage, Error> {
     let sys = m.system_properties.unwrap_or_default();
     if let Some(d) = &sys.body_digest
         && d.r#type == pb::DigestType::Crc32 as i32
@@ -247,6 +267,7 @@ fn delivered(operation: &'static str, endpoint: &str, m: pb::Message, pulled: bo
         message_id: sys.message_id,
         topic: m.topic.map(|t| t.name).unwrap_or_default(),
         queue_id: u32::try_from(sys.queue_id).unwrap_or_default(),
+        broker: broker.to_string(),
         offset: sys.queue_offset.and_then(|o| u64::try_from(o).ok()).unwrap_or_default(),
         body,
         tag: sys.tag,
@@ -281,13 +302,14 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(b"hello hello hello").expect("in memory");
         let packed = Bytes::from(gz.finish().expect("in memory"));
-        let m = incoming("receive", "e", delivered(packed, pb::Encoding::Gzip as i32)).expect("valid gzip");
+        let m = incoming("receive", "e", "g", delivered(packed, pb::Encoding::Gzip as i32)).expect("valid gzip");
         assert_eq!(&m.body[..], b"hello hello hello");
-        let plain = incoming("receive", "e", delivered(Bytes::from("x"), pb::Encoding::Identity as i32)).expect("ok");
+        let plain =
+            incoming("receive", "e", "g", delivered(Bytes::from("x"), pb::Encoding::Identity as i32)).expect("ok");
         assert_eq!(&plain.body[..], b"x");
-        let e = incoming("receive", "e", delivered(Bytes::from("not gzip"), pb::Encoding::Gzip as i32));
+        let e = incoming("receive", "e", "g", delivered(Bytes::from("not gzip"), pb::Encoding::Gzip as i32));
         assert!(e.expect_err("corrupt").to_string().contains("gzip body"));
-        let e = incoming("receive", "e", delivered(Bytes::from("x"), 7));
+        let e = incoming("receive", "e", "g", delivered(Bytes::from("x"), 7));
         assert!(e.expect_err("unknown").to_string().contains("unknown body encoding"));
     }
 
@@ -309,11 +331,12 @@ mod tests {
         let sys = wire.system_properties.get_or_insert_with(Default::default);
         sys.receipt_handle = Some("r".into());
         sys.queue_offset = Some(7);
-        let got = incoming("receive", "h:1", wire.clone()).expect("intact");
+        let got = incoming("receive", "h:1", "g", wire.clone()).expect("intact");
+        assert_eq!(got.broker, "g");
         assert_eq!((got.body, got.tag, got.queue_id, got.offset), (m.body.clone(), m.tag.clone(), 3, 7));
         assert_eq!((got.keys, got.properties), (m.keys.clone(), m.properties.clone()));
         wire.body = Bytes::from_static(b"hellO");
-        assert!(matches!(incoming("receive", "h:1", wire), Err(Error::Protocol { .. })));
+        assert!(matches!(incoming("receive", "h:1", "g", wire), Err(Error::Protocol { .. })));
     }
 
     #[test]

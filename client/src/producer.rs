@@ -11,7 +11,7 @@ use raftmq_proto::rocketmq::v2 as pb;
 
 use crate::conn::{ClientOptions, Conn, Retry};
 use crate::message::{group_hash, next_message_id, outgoing};
-use crate::route::{RouteCache, TopicRoute, target};
+use crate::route::{RouteCache, RouteQueue, TopicRoute, broker_target, queue_target};
 use crate::{Error, Message, SendReceipt};
 
 /// Most messages in one [`Producer::send_batch`] (the broker's limit per request).
@@ -110,7 +110,8 @@ impl Producer {
             let attempt = async {
                 let timeout = retry.timeout(None);
                 let route = self.routes.route(&self.conn, &transaction.topic, retry.attempt(), timeout).await?;
-                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                // The group holding the half message ends it.
+                let endpoint = broker_target(&route, &transaction.receipt.broker, self.conn.seeds(), retry.attempt());
                 let body = pb::EndTransactionRequest {
                     topic: Some(pb::Resource { resource_namespace: String::new(), name: transaction.topic.clone() }),
                     message_id: transaction.receipt.message_id.clone(),
@@ -179,22 +180,16 @@ impl Producer {
         const OP: &str = "send";
         let timeout = retry.timeout(None);
         let route = self.routes.route(&self.conn, topic, retry.attempt(), timeout).await?;
-        let queue = pick_queue(&route, pick)?;
-        let endpoint = target(&route, self.conn.seeds(), retry.attempt());
-        let placed: Vec<u32> = messages
-            .iter()
-            .map(|m| match &m.message_group {
-                Some(g) => (group_hash(g) % route.queues.len() as u64) as u32,
-                None => queue,
-            })
-            .collect();
+        let placed = place(&route, messages, pick)?;
+        // Every message goes to one group (`place` sees to it): call that group.
+        let endpoint = queue_target(&route, placed[0], self.conn.seeds(), retry.attempt());
         let body = pb::SendMessageRequest {
             messages: messages
                 .iter()
                 .zip(ids)
                 .zip(&placed)
                 .map(|((m, id), q)| {
-                    let mut m = outgoing(topic, m, *q, id.clone());
+                    let mut m = outgoing(topic, m, q.id, id.clone());
                     if transactional && let Some(sys) = m.system_properties.as_mut() {
                         sys.message_type = pb::MessageType::Transaction as i32;
                     }
@@ -233,14 +228,20 @@ impl Producer {
         resp.entries
             .into_iter()
             .zip(placed)
-            .map(|(e, queue_id)| {
+            .map(|(e, queue)| {
                 // -1: acknowledged before the offset was assigned (ack = "leader").
                 let offset = match e.offset {
                     -1 => None,
                     o => Some(u64::try_from(o).map_err(|_| Error::protocol(OP, &endpoint, format!("offset {o}")))?),
                 };
                 let transaction_id = Some(e.transaction_id).filter(|t| !t.is_empty());
-                Ok(SendReceipt { message_id: e.message_id, queue_id, offset, transaction_id })
+                Ok(SendReceipt {
+                    message_id: e.message_id,
+                    queue_id: queue.id,
+                    broker: queue.broker.clone(),
+                    offset,
+                    transaction_id,
+                })
             })
             .collect()
     }
@@ -257,10 +258,154 @@ pub struct Transaction {
     pub receipt: SendReceipt,
 }
 
-fn pick_queue(route: &TopicRoute, pick: usize) -> Result<u32, Error> {
-    let writable = route.writable_queues();
+/// The writable queue `pick` names, round robin over the writable queues of every broker
+/// group of the route (or only of group `broker`).
+fn pick_queue<'a>(route: &'a TopicRoute, pick: usize, broker: Option<&str>) -> Result<&'a RouteQueue, Error> {
+    let writable: Vec<&RouteQueue> =
+        route.writable_queues().into_iter().filter(|q| broker.is_none_or(|b| q.broker == b)).collect();
     if writable.is_empty() {
-        return Err(Error::InvalidArgument(format!("topic {} has no writable queue", route.topic)));
+        return Err(Error::InvalidArgument(match broker {
+            None => format!("topic {} has no writable queue", route.topic),
+            Some(b) => format!("topic {} has no writable queue in broker group {b}", route.topic),
+        }));
     }
-    Ok(writable[pick % writable.len()].id)
+    Ok(writable[pick % writable.len()])
+}
+
+/// The queue of each message of a batch. A message group always maps to one queue (of one
+/// broker group): a hash over the route's queues. The others take the writable queue `pick`
+/// names, in the broker group of the batch's message groups if it has any: one request goes
+/// to one broker group, so a batch whose message groups map to different broker groups is
+/// refused.
+fn place<'a>(route: &'a TopicRoute, messages: &[Message], pick: usize) -> Result<Vec<&'a RouteQueue>, Error> {
+    let fifo: Vec<Option<&RouteQueue>> = messages
+        .iter()
+        .map(|m| {
+            m.message_group
+                .as_ref()
+                .and_then(|g| route.queues.get((group_hash(g) % route.queues.len() as u64) as usize))
+        })
+        .collect();
+    let mut groups = messages.iter().zip(&fifo).filter_map(|(m, q)| Some((m.message_group.as_deref()?, (*q)?)));
+    let first = groups.next();
+    if let Some((g1, q1)) = first
+        && let Some((g2, q2)) = groups.find(|(_, q)| q.broker != q1.broker)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "a batch goes to one broker group, but message group {g1:?} maps to broker group {} and {g2:?} to {} \
+             (topic {}): send them in separate batches",
+            q1.broker, q2.broker, route.topic
+        )));
+    }
+    let others = if fifo.iter().all(Option::is_some) {
+        None
+    } else {
+        Some(pick_queue(route, pick, first.map(|(_, q)| q.broker.as_str()))?)
+    };
+    fifo.into_iter()
+        .map(|q| q.or(others).ok_or_else(|| Error::InvalidArgument(format!("topic {} has no queue", route.topic))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::tests::two_groups;
+
+    fn picked(route: &TopicRoute, messages: &[Message], pick: usize) -> Vec<(String, u32)> {
+        place(route, messages, pick).expect("placed").iter().map(|q| (q.broker.clone(), q.id)).collect()
+    }
+
+    fn at(broker: &str, id: u32) -> (String, u32) {
+        (broker.to_string(), id)
+    }
+
+    #[test]
+    fn sends_go_round_robin_over_every_group_and_to_the_queue_group() {
+        let route = two_groups();
+        let one = [Message::new("x")];
+        let picks: Vec<(String, u32)> = (0..5).flat_map(|p| picked(&route, &one, p)).collect();
+        assert_eq!(
+            picks,
+            [at("broker-a", 0), at("broker-a", 1), at("broker-b", 0), at("broker-b", 1), at("broker-a", 0)]
+        );
+        // The call goes to the picked queue's group, leader first, then its other members.
+        let seeds = vec!["b:1".to_string()];
+        let q = place(&route, &one, 0).expect("placed")[0];
+        let endpoints: Vec<String> = (0..4).map(|i| queue_target(&route, q, &seeds, i)).collect();
+        assert_eq!(endpoints, ["a:1", "a:2", "a:3", "a:1"]);
+        let q = place(&route, &one, 3).expect("placed")[0];
+        assert_eq!(queue_target(&route, q, &seeds, 0), "b:2");
+        // A batch without message groups goes to one queue.
+        let batch = [Message::new("x"), Message::new("y")];
+        assert_eq!(picked(&route, &batch, 2), [at("broker-b", 0), at("broker-b", 0)]);
+    }
+
+    #[test]
+    fn only_writable_queues_are_picked() {
+        let mut route = two_groups();
+        route.queues[0].permission = pb::Permission::Read;
+        route.queues[3].permission = pb::Permission::None;
+        let picks: Vec<(String, u32)> = (0..3).flat_map(|p| picked(&route, &[Message::new("x")], p)).collect();
+        assert_eq!(picks, [at("broker-a", 1), at("broker-b", 0), at("broker-a", 1)]);
+        for q in &mut route.queues {
+            q.permission = pb::Permission::Read;
+        }
+        assert!(matches!(place(&route, &[Message::new("x")], 0), Err(Error::InvalidArgument(_))));
+    }
+
+    /// A message group whose hash over the 4 queues of [`two_groups`] lands in `broker`.
+    fn group_in(route: &TopicRoute, broker: &str, skip: usize) -> String {
+        (0..)
+            .map(|i| format!("g{i}"))
+            .filter(|g| route.queues[(group_hash(g) % route.queues.len() as u64) as usize].broker == broker)
+            .nth(skip)
+            .expect("some group hashes there")
+    }
+
+    #[test]
+    fn a_message_group_keeps_one_queue_of_one_group() {
+        let route = two_groups();
+        for g in ["orders", "a", "b", "customer-17"] {
+            let m = [Message::new("x").with_message_group(g)];
+            let want = &route.queues[(group_hash(g) % 4) as usize];
+            for pick in 0..4 {
+                assert_eq!(picked(&route, &m, pick), [at(&want.broker, want.id)], "group {g}");
+            }
+        }
+        // Unordered messages in a batch with message groups join their broker group.
+        let g = group_in(&route, "broker-b", 0);
+        let batch = [Message::new("x"), Message::new("y").with_message_group(&g)];
+        for pick in 0..4 {
+            let placed = picked(&route, &batch, pick);
+            assert!(placed.iter().all(|(b, _)| b == "broker-b"), "{placed:?}");
+        }
+        let h = group_in(&route, "broker-b", 1);
+        let batch = [Message::new("x").with_message_group(&g), Message::new("y").with_message_group(&h)];
+        assert_eq!(place(&route, &batch, 0).expect("one group").len(), 2);
+    }
+
+    #[test]
+    fn a_batch_across_broker_groups_is_refused() {
+        let route = two_groups();
+        let (a, b) = (group_in(&route, "broker-a", 0), group_in(&route, "broker-b", 0));
+        let batch = [Message::new("x").with_message_group(&a), Message::new("y").with_message_group(&b)];
+        match place(&route, &batch, 0) {
+            Err(Error::InvalidArgument(why)) => {
+                assert!(why.contains("broker-a") && why.contains("broker-b") && why.contains(&a), "{why}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_group_places_as_before() {
+        let mut route = two_groups();
+        route.queues.retain(|q| q.broker == "broker-a");
+        for pick in 0..4 {
+            assert_eq!(picked(&route, &[Message::new("x")], pick), [at("broker-a", (pick % 2) as u32)]);
+        }
+        let m = [Message::new("x").with_message_group("orders")];
+        assert_eq!(picked(&route, &m, 0), [at("broker-a", (group_hash("orders") % 2) as u32)]);
+    }
 }

@@ -205,7 +205,7 @@ impl PullConsumer {
         for item in items {
             match item.content {
                 Some(Content::Status(s)) => status = Some(s),
-                Some(Content::Message(m)) => messages.push(pulled(OP, &endpoint, m)?),
+                Some(Content::Message(m)) => messages.push(pulled(OP, &endpoint, &queue.broker, m)?),
                 Some(Content::NextOffset(n)) => next = Some(n),
                 None => {}
             }

@@ -4,7 +4,9 @@
 //! receives messages of that queue with long polling and hands them, in order, to a
 //! listener. A message the listener consumes is acked; one it fails comes back later after
 //! the broker's consumption backoff (for a FIFO group it is retried in place, then sent to
-//! the group's dead-letter queue).
+//! the group's dead-letter queue). A topic's queues may be in several broker groups: a
+//! queue is known by its group and id, its task receives from its group, and a message is
+//! acked where it was received.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::conn::{ClientOptions, Conn, Retry};
 use crate::consumer::{FilterExpression, duration, receive_call, resource, subscription};
-use crate::route::{RouteCache, target};
+use crate::route::{RouteCache, TopicRoute, broker_target, endpoint_strings, target};
 use crate::{Error, ReceivedMessage};
 
 /// How often a push consumer heartbeats.
@@ -167,7 +169,8 @@ struct Inner {
     options: PushOptions,
     settings: Mutex<ConsumeSettings>,
     listener: Listener,
-    queues: Mutex<BTreeMap<u32, QueueTask>>,
+    /// The running queue tasks, by broker group and queue id.
+    queues: Mutex<BTreeMap<(String, u32), QueueTask>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -264,9 +267,16 @@ impl PushConsumer {
         Ok(PushConsumer { inner, shutdown: shutdown_tx, tasks: Mutex::new(tasks) })
     }
 
-    /// The queue ids currently assigned (for tests and monitoring).
+    /// The queue ids currently assigned (for tests and monitoring), by broker group, then
+    /// id; ids repeat when the topic's queues are in several broker groups (see
+    /// [`Self::assigned_queues`]).
     pub fn assigned(&self) -> Vec<u32> {
-        self.inner.queues.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+        self.inner.queues.lock().unwrap_or_else(|e| e.into_inner()).keys().map(|(_, id)| *id).collect()
+    }
+
+    /// The queues currently assigned, as (broker group, queue id), in that order.
+    pub fn assigned_queues(&self) -> Vec<(String, u32)> {
+        self.inner.queues.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     /// Stops: every task ends (a queue's after the message it is consuming), then the
@@ -301,8 +311,9 @@ impl Inner {
         self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Runs a unary call, retried at other endpoints on retryable failures.
-    async fn unary<T, F, Fut>(&self, op: &'static str, mut call: F) -> Result<T, Error>
+    /// Runs a unary call, retried at other endpoints on retryable failures: at broker group
+    /// `broker`'s endpoints (the group holding a message), or the route's.
+    async fn unary<T, F, Fut>(&self, op: &'static str, broker: Option<&str>, mut call: F) -> Result<T, Error>
     where
         F: FnMut(MessagingServiceClient<Channel>, String, Duration) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -311,7 +322,10 @@ impl Inner {
         loop {
             let attempt = async {
                 let route = self.routes.route(&self.conn, &self.topic, retry.attempt(), retry.timeout(None)).await?;
-                let endpoint = target(&route, self.conn.seeds(), retry.attempt());
+                let endpoint = match broker {
+                    Some(b) => broker_target(&route, b, self.conn.seeds(), retry.attempt()),
+                    None => target(&route, self.conn.seeds(), retry.attempt()),
+                };
                 let client = self.conn.messaging(&endpoint)?;
                 call(client, endpoint, retry.timeout(None)).await
             };
@@ -436,7 +450,7 @@ impl Inner {
         const OP: &str = "heartbeat";
         let body =
             pb::HeartbeatRequest { group: resource(&self.group), client_type: pb::ClientType::PushConsumer as i32 };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, None, |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp = self.conn.call(OP, &endpoint, timeout, client.heartbeat(req)).await?;
@@ -461,7 +475,7 @@ impl Inner {
         const OP: &str = "query assignment";
         let body =
             pb::QueryAssignmentRequest { topic: resource(&self.topic), group: resource(&self.group), endpoints: None };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, None, |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp = self.conn.call(OP, &endpoint, timeout, client.query_assignment(req)).await?;
@@ -494,10 +508,13 @@ impl Inner {
     }
 
     fn reassign(self: &Arc<Self>, queues: Vec<pb::MessageQueue>) {
-        let wanted: BTreeMap<u32, pb::MessageQueue> = queues
+        let wanted: BTreeMap<(String, u32), pb::MessageQueue> = queues
             .into_iter()
             .filter(|q| q.topic.as_ref().is_none_or(|t| t.name == self.topic))
-            .filter_map(|q| u32::try_from(q.id).ok().map(|id| (id, q)))
+            .filter_map(|q| {
+                let broker = q.broker.as_ref().map(|b| b.name.clone()).unwrap_or_default();
+                u32::try_from(q.id).ok().map(|id| ((broker, id), q))
+            })
             .collect();
         let mut running = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         // Queues no longer assigned: their tasks stop after the message they are on.
@@ -508,14 +525,14 @@ impl Inner {
             }
             keep
         });
-        for (id, queue) in wanted {
-            if running.contains_key(&id) || self.stopping() {
+        for (key, queue) in wanted {
+            if running.contains_key(&key) || self.stopping() {
                 continue;
             }
             let (stop, stop_rx) = watch::channel(false);
             let handle = tokio::spawn(self.clone().consume_queue(queue, stop_rx));
-            tracing::debug!(group = %self.group, topic = %self.topic, queue = id, "reading an assigned queue");
-            running.insert(id, QueueTask { stop, handle });
+            tracing::debug!(group = %self.group, topic = %self.topic, broker = %key.0, queue = key.1, "reading an assigned queue");
+            running.insert(key, QueueTask { stop, handle });
         }
     }
 
@@ -570,11 +587,11 @@ impl Inner {
         }
     }
 
-    /// One `ReceiveMessage` of `queue`; no message is an empty answer.
+    /// One `ReceiveMessage` of `queue`, at its broker group; no message is an empty answer.
     async fn receive(&self, queue: &pb::MessageQueue, attempt: u32) -> Result<Vec<ReceivedMessage>, Error> {
         let timeout = self.conn.options.request_timeout;
         let route = self.routes.route(&self.conn, &self.topic, attempt, timeout).await?;
-        let endpoint = target(&route, self.conn.seeds(), attempt);
+        let endpoint = queue_endpoint(&route, queue, self.conn.seeds(), attempt);
         let body = pb::ReceiveMessageRequest {
             group: resource(&self.group),
             message_queue: Some(queue.clone()),
@@ -638,7 +655,7 @@ impl Inner {
                 lite_topic: None,
             }],
         };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, Some(&m.broker), |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp = self.conn.call(OP, &endpoint, timeout, client.ack_message(req)).await?;
@@ -659,7 +676,7 @@ impl Inner {
             lite_topic: None,
             suspend: None,
         };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, Some(&m.broker), |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp = self.conn.call(OP, &endpoint, timeout, client.change_invisible_duration(req)).await?;
@@ -680,7 +697,7 @@ impl Inner {
             max_delivery_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
             lite_topic: None,
         };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, Some(&m.broker), |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp =
@@ -694,7 +711,7 @@ impl Inner {
     async fn notify_termination(&self) -> Result<(), Error> {
         const OP: &str = "notify client termination";
         let body = pb::NotifyClientTerminationRequest { group: resource(&self.group) };
-        self.unary(OP, |mut client, endpoint, timeout| {
+        self.unary(OP, None, |mut client, endpoint, timeout| {
             let req = self.conn.request(body.clone(), timeout);
             async move {
                 let resp = self.conn.call(OP, &endpoint, timeout, client.notify_client_termination(req)).await?;
@@ -705,9 +722,50 @@ impl Inner {
     }
 }
 
+/// Where attempt `attempt` to receive from an assigned `queue` goes: its broker group's
+/// endpoints as the route lists them (leader first); for a group the route does not know,
+/// those the assignment names; failing both, the route's ([`target`]).
+fn queue_endpoint(route: &TopicRoute, queue: &pb::MessageQueue, seeds: &[String], attempt: u32) -> String {
+    let broker = queue.broker.as_ref();
+    let named = broker.map(|b| route.broker_endpoints(&b.name)).unwrap_or_default();
+    if !named.is_empty() {
+        return named[attempt as usize % named.len()].clone();
+    }
+    let assigned = endpoint_strings(broker.and_then(|b| b.endpoints.as_ref()));
+    if !assigned.is_empty() {
+        return assigned[attempt as usize % assigned.len()].clone();
+    }
+    target(route, seeds, attempt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assigned(broker: &str, id: i32, endpoints: &[(&str, i32)]) -> pb::MessageQueue {
+        let endpoints = (!endpoints.is_empty()).then(|| pb::Endpoints {
+            scheme: pb::AddressScheme::IPv4 as i32,
+            addresses: endpoints.iter().map(|(h, p)| pb::Address { host: (*h).into(), port: *p }).collect(),
+        });
+        pb::MessageQueue {
+            id,
+            broker: Some(pb::Broker { name: broker.into(), id: 0, endpoints }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_assigned_queue_is_read_at_its_own_group() {
+        let route = crate::route::tests::two_groups();
+        let seeds = vec!["a:1".to_string()];
+        let b0 = assigned("broker-b", 0, &[]);
+        let picks: Vec<String> = (0..4).map(|i| queue_endpoint(&route, &b0, &seeds, i)).collect();
+        assert_eq!(picks, ["b:2", "b:1", "b:3", "b:2"]);
+        assert_eq!(queue_endpoint(&route, &assigned("broker-a", 1, &[]), &seeds, 0), "a:1");
+        let c0 = assigned("broker-c", 0, &[("c", 1), ("c", 2)]);
+        assert_eq!(queue_endpoint(&route, &c0, &seeds, 1), "c:2");
+        assert_eq!(queue_endpoint(&route, &assigned("broker-c", 0, &[]), &seeds, 0), "a:1");
+    }
 
     #[test]
     fn backoff_delays_follow_the_attempts_and_the_last_repeats() {

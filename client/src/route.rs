@@ -13,6 +13,11 @@ use crate::conn::Conn;
 
 /// How long a cached route is used before it is asked for again.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// After a call about a topic failed, its routes are asked for again this often for
+/// [`UNSETTLED_FOR`]: a route fetched during an election still names the old leader first,
+/// and the next one names the new leader.
+const UNSETTLED_TTL: Duration = Duration::from_secs(1);
+const UNSETTLED_FOR: Duration = Duration::from_secs(10);
 /// Most topics whose routes one client caches.
 const MAX_CACHED_ROUTES: usize = 1024;
 /// Most queues a route may list.
@@ -45,7 +50,7 @@ impl RouteQueue {
 pub struct TopicRoute {
     /// Topic.
     pub topic: String,
-    /// Its queues, by id.
+    /// Its queues, by broker group, then id (queue ids repeat across groups).
     pub queues: Vec<RouteQueue>,
 }
 
@@ -75,9 +80,30 @@ impl TopicRoute {
             .filter(|q| matches!(q.permission, pb::Permission::Read | pb::Permission::ReadWrite))
             .collect()
     }
+
+    /// The broker groups serving the topic, each once, in the order of [`Self::queues`].
+    pub fn brokers(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for q in &self.queues {
+            if !out.contains(&q.broker.as_str()) {
+                out.push(&q.broker);
+            }
+        }
+        out
+    }
+
+    /// The client endpoints of broker group `broker` (its leader first), as the first of
+    /// its queues naming any lists them; empty when the route does not know the group.
+    pub fn broker_endpoints(&self, broker: &str) -> &[String] {
+        self.queues
+            .iter()
+            .find(|q| q.broker == broker && !q.endpoints.is_empty())
+            .map_or(&[], |q| q.endpoints.as_slice())
+    }
 }
 
-fn endpoint_strings(e: Option<&pb::Endpoints>) -> Vec<String> {
+/// The `host:port` strings of `e`'s addresses.
+pub(crate) fn endpoint_strings(e: Option<&pb::Endpoints>) -> Vec<String> {
     e.map(|e| {
         e.addresses
             .iter()
@@ -135,39 +161,55 @@ pub(crate) async fn query_route(
             message_types: q.accept_message_types.iter().filter_map(|t| pb::MessageType::try_from(*t).ok()).collect(),
         });
     }
-    queues.sort_by_key(|q| q.id);
+    queues.sort_by(|a, b| (&a.broker, a.id).cmp(&(&b.broker, b.id)));
     Ok(TopicRoute { topic: topic.to_string(), queues })
 }
 
-/// Routes by topic, each kept for a while; bounded.
+/// Routes by topic, each kept for a while (briefly after a failure); bounded.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
+    /// Topic → route and when it expires.
     routes: Mutex<HashMap<String, (Arc<TopicRoute>, Instant)>>,
+    /// Topic → when a call about it last failed.
+    unsettled: Mutex<HashMap<String, Instant>>,
 }
 
 impl RouteCache {
     /// The cached route of `topic`, if fresh.
     pub(crate) fn get(&self, topic: &str) -> Option<Arc<TopicRoute>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.get(topic).filter(|(_, at)| at.elapsed() < ROUTE_TTL).map(|(r, _)| r.clone())
+        routes.get(topic).filter(|(_, expires)| *expires > Instant::now()).map(|(r, _)| r.clone())
     }
 
     pub(crate) fn put(&self, route: TopicRoute) -> Arc<TopicRoute> {
+        let failed_lately = {
+            let unsettled = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+            unsettled.get(&route.topic).is_some_and(|at| at.elapsed() < UNSETTLED_FOR)
+        };
+        let expires = Instant::now() + if failed_lately { UNSETTLED_TTL } else { ROUTE_TTL };
         let route = Arc::new(route);
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         if routes.len() >= MAX_CACHED_ROUTES && !routes.contains_key(&route.topic) {
-            routes.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
+            routes.retain(|_, (_, expires)| *expires > Instant::now());
             if routes.len() >= MAX_CACHED_ROUTES {
                 routes.clear();
             }
         }
-        routes.insert(route.topic.clone(), (route.clone(), Instant::now()));
+        routes.insert(route.topic.clone(), (route.clone(), expires));
         route
     }
 
     /// Drops the route of `topic` (after a failure: the next call asks again).
     pub(crate) fn forget(&self, topic: &str) {
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(topic);
+        let mut unsettled = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        if unsettled.len() >= MAX_CACHED_ROUTES {
+            unsettled.retain(|_, at| at.elapsed() < UNSETTLED_FOR);
+            if unsettled.len() >= MAX_CACHED_ROUTES {
+                unsettled.clear();
+            }
+        }
+        unsettled.insert(topic.to_string(), Instant::now());
     }
 
     /// The route of `topic`: cached, or asked of the seed for `attempt`.
@@ -181,9 +223,10 @@ impl RouteCache {
         if let Some(r) = self.get(topic) {
             return Ok(r);
         }
-        let route = query_route(conn, conn.seed(attempt), topic, timeout).await?;
+        let seed = conn.seed(attempt);
+        let route = query_route(conn, &seed, topic, timeout).await?;
         if route.queues.is_empty() {
-            return Err(Error::protocol("query route", conn.seed(attempt), format!("topic {topic} has no queues")));
+            return Err(Error::protocol("query route", &seed, format!("topic {topic} has no queues")));
         }
         Ok(self.put(route))
     }
@@ -198,11 +241,31 @@ pub(crate) fn target(route: &TopicRoute, seeds: &[String], attempt: u32) -> Stri
             candidates.push(s.clone());
         }
     }
-    candidates.get(attempt as usize % candidates.len().max(1)).cloned().unwrap_or_default()
+    crate::conn::rotate(&candidates, attempt)
+}
+
+/// Where attempt `attempt` of a call about `queue` goes: the endpoints of the broker group
+/// serving it (leader first, then its other members, in rotation); [`target`] when the
+/// queue names none.
+pub(crate) fn queue_target(route: &TopicRoute, queue: &RouteQueue, seeds: &[String], attempt: u32) -> String {
+    match queue.endpoints.len() {
+        0 => target(route, seeds, attempt),
+        _ => crate::conn::rotate(&queue.endpoints, attempt),
+    }
+}
+
+/// Where attempt `attempt` of a call about a message held by broker group `broker` goes
+/// (an ack, an invisibility change, a transaction's end): that group's endpoints in
+/// rotation, leader first; [`target`] when the route does not know the group.
+pub(crate) fn broker_target(route: &TopicRoute, broker: &str, seeds: &[String], attempt: u32) -> String {
+    match route.broker_endpoints(broker) {
+        [] => target(route, seeds, attempt),
+        endpoints => crate::conn::rotate(endpoints, attempt),
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn queue(id: u32, endpoints: &[&str]) -> RouteQueue {
@@ -215,6 +278,24 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn routes_live_briefly_after_a_failure() {
+        let cache = RouteCache::default();
+        let route = || TopicRoute { topic: "t".into(), queues: vec![queue(0, &["a:1"])] };
+        cache.put(route());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(cache.get("t").is_some(), "a route lives 30 s");
+        cache.forget("t");
+        assert!(cache.get("t").is_none());
+        cache.put(route());
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(cache.get("t").is_none(), "after a failure a route lives 1 s");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        cache.put(route());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(cache.get("t").is_some(), "10 s after the failure routes live long again");
+    }
+
     #[test]
     fn targets_start_at_the_leader_then_rotate_through_members_and_seeds() {
         let route =
@@ -222,6 +303,51 @@ mod tests {
         let seeds = vec!["b:1".to_string(), "c:1".to_string()];
         let picks: Vec<String> = (0..4).map(|i| target(&route, &seeds, i)).collect();
         assert_eq!(picks, ["a:1", "b:1", "c:1", "a:1"]);
+    }
+
+    fn group_queue(broker: &str, id: u32, endpoints: &[&str]) -> RouteQueue {
+        RouteQueue { broker: broker.into(), ..queue(id, endpoints) }
+    }
+
+    /// broker-a on a:1..a:3 (leader a:1), broker-b on b:1..b:3 (leader b:2), 2 queues each.
+    pub(crate) fn two_groups() -> TopicRoute {
+        let a = ["a:1", "a:2", "a:3"];
+        let b = ["b:2", "b:1", "b:3"];
+        let mut queues = vec![
+            group_queue("broker-b", 1, &b),
+            group_queue("broker-a", 1, &a),
+            group_queue("broker-b", 0, &b),
+            group_queue("broker-a", 0, &a),
+        ];
+        queues.sort_by(|x, y| (&x.broker, x.id).cmp(&(&y.broker, y.id)));
+        TopicRoute { topic: "t".into(), queues }
+    }
+
+    #[test]
+    fn two_groups_are_told_apart_by_broker_then_queue() {
+        let route = two_groups();
+        let order: Vec<(&str, u32)> = route.queues.iter().map(|q| (q.broker.as_str(), q.id)).collect();
+        assert_eq!(order, [("broker-a", 0), ("broker-a", 1), ("broker-b", 0), ("broker-b", 1)]);
+        assert_eq!(route.brokers(), ["broker-a", "broker-b"]);
+        assert_eq!(route.broker_endpoints("broker-b"), ["b:2", "b:1", "b:3"]);
+        assert!(route.broker_endpoints("broker-c").is_empty());
+    }
+
+    #[test]
+    fn calls_about_a_queue_or_a_group_go_to_that_group_leader_first() {
+        let route = two_groups();
+        let seeds = vec!["b:1".to_string()];
+        let b0 = &route.queues[2];
+        let picks: Vec<String> = (0..4).map(|i| queue_target(&route, b0, &seeds, i)).collect();
+        assert_eq!(picks, ["b:2", "b:1", "b:3", "b:2"]);
+        let picks: Vec<String> = (0..4).map(|i| broker_target(&route, "broker-a", &seeds, i)).collect();
+        assert_eq!(picks, ["a:1", "a:2", "a:3", "a:1"]);
+        // A group the route does not know, or a queue naming no endpoint: as before.
+        assert_eq!(broker_target(&route, "broker-c", &seeds, 0), target(&route, &seeds, 0));
+        assert_eq!(broker_target(&route, "", &seeds, 4), target(&route, &seeds, 4));
+        let bare = group_queue("broker-b", 0, &[]);
+        let lonely = TopicRoute { topic: "t".into(), queues: vec![bare.clone()] };
+        assert_eq!(queue_target(&lonely, &bare, &seeds, 0), "b:1");
     }
 
     #[test]

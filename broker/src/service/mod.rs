@@ -96,7 +96,7 @@ impl std::fmt::Debug for Broker {
 /// Where a call is served.
 enum Route {
     Local,
-    Leader(MessagingServiceClient<Channel>),
+    Leader(NodeId, MessagingServiceClient<Channel>),
 }
 
 /// What the messaging service uses of its node.
@@ -155,9 +155,14 @@ impl Broker {
     }
 
     async fn route<T>(&self, request: &Request<T>) -> Result<Route, Refusal> {
-        match self.inner.forwarder.leader_endpoint(request).await.map_err(|e| Refusal::unavailable(e.0))? {
+        self.route_avoiding(request, None).await
+    }
+
+    /// [`Broker::route`], waiting for a leader other than `not` when it is set.
+    async fn route_avoiding<T>(&self, request: &Request<T>, not: Option<NodeId>) -> Result<Route, Refusal> {
+        match self.inner.forwarder.leader_endpoint(request, not).await.map_err(|e| Refusal::unavailable(e.0))? {
             None => Ok(Route::Local),
-            Some(addr) => Ok(Route::Leader(self.client(&addr)?)),
+            Some((leader, addr)) => Ok(Route::Leader(leader, self.client(&addr)?)),
         }
     }
 
@@ -175,22 +180,33 @@ impl Broker {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Forwards a unary call to the leader, or serves it here.
+/// Forwards a unary call to the leader, or serves it here. A forwarded call is abandoned
+/// when this node sees that leader lose the lead (it died or was cut off: an election
+/// started), and forwarded once more to the next leader, so a client that reached a
+/// live member rides through the election instead of waiting out its own timeout. (The
+/// abandoned call may still have been stored by the old leader: sends are at least once.)
 macro_rules! unary {
     ($self:ident, $request:ident, $method:ident, $local:expr, $fail:expr) => {{
-        match $self.route(&$request).await {
-            Ok(Route::Local) => Ok(Response::new($local($self, $request.into_inner()).await)),
-            Ok(Route::Leader(mut client)) => {
-                let body = $request.get_ref().clone();
-                match client.$method(forward(&$request, body)).await {
-                    Ok(resp) => Ok(resp),
-                    Err(s) => Ok(Response::new($fail(Refusal::unavailable(format!(
-                        "forwarding to the leader failed: {}",
-                        s.message()
-                    ))))),
+        let mut abandoned: Option<NodeId> = None;
+        loop {
+            match $self.route_avoiding(&$request, abandoned).await {
+                Ok(Route::Local) => break Ok(Response::new($local($self, $request.into_inner()).await)),
+                Ok(Route::Leader(leader, mut client)) => {
+                    let body = $request.get_ref().clone();
+                    let forwarder = $self.inner.forwarder.clone();
+                    tokio::select! {
+                        result = client.$method(forward(&$request, body)) => match result {
+                            Ok(resp) => break Ok(resp),
+                            Err(s) => break Ok(Response::new($fail(Refusal::unavailable(format!(
+                                "forwarding to the leader failed: {}",
+                                s.message()
+                            ))))),
+                        },
+                        () = forwarder.leader_lost(leader), if abandoned.is_none() => abandoned = Some(leader),
+                    }
                 }
+                Err(refusal) => break Ok(Response::new($fail(refusal))),
             }
-            Err(refusal) => Ok(Response::new($fail(refusal))),
         }
     }};
 }
@@ -257,7 +273,7 @@ impl MessagingService for Broker {
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         match self.route(&request).await {
             Ok(Route::Local) => Ok(Response::new(self.serve_receive(request).await)),
-            Ok(Route::Leader(mut client)) => {
+            Ok(Route::Leader(_, mut client)) => {
                 let body = request.get_ref().clone();
                 match client.receive_message(forward(&request, body)).await {
                     Ok(resp) => Ok(Response::new(Box::pin(resp.into_inner()) as BoxStream<_>)),

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
@@ -239,8 +240,23 @@ impl Batch {
     }
 
     /// `ack = "quorum"`: proposes, waits for commit and apply, answers with the offsets.
+    /// A leader that loses contact with a quorum while the send waits (cut off from the
+    /// others) answers at once that the outcome is unknown, so the client retries on the
+    /// members that can elect a new leader instead of waiting out its own timeout.
     async fn commit(self, raft: Raft) {
-        let result = raft.client_write(self.command).await;
+        let write = raft.client_write(self.command);
+        let result = tokio::select! {
+            result = write => result,
+            lost = quorum_lost(&raft) => {
+                let refusal = Refusal::unavailable(format!(
+                    "node {} has heard from no quorum of its group for {} ms while this send waited: it \
+                     may or may not be stored; retry on another member",
+                    raft.metrics().borrow_watched().id,
+                    lost.as_millis()
+                ));
+                return refuse(self.dones, &refusal);
+            }
+        };
         match result {
             Ok(resp) => answer_applied(self.dones, &self.sizes, LogIndex(resp.log_id.index()), resp.data),
             // Not the leader any more, or the node is stopping: nothing was acknowledged.
@@ -316,6 +332,36 @@ impl Batch {
         drop(answering);
         follow(applied, self.queues.len(), acknowledged).await;
         drop(unapplied);
+    }
+}
+
+/// Resolves, with how long it has been, once this node leads but has had no
+/// acknowledgement from a quorum for longer than its leader lease (openraft's lease is
+/// the longest election timeout: past it, the others may elect a new leader). Never
+/// resolves while acknowledgements keep coming.
+async fn quorum_lost(raft: &Raft) -> Duration {
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let mut metrics = raft.metrics();
+    loop {
+        let silent = {
+            let m = metrics.borrow_watched();
+            match (m.state, m.last_quorum_acked.as_ref()) {
+                (openraft::ServerState::Leader, Some(acked)) => Some(openraft::Instant::elapsed(&**acked)),
+                _ => None,
+            }
+        };
+        match silent {
+            Some(silent) if silent > lease => return silent,
+            // Look again when the lease would run out, or when the metrics change.
+            Some(silent) => {
+                let _ = tokio::time::timeout(lease - silent + Duration::from_millis(1), metrics.changed()).await;
+            }
+            None => {
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }
 
