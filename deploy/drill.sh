@@ -11,10 +11,19 @@
 #   pause-leader      docker pause the leader for DRILL_PAUSE seconds
 #   partition-leader  cut the leader off from the other two (iptables in its network
 #                     namespace; clients still reach it) for DRILL_PARTITION seconds, heal
+#   rolling-restart   docker stop / start each node in turn, followers first: a stopping
+#                     leader hands the lead over and drains its calls; fails on any failed send
+#   disk-full         fill the leader's disk (256 MiB volumes) past 90% for DRILL_FULL seconds:
+#                     sends are refused naming the disk, consumers drain the backlog (they
+#                     start after the fill), sends resume once the filler is deleted
+#   bit-flip          stop a follower, flip one bit in a record in the middle of its CommitLog:
+#                     it must refuse to start, naming the segment file and the byte offset;
+#                     the bit is flipped back and the node rejoins
 #   no-fault          DRILL_LOAD_PRODUCERS (64) producers for DRILL_SECONDS (30) and no fault:
 #                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
-# With no scenario: the short set CI runs (kill-leader with two kills, partition-leader).
+# With no scenario: the short set CI runs (kill-leader with two kills, partition-leader,
+# rolling-restart).
 #
 # Settings (environment): DRILL_CLIENT (rust: `mqadmin bench produce`; python: the official
 # Python client, deploy/python-producer.py, in a virtualenv made on first use),
@@ -31,6 +40,7 @@ producers="${DRILL_PRODUCERS:-16}"
 consumers="${DRILL_CONSUMERS:-4}"
 kills="${DRILL_KILLS:-2}"
 pause_s="${DRILL_PAUSE:-4}"
+full_s="${DRILL_FULL:-8}"
 partition_s="${DRILL_PARTITION:-6}"
 topic=DrillTopic
 group=DrillGroup
@@ -44,22 +54,24 @@ die() {
     exit 1
 }
 now_ms() { date +%s%3N; }
-compose() { docker-compose -p "$project" -f "$compose_file" "$@"; }
+# A scenario may add an overlay file (disk-full: small volumes).
+overlay=""
+compose() { docker-compose -p "$project" -f "$compose_file" ${overlay:+-f "$overlay"} "$@"; }
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(kill-leader partition-leader)
+    scenarios=(kill-leader partition-leader rolling-restart)
 elif [ "${scenarios[0]}" = all ]; then
-    scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader)
+    scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader rolling-restart disk-full bit-flip)
 fi
 for s in "${scenarios[@]}"; do
     case "$s" in
-        kill-leader | kill-follower | pause-leader | partition-leader | no-fault) ;;
+        kill-leader | kill-follower | pause-leader | partition-leader | rolling-restart | disk-full | bit-flip | no-fault) ;;
         *) die "unknown scenario $s (see the usage at the top of $0)" ;;
     esac
 done
 
-for tool in docker docker-compose python3 nsenter iptables; do
+for tool in docker docker-compose python3 nsenter iptables fallocate df; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH"
 done
 
@@ -137,6 +149,48 @@ wait_healthy() {
     done
 }
 
+# Waits until a service's node has applied everything the group had committed when the
+# node answered (up to 60 s).
+caught_up() {
+    local id="${1#node}" deadline=$((SECONDS + 60)) target="" applied list
+    while [ $SECONDS -lt $deadline ]; do
+        if list="$(admin cluster list 2>/dev/null)"; then
+            [ -n "$target" ] || target="$(awk '$3 == "LEADER" && $6 ~ /^[0-9]+$/ { print $6; exit }' <<<"$list")"
+            applied="$(awk -v id="$id" '$2 == id && $8 ~ /^[0-9]+$/ { print $8; exit }' <<<"$list")"
+            if [ -n "$target" ] && [ -n "$applied" ] && [ "$applied" -ge "$target" ]; then
+                return
+            fi
+        fi
+        sleep 0.2
+    done
+    die "node $id did not catch up within 60 s"
+}
+
+# Flips one bit in the middle record of the oldest CommitLog segment in a node's volume (run
+# twice, it restores the byte); prints "<segment file> <record offset>".
+flip_bit() {
+    local vol
+    vol="$(docker volume inspect -f '{{.Mountpoint}}' "${project}_$1-data")"
+    python3 - "$vol/commitlog" <<'PY'
+import os, struct, sys
+d = sys.argv[1]
+seg = sorted(f for f in os.listdir(d) if f.endswith(".log"))[0]
+index = open(os.path.join(d, seg[:-4] + ".idx"), "rb").read()
+slots = len(index) // 8
+if slots < 3:
+    sys.exit("only %d records in %s" % (slots, seg))
+pos = struct.unpack_from("<Q", index, (slots // 2) * 8)[0]
+with open(os.path.join(d, seg), "r+b") as f:
+    f.seek(pos + 64)
+    b = f.read(1)
+    f.seek(pos + 64)
+    f.write(bytes([b[0] ^ 0x10]))
+    f.flush()
+    os.fsync(f.fileno())
+print(seg, pos)
+PY
+}
+
 # Runs a command in the network namespace of a service's container.
 in_netns() {
     local service="$1" pid
@@ -161,11 +215,14 @@ heal_cut() {
 }
 
 failed=0
+bitflip_failed=0
 summary=()
 
 run_scenario() {
     local scenario="$1" dir="$out/$1"
     mkdir -p "$dir"
+    overlay=""
+    [ "$scenario" = disk-full ] && overlay="$root/deploy/drill-small-disks.yml"
     say "== $scenario ($client producers): fresh cluster"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     compose up -d >"$dir/compose-up.log" 2>&1 || {
@@ -176,11 +233,18 @@ run_scenario() {
     admin topic create "$topic" --queues 8 >/dev/null
     admin group update "$group" >/dev/null
 
-    # The workload: a consumer group draining, and producers until the faults are over.
-    "$mqadmin" --endpoints "$members" bench consume --topic "$topic" --group "$group" \
-        --consumers "$consumers" --seconds 900 --record "$dir/deliveries" --quiet --json \
-        >"$dir/consume.json" 2>"$dir/consume.err" &
-    local consumer_pid=$!
+    # The workload: a consumer group draining (started after the fault in disk-full, so that
+    # it has a backlog to drain while sends are refused), and producers until the faults are
+    # over.
+    local consumer_pid=""
+    start_consumers() {
+        "$mqadmin" --endpoints "$members" bench consume --topic "$topic" --group "$group" \
+            --consumers "$consumers" --seconds 900 --record "$dir/deliveries" --quiet --json \
+            --invisible-secs 5 \
+            >"$dir/consume.json" 2>"$dir/consume.err" &
+        consumer_pid=$!
+    }
+    [ "$scenario" = disk-full ] || start_consumers
     local n_producers="$producers" term_before term_after
     [ "$scenario" = no-fault ] && n_producers="${DRILL_LOAD_PRODUCERS:-64}"
     term_before="$(term)"
@@ -188,8 +252,11 @@ run_scenario() {
         "$py_venv/bin/python" "$root/deploy/python-producer.py" "$members" "$topic" "$dir/sends" "$n_producers" \
             >"$dir/produce.json" 2>"$dir/produce.err" &
     else
+        # With a full disk a refused send is recorded as failed after a second of retries.
+        local retry=()
+        [ "$scenario" = disk-full ] && retry=(--retry-deadline-ms 1000)
         "$mqadmin" --endpoints "$members" bench produce --topic "$topic" --producers "$n_producers" \
-            --seconds 3600 --record "$dir/sends" --json --quiet >"$dir/produce.json" 2>"$dir/produce.err" &
+            --seconds 3600 --record "$dir/sends" --json --quiet "${retry[@]}" >"$dir/produce.json" 2>"$dir/produce.err" &
     fi
     local producer_pid=$!
     sleep 5
@@ -241,6 +308,72 @@ run_scenario() {
             heals+=("$(now_ms)")
             wait_healthy
             ;;
+        rolling-restart)
+            local first_leader order role stopping
+            first_leader="$(leader)"
+            read -r -a order <<<"$(printf '%s\n' node1 node2 node3 | grep -v "^$first_leader$" | tr '\n' ' ') $first_leader"
+            for victim in "${order[@]}"; do
+                role=follower
+                [ "$(leader)" = "$victim" ] && role=leader
+                say "docker stop of the $role $victim (a stopping leader hands the lead over first)"
+                stopping="$(now_ms)"
+                faults+=("$stopping")
+                docker stop -t 15 "$(container "$victim")" >/dev/null
+                say "$victim stopped in $(($(now_ms) - stopping)) ms; leader now $(leader)"
+                docker start "$(container "$victim")" >/dev/null
+                heals+=("$(now_ms)")
+                wait_healthy
+                caught_up "$victim"
+                sleep 2
+            done
+            ;;
+        disk-full)
+            victim="$(leader)"
+            local data size used fill
+            data="/proc/$(docker inspect -f '{{.State.Pid}}' "$(container "$victim")")/root/data"
+            read -r size used <<<"$(df -B1 --output=size,used "$data" | tail -n 1)"
+            fill=$((size * 95 / 100 - used))
+            say "filling the leader $victim's disk: $((used >> 20)) of $((size >> 20)) MiB used, adding $((fill >> 20)) MiB"
+            fallocate -l "$fill" "$data/filler"
+            faults+=("$(now_ms)")
+            sleep 1
+            start_consumers
+            sleep "$full_s"
+            rm -f "$data/filler"
+            heals+=("$(now_ms)")
+            say "deleted the filler"
+            ;;
+        bit-flip)
+            victim="$(leader)"
+            victim="$(printf '%s\n' node1 node2 node3 | grep -v "^$victim$" | head -n 1)"
+            say "docker stop of the follower $victim, then a bit flipped in its CommitLog"
+            docker stop -t 15 "$(container "$victim")" >/dev/null
+            faults+=("$(now_ms)")
+            local flipped seg offset deadline logs
+            flipped="$(flip_bit "$victim")"
+            read -r seg offset <<<"$flipped"
+            say "flipped a bit in the record at byte $offset of $seg"
+            docker start "$(container "$victim")" >/dev/null
+            deadline=$((SECONDS + 60))
+            while [ "$(docker inspect -f '{{.State.Running}}' "$(container "$victim")")" = true ]; do
+                [ $SECONDS -lt $deadline ] || die "$victim still runs 60 s after starting on a corrupt CommitLog"
+                sleep 0.5
+            done
+            logs="$(docker logs --tail 20 "$(container "$victim")" 2>&1)"
+            if grep -q "$seg at byte offset $offset" <<<"$logs" &&
+                [ "$(docker inspect -f '{{.State.ExitCode}}' "$(container "$victim")")" != 0 ]; then
+                say "$victim refused to start: $(grep -o "corrupt log data in [^;]*" <<<"$logs" | tail -n 1)"
+            else
+                printf '%s\n' "$logs" >&2
+                say "FAILED: $victim did not refuse to start naming $seg and byte $offset"
+                bitflip_failed=1
+            fi
+            flip_bit "$victim" >/dev/null
+            docker start "$(container "$victim")" >/dev/null
+            heals+=("$(now_ms)")
+            wait_healthy
+            caught_up "$victim"
+            ;;
         no-fault)
             say "no fault: $n_producers producers for ${DRILL_SECONDS:-30} s"
             sleep "${DRILL_SECONDS:-30}"
@@ -266,6 +399,39 @@ run_scenario() {
     say "checking the records of $scenario"
     local status=ok
     if ! "$mqadmin" check "${args[@]}" | tee "$dir/check.txt"; then
+        status=FAILED
+        failed=1
+    fi
+    local failed_sends
+    failed_sends="$(tail -n 2 "$dir/check.txt" | grep '^{' | python3 -c 'import json, sys; print(json.load(sys.stdin)["failed_sends"])' 2>/dev/null || echo unknown)"
+    if [ "$scenario" = rolling-restart ] && [ "$failed_sends" != 0 ]; then
+        say "FAILED: $failed_sends sends failed during a rolling restart (expected none)"
+        status=FAILED
+        failed=1
+    fi
+    if [ "$scenario" = disk-full ] && ! python3 - "$dir" "${faults[0]}" "${heals[0]}" <<'PY'; then
+import sys
+d, fault, heal = sys.argv[1], int(sys.argv[2]) * 1000, int(sys.argv[3]) * 1000
+refused = delivered = after = 0
+for line in open(d + "/sends"):
+    f = line.split(" ", 6)
+    if f[0] == "F" and fault <= int(f[2]) <= heal and "full" in line:
+        refused += 1
+    if f[0] == "A" and int(f[1]) > heal:
+        after += 1
+for line in open(d + "/deliveries"):
+    f = line.split(" ", 2)
+    if f[0] == "D" and fault <= int(f[1]) <= heal:
+        delivered += 1
+print("disk full: %d sends refused naming the full disk, %d deliveries while full, %d sends acknowledged after"
+      % (refused, delivered, after))
+sys.exit(0 if refused and delivered and after else 1)
+PY
+        say "FAILED: with the disk full, sends must be refused with a clear status while consumption goes on, and resume after"
+        status=FAILED
+        failed=1
+    fi
+    if [ "$scenario" = bit-flip ] && [ "$bitflip_failed" = 1 ]; then
         status=FAILED
         failed=1
     fi

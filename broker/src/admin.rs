@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{Instant as _, ServerState};
 use raft_log::Log;
 use raftmq_proto::admin::v1 as pb;
 use raftmq_proto::admin::v1::admin_service_client::AdminServiceClient;
@@ -496,14 +496,7 @@ impl Admin {
 
     /// On the leader: refuses a target that has not acknowledged it lately.
     fn check_target_live(&self, to: NodeId) -> Result<(), Status> {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow_watched();
-        let live = m
-            .heartbeat
-            .as_ref()
-            .and_then(|hb| hb.get(&to))
-            .is_some_and(|last| last.as_ref().is_some_and(|t| t.elapsed() < TARGET_LIVE_WITHIN));
-        if live {
+        if crate::raft::heard_from_within(&self.inner.raft.metrics().borrow_watched(), to, TARGET_LIVE_WITHIN) {
             Ok(())
         } else {
             Err(Status::unavailable(format!(

@@ -9,7 +9,7 @@ use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
 use crate::settings::AckMode;
-use crate::settings::{NodeConfig, NodeId, NodeInfo, ServiceSettings, TransactionSettings};
+use crate::settings::{NodeConfig, NodeId, NodeInfo, RetentionConfig, ServiceSettings, TransactionSettings};
 
 /// Largest configuration file read (a config is a few hundred bytes).
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -91,6 +91,9 @@ const MAX_TRANSACTION_CHECKS: u32 = 1000;
 /// Longest `max_delay_ms` a configuration may set (30 days).
 const MAX_DELAY_LIMIT_MS: u64 = 30 * 24 * 3600 * 1000;
 
+fn default_disk_refuse_percent() -> u8 {
+    crate::disk::DEFAULT_REFUSE_PERCENT
+}
 fn default_max_body() -> usize {
     4 << 20
 }
@@ -166,6 +169,10 @@ pub struct FileConfig {
     /// Check-backs before an open transaction is rolled back.
     #[serde(default = "default_transaction_check_max")]
     pub transaction_check_max: u32,
+    /// Sends are refused while the disk holding `data_dir` is at least this full, in
+    /// percent (50-100).
+    #[serde(default = "default_disk_refuse_percent")]
+    pub disk_refuse_percent: u8,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -323,6 +330,12 @@ impl FileConfig {
                 format!("{} is not within 1 and {MAX_TRANSACTION_CHECKS}", self.transaction_check_max),
             ));
         }
+        if !(50..=100).contains(&self.disk_refuse_percent) {
+            return Err(invalid(
+                "disk_refuse_percent",
+                format!("{} is not within 50 and 100", self.disk_refuse_percent),
+            ));
+        }
         let data_dir =
             self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("data/{}-{}", self.group, self.node_id)));
         let max_payload = (self.segment_size_bytes / 2).min(u64::from(LogConfig::default().max_payload)) as u32;
@@ -356,6 +369,7 @@ impl FileConfig {
                 ack: self.ack,
                 ..ServiceSettings::default()
             },
+            retention: RetentionConfig { disk_refuse_percent: self.disk_refuse_percent, ..RetentionConfig::default() },
             ..NodeConfig::default()
         })
     }

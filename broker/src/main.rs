@@ -148,9 +148,14 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
+        why = node.failed() => {
+            tracing::error!(%group, node = %id, error = %why, "raft stopped on this node; exiting");
+            node.shutdown().await;
+            anyhow::bail!("node {id} of {group}: raft stopped: {why}");
+        }
     }
-    tracing::info!(%group, node = %id, "stopping");
-    node.shutdown().await;
+    tracing::info!(%group, node = %id, "stopping: handing over the lead and draining the calls in flight");
+    node.stop().await;
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::{Log, RaftLogStore};
 use raftmq_machine::codec::{ENTRY_VERSION, OLDEST_READ_ENTRY_VERSION};
 use raftmq_proto::admin::v1::admin_service_server::AdminServiceServer;
@@ -13,13 +15,14 @@ use tonic::service::Routes;
 
 use crate::admin::{Admin, DEFAULT_QUEUES};
 use crate::check_back::{self, CheckBack};
+use crate::disk::DiskGuard;
 use crate::forward::Forwarder;
 use crate::raft::ack::{AckLogStore, DEFAULT_WAITERS, FlushWaiters};
 use crate::raft::backfill::Backfill;
 use crate::raft::network::Network;
 use crate::raft::service::RaftRpc;
 use crate::raft::state::StateStore;
-use crate::raft::{Raft, TypeConfig};
+use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::registration::{Identity, Registration};
 use crate::retention;
 use crate::service::namesrv_view::RouteView;
@@ -29,6 +32,11 @@ pub use crate::settings::NodeConfig;
 use crate::settings::ServiceSettings;
 use crate::store::{Storage, Stores, dispatch};
 use crate::timers;
+
+/// How long a stopping node lets the calls in flight finish.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How long a stopping leader waits for a follower to take the lead.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// A running node.
 #[derive(Debug)]
@@ -117,6 +125,12 @@ impl Node {
         if let Some((file, offset)) = &report.torn_tail {
             tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");
         }
+        let disk = DiskGuard::new(&cfg.data_dir, cfg.retention.disk_refuse_percent).map_err(|e| {
+            StartError::State(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the disk usage of {}: {e}", cfg.data_dir.display()),
+            ))
+        })?;
         let backfill = Backfill::open(&cfg.data_dir.join("state"), log.clone()).map_err(StartError::State)?;
         let state = StateStore::open(&cfg.data_dir.join("state"), &cfg.group)
             .map_err(StartError::State)?
@@ -170,7 +184,7 @@ impl Node {
             store_host: me.client_addr.clone(),
             forwarder: forwarder.clone(),
         });
-        let parts = NodeParts { raft: raft.clone(), storage, view, forwarder, sessions, resolver };
+        let parts = NodeParts { raft: raft.clone(), storage, view, forwarder, sessions, resolver, disk: disk.clone() };
         let broker = Broker::new(&cfg.group, service_settings(&cfg), parts);
         let max_message = cfg.service.max_body_bytes * 2 + (1 << 20);
         // The admin service shares the client endpoint with the RocketMQ service.
@@ -213,6 +227,7 @@ impl Node {
             check_back,
             backfill.spawn(raft.clone(), cfg.group.clone(), cfg.node_id),
             retention::spawn(raft.clone(), log.clone(), state.clone(), stores.clone(), cfg.retention.clone()),
+            disk.spawn(),
         ];
         Ok(Node {
             raft,
@@ -223,13 +238,87 @@ impl Node {
             client_addr,
             backfill,
             tasks,
+            // The client server last: `stop` drains it before Raft stops.
             stops: vec![raft_stop, client_stop],
             servers: vec![raft_server, client_server],
             registration: Some(registration),
         })
     }
 
-    /// Stops Raft and the server (as a crash would, minus the lost page cache).
+    /// Resolves, with the reason, once Raft on this node has stopped by itself (a failed
+    /// write to the CommitLog, a full disk): the node can then neither vote nor store, and
+    /// the process should exit rather than keep answering as a member.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
+    /// Stops the node the way an operator's stop (SIGTERM) should, so that clients see no
+    /// failed call: a leader hands the lead to its most caught-up live follower first, then
+    /// the client server stops taking connections (HTTP/2 GOAWAY) and lets the calls in
+    /// flight finish (forwarded to the new leader) for up to [`DRAIN_WAIT`], and only then
+    /// do Raft and the CommitLog stop.
+    pub async fn stop(mut self) {
+        if let Some(registration) = self.registration.take() {
+            registration.stop().await;
+        }
+        self.hand_over_leadership().await;
+        if let (Some(stop), Some(server)) = (self.stops.pop(), self.servers.pop()) {
+            let _ = stop.send(());
+            let abort = server.abort_handle();
+            if tokio::time::timeout(DRAIN_WAIT, server).await.is_err() {
+                tracing::info!(wait = ?DRAIN_WAIT, "calls still open after the drain; closing them");
+                abort.abort();
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// On the leader: moves the lead to the live follower that holds the most of the log,
+    /// and waits (up to [`HANDOVER_WAIT`]) until it leads. Best effort: a follower that cannot
+    /// take over in time leaves an election to the others after this node stops.
+    async fn hand_over_leadership(&self) {
+        let me = self.raft.metrics().borrow_watched().id;
+        let target = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            if m.current_leader != Some(me) {
+                return;
+            }
+            let live = |id: &NodeId| crate::raft::heard_from_within(&m, *id, Duration::from_secs(1));
+            let matched = |id: &NodeId| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+            m.membership_config.membership().voter_ids().filter(|id| *id != me && live(id)).max_by_key(matched)
+        };
+        let Some(to) = target else {
+            tracing::info!("no live follower to hand the lead to; the others will elect a leader");
+            return;
+        };
+        tracing::info!(from = %me, to = %to, "handing over the lead before stopping");
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(error = %e, "cannot hand over the lead");
+            return;
+        }
+        let mut rx = self.raft.metrics();
+        let moved = async {
+            while rx.borrow_watched().current_leader == Some(me) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(HANDOVER_WAIT, moved).await.is_err() {
+            tracing::warn!(to = %to, wait = ?HANDOVER_WAIT, "the lead did not move; stopping anyway");
+        }
+    }
+
+    /// Stops Raft and the server at once (as a crash would, minus the lost page cache).
     pub async fn shutdown(mut self) {
         // Stop reporting first: the nameservers drop the node after their expiry.
         if let Some(registration) = self.registration.take() {

@@ -9,17 +9,12 @@ use broker::node::{Node, NodeConfig};
 use broker::raft::NodeId;
 use broker::settings::AckMode;
 use broker::settings::ServiceSettings;
-use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
-use raftmq_machine::types::{QueueId, TopicName};
-use raftmq_proto::rocketmq::v2 as pb;
-use raftmq_proto::rocketmq::v2::Code;
-use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 
 mod common;
 
-const TOPIC: &str = "acks";
+use common::grpc::{applied_messages, ok, pull_bodies, send, send_until_ok};
 
 /// Configs of a three-node group answering sends as `ack` says; topics are auto-created.
 fn configs(dir: &std::path::Path, ack: AckMode, election_timeout: Duration) -> anyhow::Result<Vec<NodeConfig>> {
@@ -53,97 +48,6 @@ async fn wait_leader(nodes: &[Node], deadline: Duration) -> anyhow::Result<NodeI
         anyhow::ensure!(start.elapsed() < deadline, "no agreed leader after {deadline:?}: {leaders:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn message(body: &str) -> pb::Message {
-    pb::Message {
-        topic: Some(pb::Resource { resource_namespace: String::new(), name: TOPIC.into() }),
-        // Queue 0 of the topic.
-        system_properties: Some(pb::SystemProperties { born_host: "test".into(), ..Default::default() }),
-        body: Bytes::from(body.to_string()),
-        ..Default::default()
-    }
-}
-
-async fn client(addr: &str) -> anyhow::Result<MessagingServiceClient<tonic::transport::Channel>> {
-    Ok(MessagingServiceClient::connect(format!("http://{addr}")).await?)
-}
-
-/// Sends `bodies` in one request to `addr`, giving up after `timeout`.
-async fn send(addr: &str, bodies: &[String], timeout: Duration) -> anyhow::Result<pb::SendMessageResponse> {
-    let mut request =
-        tonic::Request::new(pb::SendMessageRequest { messages: bodies.iter().map(|b| message(b)).collect() });
-    request.set_timeout(timeout);
-    let mut c = client(addr).await?;
-    Ok(tokio::time::timeout(timeout, c.send_message(request)).await??.into_inner())
-}
-
-/// Sends `bodies` until the group stores them (a new leader refuses writes until a quorum
-/// has acknowledged it).
-async fn send_until_ok(addr: &str, bodies: &[String], deadline: Duration) -> anyhow::Result<pb::SendMessageResponse> {
-    let start = Instant::now();
-    loop {
-        let answer = send(addr, bodies, deadline).await?;
-        if ok(answer.status.as_ref()) {
-            return Ok(answer);
-        }
-        anyhow::ensure!(start.elapsed() < deadline, "not stored within {deadline:?}: {answer:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ok(status: Option<&pb::Status>) -> bool {
-    status.is_some_and(|s| s.code == Code::Ok as i32)
-}
-
-/// Messages in queue 0 of the topic in `node`'s applied state.
-fn applied_messages(node: &Node) -> u64 {
-    let topic = TopicName::new(TOPIC).expect("valid name");
-    node.state.read(|a| a.machine.queue(&topic, QueueId(0)).map_or(0, |q| q.max_offset()))
-}
-
-/// Bodies a pull consumer reads from queue 0 on `addr`, pulling until it has `want` or the
-/// deadline passes.
-async fn pull_bodies(addr: &str, want: usize, deadline: Duration) -> anyhow::Result<BTreeSet<String>> {
-    let start = Instant::now();
-    let mut c = client(addr).await?;
-    let mut bodies = BTreeSet::new();
-    let mut offset = 0i64;
-    while bodies.len() < want {
-        anyhow::ensure!(start.elapsed() < deadline, "{addr}: {} of {want} messages after {deadline:?}", bodies.len());
-        let request = pb::PullMessageRequest {
-            group: Some(pb::Resource { resource_namespace: String::new(), name: "readers".into() }),
-            message_queue: Some(pb::MessageQueue {
-                topic: Some(pb::Resource { resource_namespace: String::new(), name: TOPIC.into() }),
-                id: 0,
-                ..Default::default()
-            }),
-            offset,
-            batch_size: 32,
-            filter_expression: Some(pb::FilterExpression {
-                r#type: pb::FilterType::Tag as i32,
-                expression: "*".into(),
-            }),
-            long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        };
-        let mut stream = c.pull_message(request).await?.into_inner();
-        let mut refused = false;
-        while let Some(item) = stream.message().await? {
-            match item.content {
-                Some(pb::pull_message_response::Content::Message(m)) => {
-                    bodies.insert(String::from_utf8(m.body.to_vec())?);
-                }
-                Some(pb::pull_message_response::Content::NextOffset(next)) => offset = next,
-                // The topic is not on this node's state yet: pull again shortly.
-                Some(pb::pull_message_response::Content::Status(s)) => refused |= s.code != Code::Ok as i32,
-                None => {}
-            }
-        }
-        if refused {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(bodies)
 }
 
 /// Starts a group with a long election timeout (so the leader's lease outlives the followers

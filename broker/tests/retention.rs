@@ -17,9 +17,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use raft_log::LogConfig;
 use raftmq_machine::types::{Millis, QueueId, StoredMessage, TopicConfig, TopicName};
 use raftmq_machine::{Command, MessageBatch, Response};
-use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
-use raftmq_proto::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 
 const TOPIC: &str = "events";
 const QUEUES: u32 = 4;
@@ -92,37 +90,6 @@ fn bounds(node: &Node) -> Vec<(u64, u64)> {
     })
 }
 
-/// One receive by `group` on `addr`: the message names and the final status code.
-async fn receive(addr: &str, group: &str) -> anyhow::Result<(Vec<String>, Option<i32>)> {
-    let resource = |name: &str| Some(pb::Resource { resource_namespace: String::new(), name: name.into() });
-    let request = pb::ReceiveMessageRequest {
-        group: resource(group),
-        message_queue: Some(pb::MessageQueue { topic: resource(TOPIC), id: -1, ..Default::default() }),
-        filter_expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag as i32, expression: "*".into() }),
-        batch_size: 32,
-        invisible_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
-    let mut client = MessagingServiceClient::connect(format!("http://{addr}")).await?;
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(10), client.receive_message(request)).await??.into_inner();
-    let (mut names, mut status) = (Vec::new(), None);
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await?? {
-        match item.content {
-            Some(pb::receive_message_response::Content::Message(m)) => {
-                let body = String::from_utf8_lossy(&m.body).into_owned();
-                names.push(body.split('|').next().unwrap_or_default().to_string());
-            }
-            Some(pb::receive_message_response::Content::Status(s)) => status = Some(s.code),
-            _ => {}
-        }
-        anyhow::ensure!(names.len() <= 64, "a receive of 32 returned more than 64 messages");
-    }
-    Ok((names, status))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -191,7 +158,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
 
     // A new consumer group gets none of the deleted messages, and no error.
     let addr = nodes[lead].client_addr.to_string();
-    let (names, status) = receive(&addr, "fresh").await?;
+    let (names, status) = common::grpc::receive(&addr, TOPIC, "fresh").await?;
     assert!(names.is_empty(), "deleted messages delivered: {names:?}");
     assert_eq!(status, Some(Code::MessageNotFound as i32));
 
@@ -201,7 +168,7 @@ async fn the_leader_trims_expired_messages_and_every_member_deletes_them() -> an
     let start = Instant::now();
     while got.len() < new.len() {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "received {got:?} of {new:?}");
-        let (names, status) = receive(&addr, "fresh").await?;
+        let (names, status) = common::grpc::receive(&addr, TOPIC, "fresh").await?;
         anyhow::ensure!(
             matches!(status, Some(c) if c == Code::Ok as i32 || c == Code::MessageNotFound as i32),
             "receive failed: {status:?}"

@@ -126,6 +126,16 @@ impl FileIo for RealFile {
                 tracing::debug!(path = %self.path.display(), "fallocate not supported; using a sparse file");
                 self.file.set_len(len)
             }
+            // Less free space than a whole segment: go on without the reservation (the
+            // broker's disk guard refuses sends well before the disk is full).
+            Err(rustix::io::Errno::NOSPC) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    bytes = len,
+                    "not enough free space to reserve a whole segment; using a sparse file"
+                );
+                self.file.set_len(len)
+            }
             Err(e) => Err(e.into()),
         }
     }

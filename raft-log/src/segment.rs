@@ -562,15 +562,16 @@ impl Segment {
     /// can make the search start past `want` itself), with a term no lower than `min_term`.
     fn find_record(&self, from: u64, limit: u64, want: u64, min_term: u64, max_payload: u32) -> Result<Option<u64>> {
         let magic = record::RECORD_MAGIC.to_le_bytes();
+        // A vectorised search for the magic: this runs over the whole never-written rest
+        // of a preallocated segment each time the log opens.
+        let finder = memchr::memmem::Finder::new(&magic);
+        let mut b = vec![0u8; SCAN_CHUNK];
         let mut at = from;
         while at + HEADER_LEN as u64 <= limit {
             let n = (SCAN_CHUNK as u64).min(limit - at) as usize;
-            let mut b = vec![0u8; n];
-            self.data.read_exact_at(&mut b, at).map_err(|e| LogError::io("read", &self.data_path, e))?;
-            for i in 0..n.saturating_sub(3) {
-                if b[i..i + 4] != magic {
-                    continue;
-                }
+            let b = &mut b[..n];
+            self.data.read_exact_at(b, at).map_err(|e| LogError::io("read", &self.data_path, e))?;
+            for i in finder.find_iter(b) {
                 let p = at + i as u64;
                 let mut h = [0u8; HEADER_LEN];
                 if self.data.read_exact_at(&mut h, p).is_err() {

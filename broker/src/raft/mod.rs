@@ -28,3 +28,18 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, state::StateStore>;
 /// openraft's log entry for this configuration.
 pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+
+/// On the leader: whether `member` acknowledged a heartbeat within `within` (it is up and
+/// reachable, so it can take over the lead).
+pub fn heard_from_within(
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    member: NodeId,
+    within: std::time::Duration,
+) -> bool {
+    use openraft::Instant as _;
+    metrics
+        .heartbeat
+        .as_ref()
+        .and_then(|hb| hb.get(&member))
+        .is_some_and(|last| last.as_ref().is_some_and(|t| t.elapsed() < within))
+}

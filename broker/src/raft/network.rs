@@ -104,6 +104,14 @@ impl NetStreamAppend<TypeConfig> for Connection {
         let group = self.group.clone();
         let target = self.target;
         Box::pin(async move {
+            // Wait for the first request before connecting: openraft's request stream
+            // sleeps out its backoff before yielding it, and a peer whose port refuses
+            // connections would otherwise be retried in a tight loop (a busy core and a
+            // flood of warnings on the leader for as long as a follower is down).
+            let mut input = input.peekable();
+            if std::pin::Pin::new(&mut input).peek().await.is_none() {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            }
             let mut client = self.client()?;
             // An encoding failure ends the outgoing stream; the peer's answers then stop
             // short and openraft retries.

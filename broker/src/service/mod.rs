@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::namesrv_view::RouteView;
 use self::proposer::{Ack, Proposer};
 use self::status::Refusal;
+use crate::disk::DiskGuard;
 use crate::forward::{Forwarder, forward};
 use crate::raft::Raft;
 use crate::raft::ack::AckLogStore;
@@ -85,6 +86,8 @@ struct Inner {
     resolver: Resolver,
     /// Push consumers per group, as last gathered for queue assignment.
     members: assignment::MemberCache,
+    /// Refuses sends when the disk is nearly full.
+    disk: DiskGuard,
 }
 
 impl std::fmt::Debug for Broker {
@@ -114,13 +117,15 @@ pub struct NodeParts {
     pub sessions: Sessions,
     /// Ends transactions through the node's release driver.
     pub resolver: Resolver,
+    /// Refuses sends when the disk is nearly full.
+    pub disk: DiskGuard,
 }
 
 impl Broker {
     /// The service of the node `parts.forwarder` forwards for, in `group`, answering routes
     /// from `parts.view` when it can.
     pub fn new(group: &str, settings: ServiceSettings, parts: NodeParts) -> Self {
-        let NodeParts { raft, storage, view, forwarder, sessions, resolver } = parts;
+        let NodeParts { raft, storage, view, forwarder, sessions, resolver, disk } = parts;
         let Storage { state, log: store, stores } = storage;
         let ack = match settings.ack {
             AckMode::Quorum => Ack::Quorum,
@@ -145,6 +150,7 @@ impl Broker {
                 view,
                 sessions,
                 resolver,
+                disk,
                 members: assignment::MemberCache::default(),
             }),
         }
@@ -180,11 +186,18 @@ impl Broker {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Whether a forwarded call failed at the connection (no answer from the leader's
+/// service at all), as opposed to a status the leader returned.
+fn unreachable(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
 /// Forwards a unary call to the leader, or serves it here. A forwarded call is abandoned
 /// when this node sees that leader lose the lead (it died or was cut off: an election
 /// started), and forwarded once more to the next leader, so a client that reached a
 /// live member rides through the election instead of waiting out its own timeout. (The
 /// abandoned call may still have been stored by the old leader: sends are at least once.)
+/// A leader that cannot be reached at all is treated the same way.
 macro_rules! unary {
     ($self:ident, $request:ident, $method:ident, $local:expr, $fail:expr) => {{
         let mut abandoned: Option<NodeId> = None;
@@ -197,6 +210,10 @@ macro_rules! unary {
                     tokio::select! {
                         result = client.$method(forward(&$request, body)) => match result {
                             Ok(resp) => break Ok(resp),
+                            // The leader could not be reached at all (it died, its port is
+                            // closed): wait for the next leader and forward once more, as if
+                            // this node had seen it lose the lead.
+                            Err(s) if abandoned.is_none() && unreachable(&s) => abandoned = Some(leader),
                             Err(s) => break Ok(Response::new($fail(Refusal::unavailable(format!(
                                 "forwarding to the leader failed: {}",
                                 s.message()
@@ -400,4 +417,22 @@ impl MessagingService for Broker {
 
 fn not_implemented(what: &str) -> pb::Status {
     status::status(pb::Code::NotImplemented, format!("{what} are not implemented by this broker yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_but_a_refusal_is_not() -> anyhow::Result<()> {
+        // Bind and drop a listener: its port is then closed on this host.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy();
+        let mut client = MessagingServiceClient::new(channel);
+        let status =
+            client.send_message(pb::SendMessageRequest::default()).await.expect_err("nothing listens on the port");
+        assert!(unreachable(&status), "a connect error is unreachable: {status:?}");
+        assert!(!unreachable(&Status::unavailable("node 2 is not the leader")));
+        Ok(())
+    }
 }

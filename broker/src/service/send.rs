@@ -141,6 +141,9 @@ impl Broker {
         if let Some(r) = mixed_topics(&req.messages) {
             return failed_send(&r);
         }
+        if let Err(why) = self.inner.disk.check() {
+            return failed_send(&Refusal::unavailable(format!("node {}: {why}", self.inner.node_id)));
+        }
         let count = req.messages.len();
         let mut prepared: Vec<Result<StoredMessage, Refusal>> = Vec::with_capacity(count);
         for msg in req.messages {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a part of these
 
+pub mod grpc;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

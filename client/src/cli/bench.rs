@@ -29,9 +29,6 @@ const MAX_LATENCY_US: u64 = 600_000_000;
 const SENT_AT: &str = "bench-sent-us";
 /// Messages a consumer asks for per receive.
 const RECEIVE_BATCH: u32 = 32;
-/// How long a received message stays invisible to the group; long, so that no message is
-/// delivered twice while the benchmark is healthy.
-const INVISIBLE: Duration = Duration::from_secs(60);
 /// How long a receive waits for messages.
 const LONG_POLL: Duration = Duration::from_secs(1);
 
@@ -117,6 +114,12 @@ pub struct ConsumeArgs {
     /// SIGTERM or SIGINT also ends the run this way (drain, then stop).
     #[arg(long)]
     idle_exit: Option<u64>,
+    /// How long a received message stays invisible to the group (seconds): long, so that
+    /// nothing is delivered twice while the group is healthy; a drill sets it shorter than
+    /// its drain, so that a message whose receive answer was lost with a killed leader is
+    /// delivered again before the run ends.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    invisible_secs: u64,
     /// Write every delivery, every confirmed ack and the group's committed offsets (sampled
     /// on every endpoint) to this file (for `mqadmin check`).
     #[arg(long, value_name = "FILE")]
@@ -406,12 +409,13 @@ struct ConsumerTask {
     tally: Arc<Mutex<ConsumeTally>>,
     recorder: Option<Arc<Recorder>>,
     stop: Arc<AtomicBool>,
+    invisible: Duration,
 }
 
 impl ConsumerTask {
     async fn run(self) -> anyhow::Result<()> {
         while !self.stop.load(Ordering::Relaxed) {
-            let batch = match self.consumer.receive(RECEIVE_BATCH, INVISIBLE, LONG_POLL).await {
+            let batch = match self.consumer.receive(RECEIVE_BATCH, self.invisible, LONG_POLL).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.shared.lock().await.failed(e);
@@ -545,6 +549,7 @@ pub async fn consume(endpoints: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             tally: tally.clone(),
             recorder: recorder.clone(),
             stop: stop.clone(),
+            invisible: Duration::from_secs(args.invisible_secs),
         };
         tasks.push(tokio::spawn(task.run()));
     }

@@ -235,9 +235,13 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
     out
 }
 
-/// The unavailability a fault caused, in ms: the longest wait of any send that was waiting
-/// at some time from the fault until the next fault (or the end), and the time from the
-/// fault to the first acknowledgement of a send started after it.
+/// The unavailability a fault caused, in ms: the longest wait of any send started in the
+/// fault's window, and the time from the fault to the first acknowledgement of a send
+/// started after it. A fault's window runs from half way after the previous fault to half
+/// way before the next (or the ends of the run), so that each send is counted once, for
+/// the fault nearest its start: a send started just before a fault and held up by it is
+/// that fault's, and a slow send still waiting when the next fault strikes is not that
+/// next fault's.
 #[derive(Debug, PartialEq)]
 struct Unavailability {
     longest_wait_ms: f64,
@@ -245,15 +249,29 @@ struct Unavailability {
     failed_sends: u64,
 }
 
-fn unavailability(r: &Records, at: u64, until: u64) -> Unavailability {
+fn unavailability(r: &Records, at: u64, from: u64, until: u64) -> Unavailability {
     let ms = |us: u64| us as f64 / 1000.0;
-    let overlaps = |(s, e): &(u64, u64)| *e >= at && *s < until;
-    let waits = r.acked.values().map(|a| (a.0, a.1)).chain(r.failed.iter().copied()).filter(overlaps);
+    let started_within = |(s, _): &(u64, u64)| *s >= from && *s < until;
+    let waits = r.acked.values().map(|a| (a.0, a.1)).chain(r.failed.iter().copied()).filter(started_within);
     let longest_wait_ms = ms(waits.map(|(s, e)| e.saturating_sub(s)).max().unwrap_or(0));
     let first_ack_after_ms =
         r.acked.values().filter(|a| a.0 >= at && a.0 < until).map(|a| a.1.saturating_sub(at)).min().map(ms);
-    let failed_sends = r.failed.iter().filter(|w| overlaps(w)).count() as u64;
+    let failed_sends = r.failed.iter().filter(|w| started_within(w)).count() as u64;
     Unavailability { longest_wait_ms, first_ack_after_ms, failed_sends }
+}
+
+/// Each fault's window for [`unavailability`]: (fault, from, until).
+fn fault_windows(faults: &[u64]) -> Vec<(u64, u64, u64)> {
+    let half_way = |a: u64, b: u64| a + (b.saturating_sub(a)) / 2;
+    faults
+        .iter()
+        .enumerate()
+        .map(|(i, &at)| {
+            let from = if i == 0 { 0 } else { half_way(faults[i - 1], at) };
+            let until = faults.get(i + 1).map_or(u64::MAX, |&next| half_way(at, next));
+            (at, from, until)
+        })
+        .collect()
 }
 
 /// The median and the largest of some figures.
@@ -364,11 +382,9 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         println!("{}: e.g. {}", f.name, f.examples.join("; "));
     }
     let mut failed = findings.iter().filter(|f| f.failed()).count();
-    let outages: Vec<Unavailability> = faults
-        .iter()
-        .enumerate()
-        .map(|(i, (at, _))| unavailability(&r, *at, faults.get(i + 1).map_or(u64::MAX, |next| next.0)))
-        .collect();
+    let starts: Vec<u64> = faults.iter().map(|f| f.0).collect();
+    let outages: Vec<Unavailability> =
+        fault_windows(&starts).into_iter().map(|(at, from, until)| unavailability(&r, at, from, until)).collect();
     for (i, u) in outages.iter().enumerate() {
         println!(
             "fault {}: longest wait of any send {:.1} ms; first ack of a send started after the fault {} after it; failed sends {}",
@@ -487,10 +503,13 @@ mod tests {
         let mut r = records();
         r.failed.push((1000, 4000));
         r.acked.insert("late".into(), (1500, 2600, 1, 0, 2, Some(0)));
-        let u = unavailability(&r, 1200, u64::MAX);
+        // Faults at 1.2 ms and 5 ms: the failed send started 1.0 ms is the first one's,
+        // although it was still waiting when the second struck.
+        let windows = fault_windows(&[1200, 5000]);
+        assert_eq!(windows, vec![(1200, 0, 3100), (5000, 3100, u64::MAX)]);
+        let u = unavailability(&r, 1200, 0, 3100);
         assert_eq!(u, Unavailability { longest_wait_ms: 3.0, first_ack_after_ms: Some(1.4), failed_sends: 1 });
-        // A later window sees neither the failed send nor the early ack.
-        let u = unavailability(&r, 5000, u64::MAX);
+        let u = unavailability(&r, 5000, 3100, u64::MAX);
         assert_eq!(u, Unavailability { longest_wait_ms: 0.0, first_ack_after_ms: None, failed_sends: 0 });
         assert_eq!(median_and_max(vec![3.0, 1.0, 2.0, 10.0]), Some((2.5, 10.0)));
         assert_eq!(median_and_max(Vec::new()), None);
