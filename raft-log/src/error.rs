@@ -21,7 +21,9 @@ pub enum LogError {
     /// A record or file did not pass its checks at a place where it must be valid.
     #[error(
         "corrupt log data in {path} at byte offset {offset}: {reason}; the file was not modified \
-         (restore this node from a replica or remove its data directory to resync it)"
+         (restore this node's data from a backup, or retire this node and add a new member with a new \
+         node id in its place; never restart it on an emptied directory under the same id: it would \
+         forget its votes)"
     )]
     Corrupt {
         /// The file holding the bad bytes.
