@@ -106,11 +106,11 @@ pub(crate) fn is_isolated(endpoint: &str) -> bool {
 /// The candidate for attempt `attempt`: in rotation over the candidates not isolated, or
 /// over all of them when every one is.
 pub(crate) fn rotate(candidates: &[String], attempt: u32) -> String {
-    let live: Vec<&String> = candidates.iter().filter(|c| !is_isolated(c)).collect();
-    if live.is_empty() {
-        candidates.get(attempt as usize % candidates.len().max(1)).cloned().unwrap_or_default()
-    } else {
-        live[attempt as usize % live.len()].clone()
+    // No allocation: this runs for every call.
+    let live = || candidates.iter().filter(|c| !is_isolated(c));
+    match live().count() {
+        0 => candidates.get(attempt as usize % candidates.len().max(1)).cloned().unwrap_or_default(),
+        n => live().nth(attempt as usize % n).cloned().unwrap_or_default(),
     }
 }
 
