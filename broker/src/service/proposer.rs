@@ -260,7 +260,14 @@ impl Batch {
         match result {
             Ok(resp) => answer_applied(self.dones, &self.sizes, LogIndex(resp.log_id.index()), resp.data),
             // Not the leader any more, or the node is stopping: nothing was acknowledged.
-            Err(e) => refuse(self.dones, &Refusal::unavailable(format!("send not committed: {e}"))),
+            Err(e) => {
+                let (state, vote, leader) = {
+                    let m = raft.metrics().borrow_watched().clone();
+                    (m.state, m.vote, m.current_leader)
+                };
+                tracing::info!(error = %e, ?state, %vote, ?leader, sends = self.dones.len(), "a batch of sends was not committed");
+                refuse(self.dones, &Refusal::unavailable(format!("send not committed: {e}")))
+            }
         }
     }
 
