@@ -443,7 +443,7 @@ PY
     compose logs --no-color >"$dir/cluster.log" 2>&1 || true
     local line
     line="$(tail -n 2 "$dir/check.txt" | grep '^{' || true)"
-    summary+=("$scenario $status elections $elections, $(python3 - "$line" <<'PY'
+    summary+=("$scenario $status elections $elections, $(python3 - "$line" "$scenario" <<'PY'
 import json, sys
 try:
     c = json.loads(sys.argv[1])
@@ -455,8 +455,13 @@ lost = inv.get("acknowledged, never delivered (lost)")
 twice = inv.get("message ids stored at two positions (send retried)")
 w, a = c.get("longest_wait_ms"), c.get("first_ack_after_fault_ms")
 fmt = lambda d: "-" if d is None else "median %.0f ms, worst %.0f ms" % (d["median"], d["max"])
-print("acked %d, failed sends %d, lost %s, stored twice %s, longest wait %s, first ack after fault %s"
-      % (c["acked"], c["failed_sends"], lost, twice, fmt(w), fmt(a)))
+target = ""
+if sys.argv[2] == "kill-leader" and w is not None:
+    met = w["median"] <= 1000 and w["max"] <= 1500
+    target = " (failover target: longest wait median <= 1000 ms, worst <= 1500 ms over %d kills: %s)" % (
+        len(c.get("faults", [])), "met" if met else "NOT met")
+print("acked %d, failed sends %d, lost %s, stored twice %s, longest wait %s%s, first ack after fault %s"
+      % (c["acked"], c["failed_sends"], lost, twice, fmt(w), target, fmt(a)))
 PY
 )")
 }
