@@ -345,15 +345,17 @@ impl Batch {
 /// Resolves, with how long it has been, once this node leads but has had no
 /// acknowledgement from a quorum for longer than its leader lease (openraft's lease is
 /// the longest election timeout: past it, the others may elect a new leader). Never
-/// resolves while acknowledgements keep coming.
+/// resolves while acknowledgements keep coming, nor in a group whose only voter is this
+/// node (it is its own quorum: nobody acknowledges it, and nobody else can be elected).
 async fn quorum_lost(raft: &Raft) -> Duration {
     let lease = Duration::from_millis(raft.config().election_timeout_max);
     let mut metrics = raft.metrics();
     loop {
         let silent = {
             let m = metrics.borrow_watched();
+            let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
             match (m.state, m.last_quorum_acked.as_ref()) {
-                (openraft::ServerState::Leader, Some(acked)) => Some(openraft::Instant::elapsed(&**acked)),
+                (openraft::ServerState::Leader, Some(acked)) if !alone => Some(openraft::Instant::elapsed(&**acked)),
                 _ => None,
             }
         };
