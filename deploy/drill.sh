@@ -330,7 +330,8 @@ run_scenario() {
         disk-full)
             victim="$(leader)"
             local data size used fill
-            data="/proc/$(docker inspect -f '{{.State.Pid}}' "$(container "$victim")")/root/data"
+            # The volume's mountpoint: the node's /data as the host sees it.
+            data="$(docker volume inspect -f '{{.Mountpoint}}' "${project}_$victim-data")"
             read -r size used <<<"$(df -B1 --output=size,used "$data" | tail -n 1)"
             fill=$((size * 95 / 100 - used))
             say "filling the leader $victim's disk: $((used >> 20)) of $((size >> 20)) MiB used, adding $((fill >> 20)) MiB"
