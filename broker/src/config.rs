@@ -8,6 +8,7 @@ use std::time::Duration;
 use raft_log::{LogConfig, SyncPolicy};
 use serde::Deserialize;
 
+use crate::disk::Threshold;
 use crate::settings::AckMode;
 use crate::settings::{NodeConfig, NodeId, NodeInfo, RetentionConfig, ServiceSettings, TransactionSettings};
 
@@ -94,6 +95,9 @@ const MAX_DELAY_LIMIT_MS: u64 = 30 * 24 * 3600 * 1000;
 fn default_disk_refuse_percent() -> u8 {
     crate::disk::DEFAULT_REFUSE_PERCENT
 }
+fn default_disk_refuse_free_mib() -> u64 {
+    crate::disk::DEFAULT_REFUSE_FREE_MIB
+}
 fn default_max_body() -> usize {
     4 << 20
 }
@@ -173,6 +177,9 @@ pub struct FileConfig {
     /// percent (50-100).
     #[serde(default = "default_disk_refuse_percent")]
     pub disk_refuse_percent: u8,
+    /// ... and has less than this many MiB free (0 turns the guard off).
+    #[serde(default = "default_disk_refuse_free_mib")]
+    pub disk_refuse_free_mib: u64,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -369,7 +376,10 @@ impl FileConfig {
                 ack: self.ack,
                 ..ServiceSettings::default()
             },
-            retention: RetentionConfig { disk_refuse_percent: self.disk_refuse_percent, ..RetentionConfig::default() },
+            retention: RetentionConfig {
+                disk_refuse: Threshold { percent: self.disk_refuse_percent, free_mib: self.disk_refuse_free_mib },
+                ..RetentionConfig::default()
+            },
             ..NodeConfig::default()
         })
     }
@@ -380,7 +390,7 @@ fn name_byte(b: u8) -> bool {
 }
 
 /// `host:port` with a non-empty host and a port 1-65535 (port 0 allowed for tests).
-fn check_addr(addr: &str) -> Result<(), String> {
+pub(crate) fn check_addr(addr: &str) -> Result<(), String> {
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
     if host.is_empty() || host.len() > 253 {
         return Err(format!("{addr:?} has no host"));

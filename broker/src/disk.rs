@@ -1,6 +1,9 @@
 //! The disk guard: how full the file system holding a node's data is, and the refusal of
 //! new messages when it is nearly full (RocketMQ's `diskSpaceWarningLevelRatio`, 90% by
 //! default), so that the CommitLog never runs into a full disk in the middle of an append.
+//! A share alone says little on a large disk (95% of 2 TB still leaves 100 GB), so a send
+//! is refused only when the share is reached *and* less than a floor of free space
+//! remains ([`DEFAULT_REFUSE_FREE_MIB`], two default CommitLog segments).
 //!
 //! Only sends are refused: receives, acks and offset commits are small entries and go on,
 //! so consumers drain the backlog while the disk is full, and retention can then delete
@@ -18,6 +21,25 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// The default usage, in percent, at and above which sends are refused.
 pub const DEFAULT_REFUSE_PERCENT: u8 = 90;
+
+/// The default free space, in MiB, below which (with the share reached) sends are refused.
+pub const DEFAULT_REFUSE_FREE_MIB: u64 = 2048;
+
+/// When sends are refused: at `percent` full or more with fewer than `free_mib` MiB free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    /// The share in use, 1-100 (100: only a disk with nothing left).
+    pub percent: u8,
+    /// The free space in MiB under which a disk past `percent` refuses (`u64::MAX`: the
+    /// share alone decides).
+    pub free_mib: u64,
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold { percent: DEFAULT_REFUSE_PERCENT, free_mib: DEFAULT_REFUSE_FREE_MIB }
+    }
+}
 
 /// What one sample of a file system said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,20 +79,20 @@ pub struct DiskGuard {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    refuse_percent: u8,
+    threshold: Threshold,
     used: AtomicU64,
     available: AtomicU64,
 }
 
 impl DiskGuard {
-    /// A guard over the file system holding `path`, refusing sends at `refuse_percent`
-    /// (1-100; 100 never refuses before the disk is truly full). Samples once now.
-    pub fn new(path: &Path, refuse_percent: u8) -> std::io::Result<DiskGuard> {
+    /// A guard over the file system holding `path`, refusing sends past `threshold`.
+    /// Samples once now.
+    pub fn new(path: &Path, threshold: Threshold) -> std::io::Result<DiskGuard> {
         let usage = Usage::of(path)?;
         let guard = DiskGuard {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                refuse_percent,
+                threshold,
                 used: AtomicU64::new(usage.used),
                 available: AtomicU64::new(usage.available),
             }),
@@ -85,7 +107,7 @@ impl DiskGuard {
 
     /// `Err` with what to tell the client when the disk is too full for new messages.
     pub fn check(&self) -> Result<(), String> {
-        refusal(self.usage(), self.inner.refuse_percent, &self.inner.path).map_or(Ok(()), Err)
+        refusal(self.usage(), self.inner.threshold, &self.inner.path).map_or(Ok(()), Err)
     }
 
     fn sample(&self) -> std::io::Result<Usage> {
@@ -142,12 +164,15 @@ fn mib(bytes: u64) -> u64 {
 }
 
 /// Why a send is refused at `usage`, if it is.
-fn refusal(usage: Usage, refuse_percent: u8, path: &Path) -> Option<String> {
+fn refusal(usage: Usage, threshold: Threshold, path: &Path) -> Option<String> {
     let bp = usage.basis_points();
-    (bp >= u64::from(refuse_percent) * 100).then(|| {
+    let Threshold { percent, free_mib } = threshold;
+    let short = usage.available < free_mib.saturating_mul(1 << 20);
+    (bp >= u64::from(percent) * 100 && short).then(|| {
+        let floor = if free_mib == u64::MAX { String::new() } else { format!(" with less than {free_mib} MiB free") };
         format!(
             "the disk holding {} is {}.{:02}% full ({} MiB used, {} MiB free); this broker refuses new messages \
-             at {refuse_percent}% and takes them again once space is freed (consumption goes on, and retention \
+             at {percent}%{floor} and takes them again once space is freed (consumption goes on, and retention \
              deletes consumed segments)",
             path.display(),
             bp / 100,
@@ -165,20 +190,30 @@ mod tests {
     #[test]
     fn sends_are_refused_at_the_threshold_with_what_and_where() {
         let path = Path::new("/data");
-        let at = |used: u64, available: u64| refusal(Usage { used, available }, 90, path);
+        let share = Threshold { percent: 90, free_mib: u64::MAX };
+        let at = |used: u64, available: u64| refusal(Usage { used, available }, share, path);
         assert_eq!(at(89, 11), None);
         let why = at(90, 10).expect("90% of 90% refuses");
-        assert!(why.contains("/data") && why.contains("90.00% full") && why.contains("at 90%"), "{why}");
+        assert!(why.contains("/data") && why.contains("90.00% full") && why.contains("at 90% and"), "{why}");
         assert!(at(1 << 30, 0).is_some(), "a full disk refuses");
         assert!(at(0, 0).is_some(), "a file system with no room at all refuses");
-        assert_eq!(refusal(Usage { used: 99, available: 1 }, 100, path), None, "100 refuses only when full");
+        let only_full = Threshold { percent: 100, free_mib: u64::MAX };
+        assert_eq!(refusal(Usage { used: 99, available: 1 }, only_full, path), None, "100 refuses only when full");
         assert_eq!(Usage { used: 1, available: 2 }.basis_points(), 3333);
+
+        // With the floor: a large disk past the share with room left takes sends.
+        let gib = 1u64 << 30;
+        let default = Threshold::default();
+        assert_eq!(refusal(Usage { used: 95 * gib, available: 5 * gib }, default, path), None, "5 GiB free");
+        let why = refusal(Usage { used: 19 * gib, available: gib }, default, path).expect("1 GiB free refuses");
+        assert!(why.contains("95.00% full") && why.contains("with less than 2048 MiB free"), "{why}");
+        assert_eq!(refusal(Usage { used: gib, available: gib }, default, path), None, "50% full, whatever is free");
     }
 
     #[test]
     fn a_guard_reads_the_real_file_system() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let guard = DiskGuard::new(dir.path(), 100)?;
+        let guard = DiskGuard::new(dir.path(), Threshold { percent: 100, free_mib: u64::MAX })?;
         let u = guard.usage();
         assert!(u.used + u.available > 0, "{u:?}");
         guard.sample()?;

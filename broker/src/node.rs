@@ -125,7 +125,7 @@ impl Node {
         if let Some((file, offset)) = &report.torn_tail {
             tracing::warn!(file = %file.display(), offset, "recovered the CommitLog from a torn tail");
         }
-        let disk = DiskGuard::new(&cfg.data_dir, cfg.retention.disk_refuse_percent).map_err(|e| {
+        let disk = DiskGuard::new(&cfg.data_dir, cfg.retention.disk_refuse).map_err(|e| {
             StartError::State(std::io::Error::new(
                 e.kind(),
                 format!("cannot read the disk usage of {}: {e}", cfg.data_dir.display()),

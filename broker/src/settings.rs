@@ -195,9 +195,9 @@ pub struct RetentionConfig {
     /// Delete the oldest purged segments while the CommitLog holds more bytes than this
     /// (default: no limit).
     pub max_bytes: Option<u64>,
-    /// Sends are refused while the disk holding the data is at least this full, in percent
-    /// (default 90, RocketMQ's `diskSpaceWarningLevelRatio`; 100: only a full disk).
-    pub disk_refuse_percent: u8,
+    /// Sends are refused while the disk holding the data is past this (default: 90% full,
+    /// RocketMQ's `diskSpaceWarningLevelRatio`, with less than 2 GiB free).
+    pub disk_refuse: crate::disk::Threshold,
 }
 
 impl Default for RetentionConfig {
@@ -206,7 +206,7 @@ impl Default for RetentionConfig {
             interval: Duration::from_secs(60),
             max_age: Some(Duration::from_secs(72 * 3600)),
             max_bytes: None,
-            disk_refuse_percent: crate::disk::DEFAULT_REFUSE_PERCENT,
+            disk_refuse: crate::disk::Threshold::default(),
         }
     }
 }

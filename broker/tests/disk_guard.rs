@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use broker::disk::Usage;
+use broker::disk::{Threshold, Usage};
 use broker::node::{Node, NodeConfig};
 use broker::retention::RetentionConfig;
 use broker::settings::ServiceSettings;
@@ -21,11 +21,14 @@ mod common;
 use common::grpc::{TOPIC, applied_messages, ok, receive, send, send_until_ok};
 
 /// Starts the group `cfgs` describes (the same addresses and directories each time),
-/// refusing sends at `refuse_percent`.
+/// refusing sends at `refuse_percent` whatever space is left.
 async fn start(cfgs: &[NodeConfig], refuse_percent: u8) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for cfg in cfgs {
-        let retention = RetentionConfig { disk_refuse_percent: refuse_percent, ..cfg.retention.clone() };
+        let retention = RetentionConfig {
+            disk_refuse: Threshold { percent: refuse_percent, free_mib: u64::MAX },
+            ..cfg.retention.clone()
+        };
         nodes.push(Node::start(NodeConfig { retention, ..cfg.clone() }).await?);
     }
     Ok(nodes)
