@@ -8,6 +8,7 @@
 //! its own state shows the change, so a list through the same node reads the write.
 //! Failures are gRPC status codes with a message saying what to do.
 
+mod members;
 mod query;
 
 use std::collections::BTreeSet;
@@ -376,6 +377,8 @@ impl Admin {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow_watched();
         let view = self.inner.log.view();
+        let pending = self.state().backfill().and_then(|b| b.pending());
+        let retired = self.state().read(|a| a.retired.iter().map(|id| id.0).collect());
         let me = m
             .membership_config
             .membership()
@@ -394,6 +397,9 @@ impl Admin {
             purged_index: view.purged.map(|p| p.index).or(m.purged.as_ref().map(|l| l.index())),
             client_endpoint: me.client_addr,
             raft_endpoint: me.raft_addr,
+            backfill_from: pending.map(|p| p.from),
+            backfill_through: pending.map(|p| p.through),
+            retired,
         }
     }
 
@@ -492,6 +498,17 @@ impl Admin {
                 )))
             }
         }
+    }
+
+    /// Refuses a request for another broker group (empty: this node's).
+    fn check_group(&self, group: &str) -> Result<(), Status> {
+        if group.is_empty() || group == self.inner.group {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "this node belongs to broker group {:?}, not {:?}; ask a node of that group",
+            self.inner.group, group
+        )))
     }
 
     /// On the leader: refuses a target that has not acknowledged it lately.
@@ -641,12 +658,7 @@ impl AdminService for Admin {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let req = request.get_ref();
-        if !req.group.is_empty() && req.group != self.inner.group {
-            return Err(invalid(format!(
-                "this node belongs to broker group {:?}, not {:?}; ask a node of that group",
-                self.inner.group, req.group
-            )));
-        }
+        self.check_group(&req.group)?;
         let to = NodeId(req.to_node);
         let leader = self.inner.forwarder.leader().await.map_err(unavailable)?;
         if leader == to {
@@ -677,6 +689,13 @@ impl AdminService for Admin {
             .map_err(|e| Status::unavailable(format!("raft on node {} has stopped: {e}", self.inner.node_id)))?;
         self.await_leader(to).await?;
         Ok(Response::new(pb::TransferLeaderResponse {}))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<pb::ChangeMembersRequest>,
+    ) -> Result<Response<pb::ChangeMembersResponse>, Status> {
+        Admin::change_members(self, request).await
     }
 
     async fn cluster_status(

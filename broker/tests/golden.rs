@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use broker::raft::state::{Applied, SnapshotFile};
+use broker::raft::state::{self, Applied, SnapshotFile};
 use broker::raft::{Entry, LogId, NodeInfo, TypeConfig};
 use bytes::Bytes;
 use openraft::entry::RaftEntry;
@@ -109,12 +109,24 @@ fn snapshot_files_keep_their_bytes() -> anyhow::Result<()> {
     )]);
     let membership = Membership::new(vec![BTreeSet::from([NodeId(1)])], nodes)?;
     let stored = StoredMembership::new(Some(log_id(1)), membership);
-    let applied = Applied { machine, last_applied: Some(log_id(42)), membership: stored.clone() };
+    let applied = Applied {
+        machine,
+        last_applied: Some(log_id(42)),
+        membership: stored.clone(),
+        retired: BTreeSet::from([NodeId(4)]),
+    };
     let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id(42)), last_membership: stored };
-    let bytes = codec::encode_snapshot(&SnapshotFile { meta, applied: applied.clone() })?;
-    check("snapshot-v6.bin", &bytes);
-    let back: SnapshotFile = codec::decode_snapshot(&bytes, "sample")?;
+    let bytes = codec::encode_snapshot(&SnapshotFile { meta: meta.clone(), applied: applied.clone() })?;
+    check("snapshot-v7.bin", &bytes);
+    let back = state::decode(&bytes, "sample")?;
     assert_eq!(back.applied, applied);
+
+    // A file of the oldest format still read (version 6, written before retired ids were
+    // kept) is read with none retired.
+    let old = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot-v6.bin"))?;
+    assert_eq!(old[8..12], codec::OLDEST_READ_SNAPSHOT_VERSION.to_le_bytes());
+    let back = state::decode(&old, "snapshot-v6.bin")?;
+    assert_eq!((back.meta, back.applied), (meta, Applied { retired: BTreeSet::new(), ..applied }));
     Ok(())
 }
 

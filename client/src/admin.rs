@@ -300,6 +300,28 @@ impl Admin {
         Ok(())
     }
 
+    /// Changes the voters of `group` (empty: the answering node's group): adds `add` (a
+    /// node under an id never used, first as a learner that must catch up within
+    /// `catch_up`), removes node `remove` (0: none), or both at once. Answers once the
+    /// change is committed, with the voters and the retired ids.
+    pub async fn change_members(
+        &self,
+        group: &str,
+        add: Option<pb::NewMember>,
+        remove: u64,
+        catch_up: Duration,
+    ) -> Result<pb::ChangeMembersResponse, Error> {
+        let body = pb::ChangeMembersRequest {
+            group: group.to_string(),
+            add,
+            remove,
+            catch_up_timeout_ms: catch_up.as_millis() as u64,
+        };
+        // The change itself takes a few round trips after the catch-up.
+        let timeout = Some(catch_up + Duration::from_secs(30));
+        self.call("change members", timeout, body, |mut c, r| async move { c.change_members(r).await }).await
+    }
+
     /// Messages matching `query` (at most `max_results`, default 32, bounded at 64), found
     /// in the derived stores of the first node that answers: every node holds them, and
     /// one that has not yet indexed a message just sent does not find it yet. Nothing

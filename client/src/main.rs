@@ -108,6 +108,36 @@ enum ClusterCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Add a node under a new id: it joins as a learner, copies the log and every retained
+    /// message, and becomes a voter once it holds them all.
+    AddNode {
+        /// Broker group.
+        #[arg(long)]
+        group: String,
+        #[command(flatten)]
+        node: cli::cluster::NewNodeArgs,
+    },
+    /// Remove a node from the group's voters; its id is retired and never used again.
+    RemoveNode {
+        /// Broker group.
+        #[arg(long)]
+        group: String,
+        /// Node id to remove.
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Replace a node (e.g. one whose disk is lost or corrupt) with a new one under a new
+    /// id, in one joint-consensus change once the new node has caught up.
+    ReplaceNode {
+        /// Broker group.
+        #[arg(long)]
+        group: String,
+        /// Node id to replace (retired for good).
+        #[arg(long)]
+        old: u64,
+        #[command(flatten)]
+        node: cli::cluster::NewNodeArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +244,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::List) => cli::cluster::list(endpoints).await,
         Command::Cluster(ClusterCommand::TransferLeader { group, to }) => {
             cli::cluster::transfer_leader(endpoints, &group, to).await
+        }
+        Command::Cluster(ClusterCommand::AddNode { group, node }) => {
+            cli::cluster::change(endpoints, &group, Some(node), 0).await
+        }
+        Command::Cluster(ClusterCommand::RemoveNode { group, node_id }) => {
+            cli::cluster::change(endpoints, &group, None, node_id).await
+        }
+        Command::Cluster(ClusterCommand::ReplaceNode { group, old, node }) => {
+            cli::cluster::change(endpoints, &group, Some(node), old).await
         }
         Command::Message(MessageCommand::Query(args)) => cli::message::query(endpoints, args).await,
         Command::Group(GroupCommand::Update { group, fifo, max_attempts }) => {

@@ -15,7 +15,10 @@ pub const OLDEST_READ_ENTRY_VERSION: u32 = 8;
 /// First bytes of a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RMQSNAP\0";
 /// Format version of snapshots.
-pub const SNAPSHOT_VERSION: u32 = 6;
+pub const SNAPSHOT_VERSION: u32 = 7;
+/// The oldest snapshot format still read: version 6 lacks the retired node ids that
+/// version 7 adds after the applied state (the broker reads it and starts with none).
+pub const OLDEST_READ_SNAPSHOT_VERSION: u32 = 6;
 /// Magic, version, body length, body CRC32C (snapshots and other framed files).
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// Largest snapshot body read (the replicated state is metadata only; this is far above it).

@@ -183,7 +183,7 @@ fn older_entries_still_read() {
 
 #[test]
 fn snapshot_keeps_its_bytes() {
-    assert_eq!(SNAPSHOT_VERSION, 6, "a new snapshot version needs a new sample file");
+    assert_eq!(SNAPSHOT_VERSION, 7, "a new snapshot version needs a new sample file");
     let mut machine = Machine::new("g1");
     for (i, command) in commands().iter().enumerate() {
         let response = machine.apply(LogIndex(i as u64 + 1), command);
@@ -198,5 +198,5 @@ fn snapshot_keeps_its_bytes() {
     let bytes = codec::encode_snapshot(&machine).expect("encodes");
     let back: Machine = codec::decode_snapshot(&bytes, "sample").expect("decodes");
     assert_eq!(back, machine);
-    check("snapshot-v6.bin", &bytes);
+    check("snapshot-v7.bin", &bytes);
 }

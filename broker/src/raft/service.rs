@@ -54,6 +54,38 @@ impl RaftRpc {
     }
 }
 
+impl RaftRpc {
+    /// Refuses to vote while this node holds nothing of the log (at most the initial
+    /// membership) for a candidate whose log holds more: the group has run, so this node
+    /// lost its data (or was wiped) and no longer knows whom it voted for in which term;
+    /// voting again could elect two leaders in one term. It votes again once the leader
+    /// has brought it back (the leader's log gives it the current term), or should be
+    /// replaced under a new id.
+    fn check_not_blank(&self, vote: &VoteRequest<TypeConfig>) -> Result<(), Status> {
+        let theirs = vote.last_log_id.as_ref().map_or(0, |l| l.index());
+        let mine = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let snapshot = m.snapshot.as_ref().map(|l| l.index());
+            m.last_log_index.max(snapshot).max(m.purged.as_ref().map(|l| l.index())).unwrap_or(0)
+        };
+        if mine > 0 || theirs == 0 {
+            return Ok(());
+        }
+        tracing::warn!(
+            candidate = %vote.vote.leader_id().node_id,
+            candidate_last_index = theirs,
+            "refusing to vote: this node's log is empty but the group's is not, so its earlier votes may be lost; \
+             it votes again once the leader has brought it up to date (or replace it under a new node id)"
+        );
+        Err(Status::failed_precondition(format!(
+            "node {} of group {} holds no log while the candidate's reaches index {theirs}: it lost its data and does \
+             not vote until the leader has brought it up to date",
+            self.node, self.group
+        )))
+    }
+}
+
 fn bad(e: String) -> Status {
     Status::invalid_argument(e)
 }
@@ -102,6 +134,7 @@ impl RaftService for RaftRpc {
         let req = request.into_inner();
         self.check(&req.group, req.target_node)?;
         let vote: VoteRequest<TypeConfig> = decode(&req.payload, "vote request").map_err(bad)?;
+        self.check_not_blank(&vote)?;
         let resp = if req.pre_vote { self.raft.pre_vote(vote).await } else { self.raft.vote(vote).await }
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::VoteResponse { payload: encode(&resp).map_err(Status::internal)? }))

@@ -2,6 +2,7 @@
 //! snapshots the whole state to a file (written to a temporary name, fsynced, renamed).
 //! Installing a snapshot first records the log range to copy in ([`Backfill`]).
 
+use std::collections::BTreeSet;
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;
-use super::{LogId, TypeConfig};
+use super::{LogId, NodeId, TypeConfig};
 use crate::durable::write_durably;
 use raftmq_machine::{LogIndex, Machine, Response, codec};
 
@@ -27,6 +28,37 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     /// Last applied membership.
     pub membership: StoredMembershipOf<TypeConfig>,
+    /// Every node id that was a member (voter or learner) and was removed: never to be
+    /// used again, since its data and votes may still exist somewhere.
+    pub retired: BTreeSet<NodeId>,
+}
+
+impl Applied {
+    /// Applies a new membership, retiring the ids it drops.
+    fn set_membership(&mut self, membership: StoredMembershipOf<TypeConfig>) {
+        let now: BTreeSet<NodeId> = membership.membership().nodes().map(|(id, _)| *id).collect();
+        let dropped: Vec<NodeId> =
+            self.membership.membership().nodes().map(|(id, _)| *id).filter(|id| !now.contains(id)).collect();
+        if !dropped.is_empty() {
+            tracing::info!(retired = ?dropped, "node ids left the group; they are never used again");
+        }
+        self.retired.extend(dropped);
+        self.membership = membership;
+    }
+}
+
+/// The applied state as snapshot version 6 held it (no retired ids).
+#[derive(Deserialize)]
+struct AppliedV6 {
+    machine: Machine,
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotFileV6 {
+    meta: SnapshotMetaOf<TypeConfig>,
+    applied: AppliedV6,
 }
 
 /// What a snapshot file holds (after the versioned header of [`codec::encode_snapshot`]).
@@ -57,8 +89,22 @@ fn encode(file: &SnapshotFile) -> io::Result<Vec<u8>> {
     codec::encode_snapshot(file).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-fn decode(bytes: &[u8], what: &str) -> io::Result<SnapshotFile> {
-    codec::decode_snapshot(bytes, what).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Decodes a snapshot file of this format or of the oldest still read.
+pub fn decode(bytes: &[u8], what: &str) -> io::Result<SnapshotFile> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+    match codec::decode_snapshot(bytes, what) {
+        Err(codec::CodecError::UnsupportedVersion { found: codec::OLDEST_READ_SNAPSHOT_VERSION, .. }) => {
+            let old: SnapshotFileV6 =
+                codec::decode_framed(codec::SNAPSHOT_MAGIC, codec::OLDEST_READ_SNAPSHOT_VERSION, bytes, what)
+                    .map_err(invalid)?;
+            let AppliedV6 { machine, last_applied, membership } = old.applied;
+            Ok(SnapshotFile {
+                meta: old.meta,
+                applied: Applied { machine, last_applied, membership, retired: BTreeSet::new() },
+            })
+        }
+        other => other.map_err(invalid),
+    }
 }
 
 impl StateStore {
@@ -89,6 +135,11 @@ impl StateStore {
     pub fn with_backfill(mut self, backfill: Backfill) -> Self {
         self.backfill = Some(backfill);
         self
+    }
+
+    /// The range this node still copies in, if it tracks one.
+    pub fn backfill(&self) -> Option<&Backfill> {
+        self.backfill.as_ref()
     }
 
     /// Notified after every applied batch of entries.
@@ -146,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(cmd) => a.machine.apply(LogIndex(entry.log_id.index()), cmd),
                     EntryPayload::Membership(m) => {
-                        a.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                        a.set_membership(StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone()));
                         Response::Done
                     }
                 }
@@ -211,10 +262,34 @@ mod tests {
     use raftmq_machine::types::{TopicConfig, TopicName};
 
     fn upsert(index: u64, name: &str) -> Entry {
-        let log_id =
-            LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: raftmq_machine::NodeId(1) }, index);
+        let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: NodeId(1) }, index);
         let topic = TopicName::new(name).expect("valid");
         Entry::new(log_id, EntryPayload::Normal(Command::UpsertTopic { topic, config: TopicConfig::all_types(4) }))
+    }
+
+    #[test]
+    fn ids_that_leave_the_membership_are_retired() -> Result<(), Box<dyn std::error::Error>> {
+        use std::collections::BTreeMap;
+
+        use openraft::Membership;
+        let ids = |v: &[u64]| v.iter().map(|&i| NodeId(i)).collect::<BTreeSet<_>>();
+        let nodes =
+            |v: &[u64]| v.iter().map(|&i| (NodeId(i), crate::raft::NodeInfo::default())).collect::<BTreeMap<_, _>>();
+        let mut a = Applied::default();
+        let mut set =
+            |configs: Vec<BTreeSet<NodeId>>, all: &[u64]| -> Result<BTreeSet<NodeId>, Box<dyn std::error::Error>> {
+                a.set_membership(StoredMembershipOf::<TypeConfig>::new(None, Membership::new(configs, nodes(all))?));
+                Ok(a.retired.clone())
+            };
+        assert_eq!(set(vec![ids(&[1, 2, 3])], &[1, 2, 3])?, ids(&[]));
+        // Node 4 joins as a learner, then the joint config replaces 1 with 4.
+        assert_eq!(set(vec![ids(&[1, 2, 3])], &[1, 2, 3, 4])?, ids(&[]));
+        assert_eq!(set(vec![ids(&[1, 2, 3]), ids(&[2, 3, 4])], &[1, 2, 3, 4])?, ids(&[]));
+        assert_eq!(set(vec![ids(&[2, 3, 4])], &[2, 3, 4])?, ids(&[1]));
+        // A learner that is given up is retired too.
+        assert_eq!(set(vec![ids(&[2, 3, 4])], &[2, 3, 4, 6])?, ids(&[1]));
+        assert_eq!(set(vec![ids(&[2, 3, 4])], &[2, 3, 4])?, ids(&[1, 6]));
+        Ok(())
     }
 
     #[test]
