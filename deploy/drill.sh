@@ -18,7 +18,10 @@
 #                     start after the fill), sends resume once the filler is deleted
 #   bit-flip          stop a follower, flip one bit in a record in the middle of its CommitLog:
 #                     it must refuse to start, naming the segment file and the byte offset;
-#                     the bit is flipped back and the node rejoins
+#                     it is then replaced by node 4 (deploy/docker-compose.node4.yml) under load
+#   replace-node      kill -9 a follower (its disk is lost) and replace it by node 4 under
+#                     load with `mqadmin cluster replace-node`: node 4 copies every retained
+#                     message before it votes, and the old id is refused when offered again
 #   no-fault          DRILL_LOAD_PRODUCERS (64) producers for DRILL_SECONDS (30) and no fault:
 #                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
@@ -45,8 +48,19 @@ partition_s="${DRILL_PARTITION:-6}"
 topic=DrillTopic
 group=DrillGroup
 # The members' client endpoints on the compose network (a Linux host reaches them).
-declare -A ip=([node1]=172.28.0.11 [node2]=172.28.0.12 [node3]=172.28.0.13)
+declare -A ip=([node1]=172.28.0.11 [node2]=172.28.0.12 [node3]=172.28.0.13 [node4]=172.28.0.14)
+# The group's voters (node 4 takes a replaced node's place) and their client endpoints.
+voters=(node1 node2 node3)
 members="172.28.0.11:8081;172.28.0.12:8081;172.28.0.13:8081"
+set_voters() {
+    voters=("$@")
+    local v eps=()
+    for v in "${voters[@]}"; do eps+=("${ip[$v]}:8081"); done
+    members="$(
+        IFS=';'
+        echo "${eps[*]}"
+    )"
+}
 
 say() { printf 'drill: %s\n' "$*" >&2; }
 die() {
@@ -54,19 +68,23 @@ die() {
     exit 1
 }
 now_ms() { date +%s%3N; }
-# A scenario may add an overlay file (disk-full: small volumes).
+# Node 4 is defined beside the group (started only to replace a member); a scenario may add
+# another overlay file (disk-full: small volumes).
+node4_file="$root/deploy/docker-compose.node4.yml"
 overlay=""
-compose() { docker-compose -p "$project" -f "$compose_file" ${overlay:+-f "$overlay"} "$@"; }
+compose() { docker-compose -p "$project" -f "$compose_file" -f "$node4_file" ${overlay:+-f "$overlay"} "$@"; }
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     scenarios=(kill-leader partition-leader rolling-restart)
 elif [ "${scenarios[0]}" = all ]; then
-    scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader rolling-restart disk-full bit-flip)
+    scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader rolling-restart disk-full bit-flip
+        replace-node)
 fi
 for s in "${scenarios[@]}"; do
     case "$s" in
-        kill-leader | kill-follower | pause-leader | partition-leader | rolling-restart | disk-full | bit-flip | no-fault) ;;
+        kill-leader | kill-follower | pause-leader | partition-leader | rolling-restart | disk-full | bit-flip | \
+            replace-node | no-fault) ;;
         *) die "unknown scenario $s (see the usage at the top of $0)" ;;
     esac
 done
@@ -135,7 +153,7 @@ wait_healthy() {
     local deadline=$((SECONDS + 90)) s c status all
     while :; do
         all=1
-        for s in namesrv node1 node2 node3; do
+        for s in namesrv "${voters[@]}"; do
             c="$(container "$s")"
             status="$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null || echo missing)"
             [ "$status" = healthy ] || all=0
@@ -214,8 +232,37 @@ heal_cut() {
     in_netns "$1" iptables -F OUTPUT
 }
 
+# Replaces the member $1 (stopped: its disk is lost or corrupt) by node 4, under load: starts
+# node 4 and runs `mqadmin cluster replace-node`, which returns once node 4 holds the log and
+# every retained message and the voters changed. Then the retired id must be refused.
+replace_with_node4() {
+    local old="$1" started took refused
+    say "replacing $old by node4 (a new id)"
+    started="$(now_ms)"
+    compose up -d --no-deps node4 >/dev/null 2>&1 || die "cannot start node4"
+    admin cluster replace-node --group broker-a --old "${old#node}" --node-id 4 \
+        --client "${ip[node4]}:8081" --raft "${ip[node4]}:9091" --catch-up-secs 120 >&2 ||
+        die "replace-node $old by node4 failed"
+    took=$(($(now_ms) - started))
+    local keep=() v
+    for v in "${voters[@]}"; do [ "$v" = "$old" ] || keep+=("$v"); done
+    set_voters "${keep[@]}" node4
+    say "$old replaced by node4 in $took ms (start, catch-up with every retained message, joint change)"
+    if refused="$(admin cluster add-node --group broker-a --node-id "${old#node}" \
+        --client "${ip[$old]}:8081" --raft "${ip[$old]}:9091" 2>&1)"; then
+        say "FAILED: the retired id ${old#node} was taken again"
+        replace_failed=1
+    elif grep -q "never used twice" <<<"$refused"; then
+        say "the retired id ${old#node} is refused: $(grep -o "node id [0-9]* was a member[^;]*" <<<"$refused" | head -n 1)"
+    else
+        say "FAILED: re-adding the retired id ${old#node} failed without naming why: $refused"
+        replace_failed=1
+    fi
+}
+
 failed=0
 bitflip_failed=0
+replace_failed=0
 summary=()
 
 run_scenario() {
@@ -225,7 +272,8 @@ run_scenario() {
     [ "$scenario" = disk-full ] && overlay="$root/deploy/drill-small-disks.yml"
     say "== $scenario ($client producers): fresh cluster"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
-    compose up -d >"$dir/compose-up.log" 2>&1 || {
+    set_voters node1 node2 node3
+    compose up -d namesrv node1 node2 node3 >"$dir/compose-up.log" 2>&1 || {
         cat "$dir/compose-up.log" >&2
         die "docker-compose up failed"
     }
@@ -369,11 +417,22 @@ run_scenario() {
                 say "FAILED: $victim did not refuse to start naming $seg and byte $offset"
                 bitflip_failed=1
             fi
-            flip_bit "$victim" >/dev/null
-            docker start "$(container "$victim")" >/dev/null
+            replace_with_node4 "$victim"
             heals+=("$(now_ms)")
             wait_healthy
-            caught_up "$victim"
+            caught_up node4
+            ;;
+        replace-node)
+            victim="$(leader)"
+            victim="$(printf '%s\n' node1 node2 node3 | grep -v "^$victim$" | head -n 1)"
+            say "kill -9 of the follower $victim: its disk is lost"
+            docker kill -s KILL "$(container "$victim")" >/dev/null
+            faults+=("$(now_ms)")
+            sleep 2
+            replace_with_node4 "$victim"
+            heals+=("$(now_ms)")
+            wait_healthy
+            caught_up node4
             ;;
         no-fault)
             say "no fault: $n_producers producers for ${DRILL_SECONDS:-30} s"
@@ -431,6 +490,11 @@ PY
         say "FAILED: with the disk full, sends must be refused with a clear status while consumption goes on, and resume after"
         status=FAILED
         failed=1
+    fi
+    if [ "$replace_failed" = 1 ]; then
+        status=FAILED
+        failed=1
+        replace_failed=0
     fi
     if [ "$scenario" = bit-flip ] && [ "$bitflip_failed" = 1 ]; then
         status=FAILED
