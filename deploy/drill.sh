@@ -26,7 +26,7 @@
 #                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
 # With no scenario: the short set CI runs (kill-leader with two kills, partition-leader,
-# rolling-restart).
+# rolling-restart, replace-node).
 #
 # Settings (environment): DRILL_CLIENT (rust: `mqadmin bench produce`; python: the official
 # Python client, deploy/python-producer.py, in a virtualenv made on first use),
@@ -76,7 +76,7 @@ compose() { docker-compose -p "$project" -f "$compose_file" -f "$node4_file" ${o
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(kill-leader partition-leader rolling-restart)
+    scenarios=(kill-leader partition-leader rolling-restart replace-node)
 elif [ "${scenarios[0]}" = all ]; then
     scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader rolling-restart disk-full bit-flip
         replace-node)
