@@ -867,7 +867,12 @@ impl AdminService for Admin {
         let (progress, applied) =
             self.inner.storage.state.read(|a| (a.machine.group_progress(&group), a.machine.last_applied()));
         let queues = progress.into_iter().map(progress_of).collect();
-        Ok(Response::new(pb::GroupProgressResponse { queues, node_id: self.inner.node_id.0, applied_index: applied.0 }))
+        Ok(Response::new(pb::GroupProgressResponse {
+            queues,
+            node_id: self.inner.node_id.0,
+            applied_index: applied.0,
+            broker_group: self.inner.group.clone(),
+        }))
     }
 
     async fn reset_offset(

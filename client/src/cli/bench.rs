@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use raftmq_client::{Admin, ClientOptions, Error, Message, Producer, SimpleConsumer, TopicSpec};
 use tokio::sync::Mutex;
 
-use super::record::{self, BodyCheck, Recorder, now_us};
+use super::record::{self, BodyCheck, QueueRef, Recorder, now_us};
 
 /// Most concurrent producers or consumers.
 const MAX_CLIENTS: usize = 1024;
@@ -291,7 +291,15 @@ impl ProducerTask {
             match result {
                 Ok(r) => {
                     if let Some(rec) = &self.recorder {
-                        rec.acked(start_us, now_us(), self.id, seq, r.queue_id, r.offset, &r.message_id)?;
+                        rec.acked(
+                            start_us,
+                            now_us(),
+                            self.id,
+                            seq,
+                            &QueueRef::new(&r.broker, r.queue_id),
+                            r.offset,
+                            &r.message_id,
+                        )?;
                     }
                     self.shared.lock().await.ok(us);
                 }
@@ -427,7 +435,8 @@ impl ConsumerTask {
             for m in batch {
                 let body = record::check_body(&m.body);
                 if let Some(rec) = &self.recorder {
-                    rec.delivered(self.id, m.queue_id, m.offset, &m.message_id, m.delivery_attempt, body)?;
+                    let queue = QueueRef::new(&m.broker, m.queue_id);
+                    rec.delivered(self.id, &queue, m.offset, &m.message_id, m.delivery_attempt, body)?;
                 }
                 let sent_at = m.properties.get(SENT_AT).and_then(|t| t.parse::<u64>().ok());
                 {
@@ -447,7 +456,7 @@ impl ConsumerTask {
                 match self.consumer.ack(&m).await {
                     Ok(()) => {
                         if let Some(rec) = &self.recorder {
-                            rec.ack_confirmed(self.id, m.queue_id, m.offset, &m.message_id)?;
+                            rec.ack_confirmed(self.id, &QueueRef::new(&m.broker, m.queue_id), m.offset, &m.message_id)?;
                         }
                     }
                     Err(_) => self.tally.lock().await.ack_errors += 1,
@@ -481,7 +490,8 @@ fn spawn_offset_sampler(
             for admin in &admins {
                 if let Ok(p) = admin.group_progress(&group).await {
                     for q in p.queues.iter().filter(|q| q.topic == topic) {
-                        recorder.committed(p.node_id, p.applied_index, q.queue, q.consumer_offset)?;
+                        let queue = QueueRef::new(&p.broker_group, q.queue);
+                        recorder.committed(p.node_id, p.applied_index, &queue, q.consumer_offset)?;
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use raftmq_client::{Admin, ClientOptions};
 
-use super::record::{self, BodyCheck, Event};
+use super::record::{self, BodyCheck, Event, QueueRef};
 use super::table::Table;
 
 /// How long the members may take to agree on their last log index after the run.
@@ -35,10 +35,10 @@ pub struct CheckArgs {
     /// acknowledge none of them, so each must be in the log every member agrees on).
     #[arg(long = "healed-at-ms")]
     healed_at_ms: Vec<u64>,
-    /// Also check that every member of the group (these endpoints, one per member) holds the
-    /// same log.
+    /// Also check that every member of a group (these endpoints, one per member) holds the
+    /// same log; once per group.
     #[arg(long)]
-    members: Option<String>,
+    members: Vec<String>,
     /// Print the result as one JSON object too.
     #[arg(long)]
     json: bool,
@@ -60,7 +60,7 @@ impl Finding {
 }
 
 /// An acknowledged send: (start, end, producer, seq, queue, offset).
-type Ack = (u64, u64, u32, u64, u32, Option<u64>);
+type Ack = (u64, u64, u32, u64, QueueRef, Option<u64>);
 
 #[derive(Default)]
 struct Records {
@@ -68,11 +68,11 @@ struct Records {
     acked: HashMap<String, Ack>,
     failed: Vec<(u64, u64)>,
     /// Deliveries: (time, queue, offset, id, attempt, body).
-    delivered: Vec<(u64, u32, u64, String, u32, BodyCheck)>,
+    delivered: Vec<(u64, QueueRef, u64, String, u32, BodyCheck)>,
     /// Confirmed acks: (queue, offset) → first time.
-    ack_confirmed: HashMap<(u32, u64), u64>,
+    ack_confirmed: HashMap<(QueueRef, u64), u64>,
     /// Committed offsets: (applied index, time, node, queue, offset).
-    committed: Vec<(u64, u64, u64, u32, u64)>,
+    committed: Vec<(u64, u64, u64, QueueRef, u64)>,
 }
 
 fn read_records(args: &CheckArgs) -> anyhow::Result<Records> {
@@ -135,12 +135,12 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
     out.push(finding("delivered with an altered body", true, bad.clone(), bad.len() as u64));
 
     // Each (queue, offset) holds one message id, as acks and deliveries saw it.
-    let mut at: HashMap<(u32, u64), HashSet<&str>> = HashMap::new();
+    let mut at: HashMap<(&QueueRef, u64), HashSet<&str>> = HashMap::new();
     let positions = r
         .acked
         .iter()
-        .filter_map(|(id, a)| a.5.map(|o| ((a.4, o), id.as_str())))
-        .chain(r.delivered.iter().map(|d| ((d.1, d.2), d.3.as_str())));
+        .filter_map(|(id, a)| a.5.map(|o| ((&a.4, o), id.as_str())))
+        .chain(r.delivered.iter().map(|d| ((&d.1, d.2), d.3.as_str())));
     for (pos, id) in positions {
         at.entry(pos).or_default().insert(id);
     }
@@ -153,15 +153,15 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
 
     // Offsets per queue are gapless: every offset between the lowest and the highest seen
     // was delivered.
-    let mut per_queue: BTreeMap<u32, HashSet<u64>> = BTreeMap::new();
+    let mut per_queue: BTreeMap<&QueueRef, HashSet<u64>> = BTreeMap::new();
     for d in &r.delivered {
-        per_queue.entry(d.1).or_default().insert(d.2);
+        per_queue.entry(&d.1).or_default().insert(d.2);
     }
     let mut gaps = Vec::new();
     let mut gap_count = 0u64;
     for (queue, offsets) in &per_queue {
         let (lo, hi) = (offsets.iter().min().copied().unwrap_or(0), offsets.iter().max().copied().unwrap_or(0));
-        let highest_acked = r.acked.values().filter(|a| a.4 == *queue).filter_map(|a| a.5).max().unwrap_or(0);
+        let highest_acked = r.acked.values().filter(|a| &a.4 == *queue).filter_map(|a| a.5).max().unwrap_or(0);
         for o in lo..=hi.max(highest_acked) {
             if !offsets.contains(&o) {
                 gap_count += 1;
@@ -172,10 +172,10 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
     out.push(finding("offsets never delivered inside a queue's range (gaps)", true, gaps, gap_count));
 
     // A producer's sends, each awaited before the next, get increasing offsets in a queue.
-    let mut by_producer: BTreeMap<(u32, u32), Vec<(u64, u64)>> = BTreeMap::new();
+    let mut by_producer: BTreeMap<(u32, &QueueRef), Vec<(u64, u64)>> = BTreeMap::new();
     for a in r.acked.values() {
         if let Some(o) = a.5 {
-            by_producer.entry((a.2, a.4)).or_default().push((a.3, o));
+            by_producer.entry((a.2, &a.4)).or_default().push((a.3, o));
         }
     }
     let mut disorder = Vec::new();
@@ -196,7 +196,7 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
     // any member) holds an offset at least as high.
     let mut committed = r.committed.clone();
     committed.sort_unstable();
-    let mut best: HashMap<u32, (u64, u64, u64)> = HashMap::new();
+    let mut best: HashMap<QueueRef, (u64, u64, u64)> = HashMap::new();
     let mut back = Vec::new();
     for (applied, _, node, queue, offset) in committed {
         match best.get(&queue) {
@@ -214,14 +214,14 @@ fn invariants(r: &Records, faults: &[(u64, u64)]) -> Vec<Finding> {
     let again: Vec<String> = r
         .delivered
         .iter()
-        .filter(|d| r.ack_confirmed.get(&(d.1, d.2)).is_some_and(|acked| *acked < d.0))
+        .filter(|d| r.ack_confirmed.get(&(d.1.clone(), d.2)).is_some_and(|acked| *acked < d.0))
         .map(|d| format!("{} at {}:{} (attempt {})", d.3, d.1, d.2, d.4))
         .collect();
     out.push(finding("delivered again after a confirmed ack", true, again.clone(), again.len() as u64));
 
     // Figures to watch: messages stored twice (a send retried after its ack was lost) and
     // redeliveries of unacknowledged messages.
-    let mut stored_at: HashMap<&str, HashSet<(u32, u64)>> = HashMap::new();
+    let mut stored_at: HashMap<&str, HashSet<(&QueueRef, u64)>> = HashMap::new();
     for (pos, ids) in &at {
         for id in ids {
             stored_at.entry(id).or_default().insert(*pos);
@@ -403,7 +403,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     let mut logs_agree = None;
-    if let Some(members) = &args.members {
+    for members in &args.members {
         let (logs, range) = member_logs(members).await?;
         let agree = logs.windows(2).all(|w| w[0].last == w[1].last && w[0].digest == w[1].digest);
         for l in &logs {
@@ -423,7 +423,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         if !agree {
             failed += 1;
         }
-        logs_agree = Some(agree);
+        logs_agree = Some(agree && logs_agree.unwrap_or(true));
     }
     if args.json {
         let invariants: serde_json::Map<String, serde_json::Value> =
@@ -453,15 +453,19 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn q(id: u32) -> QueueRef {
+        QueueRef::new("broker-a", id)
+    }
+
     fn records() -> Records {
         let mut r = Records::default();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let i = i as u64;
-            r.acked.insert(id.to_string(), (i * 10, i * 10 + 5, 0, i, 1, Some(i)));
-            r.delivered.push((100 + i, 1, i, id.to_string(), 1, BodyCheck::Ok));
-            r.ack_confirmed.insert((1, i), 200 + i);
+            r.acked.insert(id.to_string(), (i * 10, i * 10 + 5, 0, i, q(1), Some(i)));
+            r.delivered.push((100 + i, q(1), i, id.to_string(), 1, BodyCheck::Ok));
+            r.ack_confirmed.insert((q(1), i), 200 + i);
         }
-        r.committed = vec![(5, 0, 1, 1, 1), (7, 0, 2, 1, 3), (6, 0, 3, 1, 2)];
+        r.committed = vec![(5, 0, 1, q(1), 1), (7, 0, 2, q(1), 3), (6, 0, 3, q(1), 2)];
         r
     }
 
@@ -476,16 +480,37 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_id_in_two_groups_is_two_queues() {
+        let mut r = records();
+        // Queue 1 of broker-b: offsets 0 and 1 again, under other ids, with its own committed
+        // offsets (a lower index there is another group's log).
+        let b = QueueRef::new("broker-b", 1);
+        for (i, id) in ["x", "y"].iter().enumerate() {
+            let i = i as u64;
+            r.acked.insert(id.to_string(), (i * 10, i * 10 + 5, 0, 10 + i, b.clone(), Some(i)));
+            r.delivered.push((100 + i, b.clone(), i, id.to_string(), 1, BodyCheck::Ok));
+        }
+        r.committed.push((2, 0, 1, b.clone(), 1));
+        let f = invariants(&r, &[]);
+        assert!(f.iter().all(|f| !f.failed()), "{:?}", f.iter().map(|f| (f.name, f.count)).collect::<Vec<_>>());
+        // The same records without the group name clash.
+        let mut flat = r;
+        flat.acked.values_mut().for_each(|a| a.4.broker.clear());
+        flat.delivered.iter_mut().for_each(|d| d.1.broker.clear());
+        assert_eq!(count(&invariants(&flat, &[]), "positions holding two"), 2);
+    }
+
+    #[test]
     fn each_violation_is_counted() {
         let mut r = records();
         // Lost: acknowledged, never delivered; its offset is also a gap.
-        r.acked.insert("d".into(), (30, 35, 0, 3, 1, Some(3)));
+        r.acked.insert("d".into(), (30, 35, 0, 3, q(1), Some(3)));
         // Two ids at one position, a later send at a lower offset.
-        r.acked.insert("e".into(), (40, 45, 0, 4, 1, Some(1)));
+        r.acked.insert("e".into(), (40, 45, 0, 4, q(1), Some(1)));
         // Altered body, and delivered again after its confirmed ack.
-        r.delivered.push((300, 1, 0, "a".into(), 2, BodyCheck::Bad));
+        r.delivered.push((300, q(1), 0, "a".into(), 2, BodyCheck::Bad));
         // A committed offset going back at a higher index.
-        r.committed.push((8, 0, 1, 1, 2));
+        r.committed.push((8, 0, 1, q(1), 2));
         let f = invariants(&r, &[(30, 40)]);
         assert_eq!(count(&f, "acknowledged, never delivered"), 2, "d and e");
         assert_eq!(count(&f, "acknowledged during the fault"), 1);
@@ -502,7 +527,7 @@ mod tests {
     fn unavailability_is_the_longest_wait_and_the_first_ack_after_the_fault() {
         let mut r = records();
         r.failed.push((1000, 4000));
-        r.acked.insert("late".into(), (1500, 2600, 1, 0, 2, Some(0)));
+        r.acked.insert("late".into(), (1500, 2600, 1, 0, q(2), Some(0)));
         // Faults at 1.2 ms and 5 ms: the failed send started 1.0 ms is the first one's,
         // although it was still waiting when the second struck.
         let windows = fault_windows(&[1200, 5000]);

@@ -9,6 +9,9 @@
 //! K <time_us> <consumer> <queue> <offset> <message_id>                     ack confirmed by the broker
 //! C <time_us> <node> <applied_index> <queue> <consumer_offset>             a node's committed offset, sampled
 //! ```
+//!
+//! A queue is `<broker group>/<queue id>` (a topic's queue ids repeat in each group that
+//! serves it); a bare `<queue id>` is a queue of an unnamed group.
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
@@ -18,6 +21,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+
+/// A queue of a topic: the broker group serving it and its id there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueRef {
+    /// The broker group (empty: not recorded).
+    pub broker: String,
+    /// The queue id within the group.
+    pub id: u32,
+}
+
+impl QueueRef {
+    /// Queue `id` of `broker`.
+    pub fn new(broker: &str, id: u32) -> Self {
+        Self { broker: broker.to_string(), id }
+    }
+}
+
+impl std::fmt::Display for QueueRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.broker.is_empty() { write!(f, "{}", self.id) } else { write!(f, "{}/{}", self.broker, self.id) }
+    }
+}
+
+impl std::str::FromStr for QueueRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (broker, id) = s.rsplit_once('/').unwrap_or(("", s));
+        let id = id.parse().map_err(|_| format!("{id:?} is not a queue id"))?;
+        Ok(Self { broker: broker.to_string(), id })
+    }
+}
 
 /// Longest record line accepted (a failed send's error text is cut to fit).
 const MAX_LINE: usize = 4096;
@@ -112,7 +147,7 @@ impl Recorder {
         end: u64,
         producer: u32,
         seq: u64,
-        queue: u32,
+        queue: &QueueRef,
         offset: Option<u64>,
         id: &str,
     ) -> anyhow::Result<()> {
@@ -129,7 +164,7 @@ impl Recorder {
     pub fn delivered(
         &self,
         consumer: u32,
-        queue: u32,
+        queue: &QueueRef,
         offset: u64,
         id: &str,
         attempt: u32,
@@ -139,12 +174,12 @@ impl Recorder {
     }
 
     /// An ack the broker confirmed.
-    pub fn ack_confirmed(&self, consumer: u32, queue: u32, offset: u64, id: &str) -> anyhow::Result<()> {
+    pub fn ack_confirmed(&self, consumer: u32, queue: &QueueRef, offset: u64, id: &str) -> anyhow::Result<()> {
         self.line(format_args!("K {} {consumer} {queue} {offset} {id}", now_us()))
     }
 
     /// A node's committed offset of a queue, at its applied index.
-    pub fn committed(&self, node: u64, applied: u64, queue: u32, offset: u64) -> anyhow::Result<()> {
+    pub fn committed(&self, node: u64, applied: u64, queue: &QueueRef, offset: u64) -> anyhow::Result<()> {
         self.line(format_args!("C {} {node} {applied} {queue} {offset}", now_us()))
     }
 
@@ -159,11 +194,11 @@ impl Recorder {
 /// One record line, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Acked { start: u64, end: u64, producer: u32, seq: u64, queue: u32, offset: Option<u64>, id: String },
+    Acked { start: u64, end: u64, producer: u32, seq: u64, queue: QueueRef, offset: Option<u64>, id: String },
     Failed { start: u64, end: u64, producer: u32, seq: u64, error: String },
-    Delivered { time: u64, consumer: u32, queue: u32, offset: u64, id: String, attempt: u32, body: BodyCheck },
-    AckConfirmed { time: u64, consumer: u32, queue: u32, offset: u64, id: String },
-    Committed { time: u64, node: u64, applied: u64, queue: u32, offset: u64 },
+    Delivered { time: u64, consumer: u32, queue: QueueRef, offset: u64, id: String, attempt: u32, body: BodyCheck },
+    AckConfirmed { time: u64, consumer: u32, queue: QueueRef, offset: u64, id: String },
+    Committed { time: u64, node: u64, applied: u64, queue: QueueRef, offset: u64 },
 }
 
 fn field<'a>(it: &mut impl Iterator<Item = &'a str>, name: &str) -> anyhow::Result<&'a str> {
@@ -173,6 +208,11 @@ fn field<'a>(it: &mut impl Iterator<Item = &'a str>, name: &str) -> anyhow::Resu
 fn number<T: std::str::FromStr>(it: &mut std::str::SplitN<'_, char>, name: &str) -> anyhow::Result<T> {
     let text = field(it, name)?;
     text.parse().map_err(|_| anyhow::anyhow!("the {name} field {text:?} is not a number"))
+}
+
+fn queue(it: &mut std::str::SplitN<'_, char>) -> anyhow::Result<QueueRef> {
+    let text = field(it, "queue")?;
+    text.parse().map_err(|e| anyhow::anyhow!("the queue field: {e}"))
 }
 
 /// Parses one line.
@@ -193,7 +233,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<Event> {
             end: number(it, "end")?,
             producer: number(it, "producer")?,
             seq: number(it, "seq")?,
-            queue: number(it, "queue")?,
+            queue: queue(it)?,
             offset: match field(it, "offset")? {
                 "-" => None,
                 o => Some(o.parse().map_err(|_| anyhow::anyhow!("the offset field {o:?} is not a number"))?),
@@ -210,7 +250,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<Event> {
         "D" => Event::Delivered {
             time: number(it, "time")?,
             consumer: number(it, "consumer")?,
-            queue: number(it, "queue")?,
+            queue: queue(it)?,
             offset: number(it, "offset")?,
             id: field(it, "message id")?.to_string(),
             attempt: number(it, "attempt")?,
@@ -224,7 +264,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<Event> {
         "K" => Event::AckConfirmed {
             time: number(it, "time")?,
             consumer: number(it, "consumer")?,
-            queue: number(it, "queue")?,
+            queue: queue(it)?,
             offset: number(it, "offset")?,
             id: field(it, "message id")?.to_string(),
         },
@@ -232,7 +272,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<Event> {
             time: number(it, "time")?,
             node: number(it, "node")?,
             applied: number(it, "applied index")?,
-            queue: number(it, "queue")?,
+            queue: queue(it)?,
             offset: number(it, "offset")?,
         },
     })
@@ -279,20 +319,22 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("r");
         let r = Recorder::create(&path)?;
-        r.acked(1, 2, 3, 4, 5, Some(6), "ID1")?;
-        r.acked(1, 2, 3, 5, 5, None, "ID2")?;
+        let q = QueueRef::new("broker-a", 5);
+        r.acked(1, 2, 3, 4, &q, Some(6), "ID1")?;
+        r.acked(1, 2, 3, 5, &QueueRef::new("", 5), None, "ID2")?;
         r.failed(7, 8, 9, 10, "deadline exceeded\nafter 3 attempts")?;
-        r.delivered(1, 5, 6, "ID1", 1, BodyCheck::Ok)?;
-        r.ack_confirmed(1, 5, 6, "ID1")?;
-        r.committed(2, 100, 5, 7)?;
+        r.delivered(1, &q, 6, "ID1", 1, BodyCheck::Ok)?;
+        r.ack_confirmed(1, &q, 6, "ID1")?;
+        r.committed(2, 100, &q, 7)?;
         r.finish()?;
         let mut events = Vec::new();
         assert_eq!(read(&path, |e| events.push(e))?, 6);
         assert_eq!(
             events[0],
-            Event::Acked { start: 1, end: 2, producer: 3, seq: 4, queue: 5, offset: Some(6), id: "ID1".into() }
+            Event::Acked { start: 1, end: 2, producer: 3, seq: 4, queue: q.clone(), offset: Some(6), id: "ID1".into() }
         );
-        assert!(matches!(&events[1], Event::Acked { offset: None, .. }));
+        assert!(matches!(&events[1], Event::Acked { offset: None, queue: QueueRef { id: 5, .. }, .. }));
+        assert!(matches!(&events[1], Event::Acked { queue, .. } if queue.broker.is_empty()));
         assert_eq!(
             events[2],
             Event::Failed {
@@ -303,9 +345,11 @@ mod tests {
                 error: "deadline exceeded after 3 attempts".into()
             }
         );
-        assert!(matches!(&events[3], Event::Delivered { queue: 5, offset: 6, attempt: 1, body: BodyCheck::Ok, .. }));
-        assert!(matches!(&events[4], Event::AckConfirmed { queue: 5, offset: 6, .. }));
-        assert!(matches!(events[5], Event::Committed { node: 2, applied: 100, queue: 5, offset: 7, .. }));
+        assert!(
+            matches!(&events[3], Event::Delivered { queue, offset: 6, attempt: 1, body: BodyCheck::Ok, .. } if *queue == q)
+        );
+        assert!(matches!(&events[4], Event::AckConfirmed { queue, offset: 6, .. } if *queue == q));
+        assert!(matches!(&events[5], Event::Committed { node: 2, applied: 100, queue, offset: 7, .. } if *queue == q));
         Ok(())
     }
 
@@ -316,6 +360,8 @@ mod tests {
         let e = parse_line("D 1 2 3 4 ID 1").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("body"), "{e}");
         assert!(parse_line("Z 1").err().is_some_and(|e| e.to_string().contains("unknown record kind")));
+        let e = parse_line("K 1 2 broker-a/x 4 ID").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("queue") && e.contains("\"x\""), "{e}");
         assert!(parse_line("").is_err());
         Ok(())
     }
