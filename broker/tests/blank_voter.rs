@@ -29,10 +29,7 @@ async fn a_node_with_a_lost_disk_does_not_vote_until_brought_up_to_date() -> any
         service: broker::settings::ServiceSettings { auto_create_queues: Some(1), ..Default::default() },
         ..c
     })?;
-    let mut nodes = Vec::new();
-    for cfg in &cfgs {
-        nodes.push(Node::start(cfg.clone()).await?);
-    }
+    let nodes = common::start_all(&cfgs).await?;
     let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
     send_until_ok(&nodes[0].client_addr.to_string(), &bodies, Duration::from_secs(20)).await?;
     common::wait_for("every member applies the messages", Duration::from_secs(10), || {

@@ -70,10 +70,7 @@ async fn nodes_join_leave_and_are_replaced_under_new_ids() -> anyhow::Result<()>
         service: broker::settings::ServiceSettings { auto_create_queues: Some(1), ..Default::default() },
         ..c
     })?;
-    let mut nodes = Vec::new();
-    for cfg in &cfgs {
-        nodes.push(Node::start(cfg.clone()).await?);
-    }
+    let mut nodes = common::start_all(&cfgs).await?;
     let addr = nodes[1].client_addr.to_string();
     send_batches(&addr, 0, 60).await?;
     common::wait_for("a snapshot purges the log's start", Duration::from_secs(20), || {

@@ -55,6 +55,15 @@ pub fn three_nodes(
         .collect())
 }
 
+/// Starts a node for each of `cfgs`, in order.
+pub async fn start_all(cfgs: &[NodeConfig]) -> anyhow::Result<Vec<broker::node::Node>> {
+    let mut nodes = Vec::new();
+    for cfg in cfgs {
+        nodes.push(broker::node::Node::start(cfg.clone()).await?);
+    }
+    Ok(nodes)
+}
+
 /// The node that claims leadership, if any.
 pub fn leader_of<'a>(nodes: &[&'a broker::node::Node]) -> Option<&'a broker::node::Node> {
     use openraft::async_runtime::watch::WatchReceiver;
