@@ -341,10 +341,7 @@ impl Admin {
 
     async fn propose(&self, command: Command) -> Result<(), Status> {
         let what = command.to_string();
-        let resp = self
-            .inner
-            .raft
-            .client_write(command)
+        let resp = crate::raft::client_write(&self.inner.raft, command)
             .await
             .map_err(|e| Status::unavailable(format!("{what} was not committed: {e}; retry")))?;
         match resp.data {

@@ -36,10 +36,7 @@ impl Broker {
     }
 
     async fn propose(&self, command: Command) -> Result<Response, Refusal> {
-        let resp = self
-            .inner
-            .raft
-            .client_write(command)
+        let resp = crate::raft::client_write(&self.inner.raft, command)
             .await
             .map_err(|e| Refusal::unavailable(format!("not committed: {e}")))?;
         match resp.data {

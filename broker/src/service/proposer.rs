@@ -243,8 +243,10 @@ impl Batch {
     /// A leader that loses contact with a quorum while the send waits (cut off from the
     /// others) answers at once that the outcome is unknown, so the client retries on the
     /// members that can elect a new leader instead of waiting out its own timeout.
+    /// A leader elected a moment ago proposes again once its lease holds
+    /// ([`crate::raft::client_write`]).
     async fn commit(self, raft: Raft) {
-        let write = raft.client_write(self.command);
+        let write = crate::raft::client_write(&raft, self.command);
         let result = tokio::select! {
             result = write => result,
             lost = quorum_lost(&raft) => {

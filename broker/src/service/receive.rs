@@ -235,10 +235,7 @@ impl Broker {
         }
         let command =
             Command::Pop { now, group: r.group.clone(), topic: r.topic.clone(), invisible_ms: r.invisible_ms, takes };
-        let resp = self
-            .inner
-            .raft
-            .client_write(command)
+        let resp = crate::raft::client_write(&self.inner.raft, command)
             .await
             .map_err(|e| Refusal::unavailable(format!("receive not committed: {e}")))?;
         match resp.data {

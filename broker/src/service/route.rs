@@ -123,12 +123,12 @@ impl Broker {
             ));
         };
         let config = TopicConfig::all_types(queues);
-        let resp = self
-            .inner
-            .raft
-            .client_write(Command::UpsertTopic { topic: topic.clone(), config: config.clone() })
-            .await
-            .map_err(|e| Refusal::unavailable(format!("creating topic {topic}: {e}")))?;
+        let resp = crate::raft::client_write(
+            &self.inner.raft,
+            Command::UpsertTopic { topic: topic.clone(), config: config.clone() },
+        )
+        .await
+        .map_err(|e| Refusal::unavailable(format!("creating topic {topic}: {e}")))?;
         match resp.data {
             Response::Done => Ok(config),
             Response::Failed(e) => Err(e.into()),
