@@ -22,6 +22,9 @@
 #   replace-node      kill -9 a follower (its disk is lost) and replace it by node 4 under
 #                     load with `mqadmin cluster replace-node`: node 4 copies every retained
 #                     message before it votes, and the old id is refused when offered again
+#   two-groups        deploy/docker-compose.two-groups.yml: a topic on both groups, kill -9
+#                     broker-b's leader (DRILL_KILLS times); fails if broker-a ever stops
+#                     acknowledging (a gap of more than 500 ms between its acks) or elects
 #   no-fault          DRILL_LOAD_PRODUCERS (64) producers for DRILL_SECONDS (30) and no fault:
 #                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
@@ -72,19 +75,29 @@ now_ms() { date +%s%3N; }
 # another overlay file (disk-full: small volumes).
 node4_file="$root/deploy/docker-compose.node4.yml"
 overlay=""
-compose() { docker-compose -p "$project" -f "$compose_file" -f "$node4_file" ${overlay:+-f "$overlay"} "$@"; }
+compose() {
+    if [ "$compose_file" = "$two_groups_file" ]; then
+        docker-compose -p "$project" -f "$compose_file" "$@"
+    else
+        docker-compose -p "$project" -f "$compose_file" -f "$node4_file" ${overlay:+-f "$overlay"} "$@"
+    fi
+}
+one_group_file="$compose_file"
+two_groups_file="$root/deploy/docker-compose.two-groups.yml"
+# Services wait_healthy waits for besides the voters.
+extra_services=(namesrv)
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     scenarios=(kill-leader partition-leader rolling-restart replace-node)
 elif [ "${scenarios[0]}" = all ]; then
     scenarios=(no-fault kill-leader kill-follower pause-leader partition-leader rolling-restart disk-full bit-flip
-        replace-node)
+        replace-node two-groups)
 fi
 for s in "${scenarios[@]}"; do
     case "$s" in
         kill-leader | kill-follower | pause-leader | partition-leader | rolling-restart | disk-full | bit-flip | \
-            replace-node | no-fault) ;;
+            replace-node | two-groups | no-fault) ;;
         *) die "unknown scenario $s (see the usage at the top of $0)" ;;
     esac
 done
@@ -143,6 +156,13 @@ leader() {
     die "no leader within 30 s"
 }
 
+# The service name of a follower (the first voter that does not lead).
+follower() {
+    local lead
+    lead="$(leader)"
+    printf '%s\n' "${voters[@]}" | grep -v "^$lead$" | head -n 1
+}
+
 # The highest Raft term any member reports.
 term() {
     admin cluster list 2>/dev/null | awk 'NR > 1 && $4 ~ /^[0-9]+$/ && $4 > t { t = $4 } END { print t + 0 }'
@@ -153,7 +173,7 @@ wait_healthy() {
     local deadline=$((SECONDS + 90)) s c status all
     while :; do
         all=1
-        for s in namesrv "${voters[@]}"; do
+        for s in "${extra_services[@]}" "${voters[@]}"; do
             c="$(container "$s")"
             status="$(docker inspect -f '{{.State.Health.Status}}' "$c" 2>/dev/null || echo missing)"
             [ "$status" = healthy ] || all=0
@@ -272,14 +292,46 @@ run_scenario() {
     [ "$scenario" = disk-full ] && overlay="$root/deploy/drill-small-disks.yml"
     say "== $scenario ($client producers): fresh cluster"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
-    set_voters node1 node2 node3
-    compose up -d namesrv node1 node2 node3 >"$dir/compose-up.log" 2>&1 || {
+    # The groups whose logs are compared at the end (endpoints of each).
+    local check_groups=()
+    if [ "$scenario" = two-groups ]; then
+        compose_file="$two_groups_file"
+        ip=([a1]=172.29.0.11 [a2]=172.29.0.12 [a3]=172.29.0.13 [b1]=172.29.0.21 [b2]=172.29.0.22 [b3]=172.29.0.23)
+        extra_services=(namesrv1 namesrv2)
+        set_voters a1 a2 a3
+        local a_members="$members"
+        set_voters b1 b2 b3
+        local b_members="$members"
+        set_voters a1 a2 a3 b1 b2 b3
+        check_groups=("$a_members" "$b_members")
+    else
+        compose_file="$one_group_file"
+        ip=([node1]=172.28.0.11 [node2]=172.28.0.12 [node3]=172.28.0.13 [node4]=172.28.0.14)
+        extra_services=(namesrv)
+        set_voters node1 node2 node3
+    fi
+    compose up -d "${extra_services[@]}" "${voters[@]}" >"$dir/compose-up.log" 2>&1 || {
         cat "$dir/compose-up.log" >&2
         die "docker-compose up failed"
     }
     wait_healthy
-    admin topic create "$topic" --queues 8 >/dev/null
-    admin group update "$group" >/dev/null
+    if [ "$scenario" = two-groups ]; then
+        # A topic gets queues in a group when it is created there; the consumer group too.
+        local g
+        for g in "$a_members" "$b_members"; do
+            "$mqadmin" --endpoints "$g" topic create "$topic" --queues 4 >/dev/null
+            "$mqadmin" --endpoints "$g" group update "$group" >/dev/null
+        done
+        # Every node's route lists both groups once the nameservers heard of both.
+        local deadline=$((SECONDS + 30))
+        until [ "$(admin topic route "$topic" 2>/dev/null | grep -c broker-)" -ge 8 ]; do
+            [ $SECONDS -lt $deadline ] || die "the route of $topic did not list both groups' queues within 30 s"
+            sleep 0.5
+        done
+    else
+        admin topic create "$topic" --queues 8 >/dev/null
+        admin group update "$group" >/dev/null
+    fi
 
     # The workload: a consumer group draining (started after the fault in disk-full, so that
     # it has a backlog to drain while sends are refused), and producers until the faults are
@@ -326,8 +378,7 @@ run_scenario() {
             done
             ;;
         kill-follower)
-            victim="$(leader)"
-            victim="$(printf '%s\n' node1 node2 node3 | grep -v "^$victim$" | head -n 1)"
+            victim="$(follower)"
             say "kill -9 of the follower $victim"
             docker kill -s KILL "$(container "$victim")" >/dev/null
             faults+=("$(now_ms)")
@@ -393,8 +444,7 @@ run_scenario() {
             say "deleted the filler"
             ;;
         bit-flip)
-            victim="$(leader)"
-            victim="$(printf '%s\n' node1 node2 node3 | grep -v "^$victim$" | head -n 1)"
+            victim="$(follower)"
             say "docker stop of the follower $victim, then a bit flipped in its CommitLog"
             docker stop -t 15 "$(container "$victim")" >/dev/null
             faults+=("$(now_ms)")
@@ -423,8 +473,7 @@ run_scenario() {
             caught_up node4
             ;;
         replace-node)
-            victim="$(leader)"
-            victim="$(printf '%s\n' node1 node2 node3 | grep -v "^$victim$" | head -n 1)"
+            victim="$(follower)"
             say "kill -9 of the follower $victim: its disk is lost"
             docker kill -s KILL "$(container "$victim")" >/dev/null
             faults+=("$(now_ms)")
@@ -433,6 +482,22 @@ run_scenario() {
             heals+=("$(now_ms)")
             wait_healthy
             caught_up node4
+            ;;
+        two-groups)
+            local b_leader id
+            for ((i = 1; i <= kills; i++)); do
+                id="$("$mqadmin" --endpoints "$b_members" cluster list 2>/dev/null | awk '$3 == "LEADER" { print $2; exit }')"
+                [ -n "$id" ] || die "broker-b has no leader"
+                b_leader="b$id"
+                say "kill -9 of broker-b's leader $b_leader ($i of $kills); broker-a must not notice"
+                docker kill -s KILL "$(container "$b_leader")" >/dev/null
+                faults+=("$(now_ms)")
+                sleep 3
+                docker start "$(container "$b_leader")" >/dev/null
+                heals+=("$(now_ms)")
+                wait_healthy
+                sleep 3
+            done
             ;;
         no-fault)
             say "no fault: $n_producers producers for ${DRILL_SECONDS:-30} s"
@@ -452,7 +517,11 @@ run_scenario() {
 
     printf '%s\n' "${faults[@]}" >"$dir/faults"
     printf '%s\n' "${heals[@]}" >"$dir/heals"
-    local args=(--sends "$dir/sends" --deliveries "$dir/deliveries" --members "$members" --json)
+    [ ${#check_groups[@]} -gt 0 ] || check_groups=("$members")
+    local args=(--sends "$dir/sends" --deliveries "$dir/deliveries" --json)
+    for g in "${check_groups[@]}"; do
+        args+=(--members "$g")
+    done
     for i in "${!faults[@]}"; do
         args+=(--fault-at-ms "${faults[$i]}" --healed-at-ms "${heals[$i]}")
     done
@@ -495,6 +564,37 @@ PY
         status=FAILED
         failed=1
         replace_failed=0
+    fi
+    if [ "$scenario" = two-groups ] && ! python3 - "$dir" "${faults[@]}" <<'PY'; then
+import sys
+# broker-a's acknowledgements around each kill of broker-b's leader: the longest gap between
+# two of them from 1 s before the kill to 4 s after it (broker-b is back by then).
+d, faults = sys.argv[1], [int(f) * 1000 for f in sys.argv[2:]]
+acks = sorted(int(l.split(" ", 3)[2]) for l in open(d + "/sends")
+              if l.startswith("A ") and l.split(" ")[5].startswith("broker-a/"))
+worst, ok = 0, True
+for f in faults:
+    inside = [t for t in acks if f - 1_000_000 <= t <= f + 4_000_000]
+    gap = max((b - a for a, b in zip(inside, inside[1:])), default=None)
+    if gap is None:
+        print("broker-a acknowledged nothing around the kill at %d" % (f // 1000))
+        ok = False
+        continue
+    worst = max(worst, gap)
+    print("around the kill at %d: broker-a acknowledged %d sends, longest gap between two %.0f ms"
+          % (f // 1000, len(inside), gap / 1000))
+print("broker-a over %d kills of broker-b's leader: longest gap between acknowledgements %.0f ms"
+      % (len(faults), worst / 1000))
+sys.exit(0 if ok and worst <= 500_000 else 1)
+PY
+        say "FAILED: broker-a stopped acknowledging while broker-b failed over"
+        status=FAILED
+        failed=1
+    fi
+    if [ "$scenario" = two-groups ] && [ "$elections" -ne 0 ]; then
+        say "FAILED: broker-a held $elections elections while only broker-b was faulted"
+        status=FAILED
+        failed=1
     fi
     if [ "$scenario" = bit-flip ] && [ "$bitflip_failed" = 1 ]; then
         status=FAILED
