@@ -23,8 +23,8 @@
 #                     load with `mqadmin cluster replace-node`: node 4 copies every retained
 #                     message before it votes, and the old id is refused when offered again
 #   two-groups        deploy/docker-compose.two-groups.yml: a topic on both groups, kill -9
-#                     broker-b's leader (DRILL_KILLS times); fails if broker-a ever stops
-#                     acknowledging (a gap of more than 500 ms between its acks) or elects
+#                     broker-b's leader (DRILL_KILLS times); fails if a send to broker-a
+#                     around a kill waited more than 500 ms, or broker-a held an election
 #   no-fault          DRILL_LOAD_PRODUCERS (64) producers for DRILL_SECONDS (30) and no fault:
 #                     fails if the group held any election (timeouts too short for the load)
 #   all               every scenario above
@@ -127,6 +127,15 @@ case "$client" in
     *) die "DRILL_CLIENT is rust or python, not $client" ;;
 esac
 
+# The nodes refuse sends when the disk holding their volumes is 90% full with less than
+# 2 GiB free (disk_refuse_free_mib): on a host that short of space every scenario fails with
+# sends refused, so say so first.
+docker_root="$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
+free_mib=$(($(df -B1 --output=avail "$docker_root" 2>/dev/null | tail -n 1 || echo 0) >> 20))
+if [ "$free_mib" -lt 4096 ]; then
+    say "warning: only $free_mib MiB free under $docker_root; the nodes refuse sends below 2048 MiB free"
+fi
+
 out="${DRILL_OUT:-$(mktemp -d)}"
 mkdir -p "$out"
 say "records and logs in $out"
@@ -163,9 +172,10 @@ follower() {
     printf '%s\n' "${voters[@]}" | grep -v "^$lead$" | head -n 1
 }
 
-# The highest Raft term any member reports.
+# The highest Raft term any member of the group of the first endpoint that answers reports
+# (term_members, when a scenario sets it: the group whose elections count).
 term() {
-    admin cluster list 2>/dev/null | awk 'NR > 1 && $4 ~ /^[0-9]+$/ && $4 > t { t = $4 } END { print t + 0 }'
+    "$mqadmin" --endpoints "${term_members:-$members}" cluster list 2>/dev/null | awk 'NR > 1 && $4 ~ /^[0-9]+$/ && $4 > t { t = $4 } END { print t + 0 }'
 }
 
 # Waits until every container of the project reports healthy.
@@ -293,7 +303,7 @@ run_scenario() {
     say "== $scenario ($client producers): fresh cluster"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     # The groups whose logs are compared at the end (endpoints of each).
-    local check_groups=()
+    local check_groups=() term_members=""
     if [ "$scenario" = two-groups ]; then
         compose_file="$two_groups_file"
         ip=([a1]=172.29.0.11 [a2]=172.29.0.12 [a3]=172.29.0.13 [b1]=172.29.0.21 [b2]=172.29.0.22 [b3]=172.29.0.23)
@@ -304,6 +314,7 @@ run_scenario() {
         local b_members="$members"
         set_voters a1 a2 a3 b1 b2 b3
         check_groups=("$a_members" "$b_members")
+        term_members="$a_members"
     else
         compose_file="$one_group_file"
         ip=([node1]=172.28.0.11 [node2]=172.28.0.12 [node3]=172.28.0.13 [node4]=172.28.0.14)
@@ -567,27 +578,30 @@ PY
     fi
     if [ "$scenario" = two-groups ] && ! python3 - "$dir" "${faults[@]}" <<'PY'; then
 import sys
-# broker-a's acknowledgements around each kill of broker-b's leader: the longest gap between
-# two of them from 1 s before the kill to 4 s after it (broker-b is back by then).
+# Sends started from 1 s before each kill of broker-b's leader to 4 s after it (broker-b is
+# back by then): broker-a's must be answered as fast as ever; broker-b's wait out its
+# failover. (Closed-loop producers that wait on broker-b send nothing to broker-a meanwhile,
+# so a gap between broker-a's acknowledgements says nothing; their waits do.)
 d, faults = sys.argv[1], [int(f) * 1000 for f in sys.argv[2:]]
-acks = sorted(int(l.split(" ", 3)[2]) for l in open(d + "/sends")
-              if l.startswith("A ") and l.split(" ")[5].startswith("broker-a/"))
-worst, ok = 0, True
+sends = [l.split(" ") for l in open(d + "/sends") if l.startswith("A ")]
+ok, worst = True, 0.0
 for f in faults:
-    inside = [t for t in acks if f - 1_000_000 <= t <= f + 4_000_000]
-    gap = max((b - a for a, b in zip(inside, inside[1:])), default=None)
-    if gap is None:
-        print("broker-a acknowledged nothing around the kill at %d" % (f // 1000))
-        ok = False
-        continue
-    worst = max(worst, gap)
-    print("around the kill at %d: broker-a acknowledged %d sends, longest gap between two %.0f ms"
-          % (f // 1000, len(inside), gap / 1000))
-print("broker-a over %d kills of broker-b's leader: longest gap between acknowledgements %.0f ms"
-      % (len(faults), worst / 1000))
-sys.exit(0 if ok and worst <= 500_000 else 1)
+    line = []
+    for g in ("broker-a", "broker-b"):
+        waits = sorted((int(r[2]) - int(r[1])) / 1000 for r in sends
+                       if r[5].startswith(g + "/") and f - 1_000_000 <= int(r[1]) <= f + 4_000_000)
+        if not waits:
+            line.append("%s acknowledged nothing" % g)
+            ok = ok and g != "broker-a"
+            continue
+        line.append("%s %d sends, longest wait %.0f ms" % (g, len(waits), waits[-1]))
+        if g == "broker-a":
+            worst = max(worst, waits[-1])
+    print("around the kill at %d: %s" % (f // 1000, "; ".join(line)))
+print("broker-a over %d kills of broker-b's leader: longest wait %.0f ms (limit 500 ms)" % (len(faults), worst))
+sys.exit(0 if ok and worst <= 500 else 1)
 PY
-        say "FAILED: broker-a stopped acknowledging while broker-b failed over"
+        say "FAILED: broker-a slowed down or stopped while broker-b failed over"
         status=FAILED
         failed=1
     fi
