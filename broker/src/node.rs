@@ -115,10 +115,17 @@ impl Node {
         let view =
             RouteView::new(&cfg.nameservers, cfg.namesrv_heartbeat).map_err(|e| StartError::Config(e.to_string()))?;
         let started = std::time::Instant::now();
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            StartError::State(std::io::Error::new(
+                e.kind(),
+                format!("cannot create the data directory {}: {e}", cfg.data_dir.display()),
+            ))
+        })?;
         // Opening verifies the newest segments: file IO off the async workers, so that nodes
         // started together (`mqbroker dev`) open side by side.
         let (dir, log_config) = (cfg.data_dir.join("commitlog"), cfg.log.clone());
-        let (log, report) = tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
+        let fs = cfg.log_fs.clone().unwrap_or_else(|| Arc::new(raft_log::fs::RealFs));
+        let (log, report) = tokio::task::spawn_blocking(move || Log::open_with(fs, &dir, log_config))
             .await
             .map_err(|e| StartError::Config(format!("the CommitLog opening task failed: {e}")))??;
         let log_opened = started.elapsed();

@@ -149,6 +149,9 @@ pub struct NodeConfig {
     pub retention: RetentionConfig,
     /// Sizes of the derived stores (ConsumeQueue, IndexFile).
     pub store: StoreConfig,
+    /// The file system the CommitLog (and the vote) live on; `None`: the operating
+    /// system's. Crash tests give a simulated one that loses every unsynced byte.
+    pub log_fs: Option<std::sync::Arc<dyn raft_log::fs::Fs>>,
 }
 
 impl Default for NodeConfig {
@@ -173,6 +176,7 @@ impl Default for NodeConfig {
             namesrv_heartbeat: DEFAULT_INTERVAL,
             retention: RetentionConfig::default(),
             store: StoreConfig::default(),
+            log_fs: None,
         }
     }
 }

@@ -19,6 +19,8 @@ mod log;
 mod meta;
 pub mod record;
 mod segment;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 pub use crate::adapter::{RaftLogStore, decode_entry, describe_versions};
 pub use crate::core::{

@@ -23,8 +23,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError};
 use raft_log::fs::Fs;
+use raft_log::sim::SimFs;
 use raft_log::{LogCore, LogError, Purged, Record, SyncPolicy};
-use support::simfs::SimFs;
 use support::{MAX_PAYLOAD, record, small_config};
 
 const DIR: &str = "/raftmq/log";

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use raft_log::fs::Fs;
+use raft_log::sim::SimFs;
 use raft_log::{LogCore, Record};
-use support::simfs::SimFs;
 use support::{record, small_config};
 
 const DIR: &str = "/raftmq/log";

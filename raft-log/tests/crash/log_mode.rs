@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use raft_log::fs::Fs;
 use raft_log::{Log, LogConfig, LogError, SyncPolicy};
 
-use super::support::simfs::SimFs;
 use super::support::small_config;
 use super::{DIR, Gen, Model, OpSpec, RoundRun, Step, purge_id, resolve, vote_bytes};
+use raft_log::sim::SimFs;
 
 /// The configuration of the log under `sync`.
 fn config(sync: SyncPolicy) -> LogConfig {

@@ -1,11 +1,10 @@
-//! Helpers shared by the raft-log integration tests: the simulated file system, a small
+//! Helpers shared by the raft-log integration tests (the simulated file system is
+//! `raft_log::sim`): a small
 //! configuration that rolls segments often, and records whose bytes say which version of
 //! an entry they are.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
-
-pub mod simfs;
 
 use bytes::Bytes;
 use raft_log::{LogConfig, Record};

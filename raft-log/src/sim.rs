@@ -1,4 +1,5 @@
-//! A fault-injecting in-memory file system: writes stay pending until `sync_data`, directory
+//! A fault-injecting in-memory file system (feature `sim`, for crash tests of the log and of
+//! the nodes above it): writes stay pending until `sync_data`, directory
 //! entries until `sync_dir`, and [`SimFs::crash`] builds the state a power cut could leave.
 //!
 //! Model: every file (inode) has a durable image and a current image. Every write,
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use raft_log::fs::{FileIo, Fs};
+use crate::fs::{FileIo, Fs};
 
 type InodeId = u64;
 
