@@ -74,6 +74,9 @@ struct Inner {
     /// Serializes topic writes on this node, so "exists?" and the proposal that follows
     /// are not interleaved with another admin write.
     writes: tokio::sync::Mutex<()>,
+    /// Serializes membership changes (apart from topic writes: a change may wait minutes
+    /// for a new node to catch up).
+    membership: tokio::sync::Mutex<()>,
     /// This node's live clients.
     sessions: Sessions,
 }
@@ -313,6 +316,7 @@ impl Admin {
                 default_queues: default_queues.clamp(1, MAX_QUEUES),
                 queries: tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES),
                 writes: tokio::sync::Mutex::new(()),
+                membership: tokio::sync::Mutex::new(()),
             }),
         }
     }

@@ -100,7 +100,7 @@ impl Admin {
         if let Some((addr, mut client)) = self.leader_client(&request).await? {
             return client.change_members(forward(&request, req.clone())).await.map_err(|s| forwarded_error(&addr, s));
         }
-        let _one_at_a_time = self.inner.writes.lock().await;
+        let _one_at_a_time = self.inner.membership.lock().await;
         self.linearize().await?;
         let group = self.inner.group.clone();
         let now = self.members_now();
