@@ -180,6 +180,20 @@ pub struct FileConfig {
     /// ... and has less than this many MiB free (0 turns the guard off).
     #[serde(default = "default_disk_refuse_free_mib")]
     pub disk_refuse_free_mib: u64,
+    /// Most client connections open at once (1-1,000,000); more are closed as they arrive.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// Most requests served at once on one client connection (1-100,000); more wait.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: usize,
+}
+
+fn default_max_client_connections() -> usize {
+    ServiceSettings::default().max_connections
+}
+
+fn default_max_requests_per_connection() -> usize {
+    ServiceSettings::default().max_requests_per_connection
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -317,6 +331,18 @@ impl FileConfig {
                 ),
             ));
         }
+        if !(1..=1_000_000).contains(&self.max_client_connections) {
+            return Err(invalid(
+                "max_client_connections",
+                format!("{} is not within 1-1000000", self.max_client_connections),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_requests_per_connection) {
+            return Err(invalid(
+                "max_requests_per_connection",
+                format!("{} is not within 1-100000", self.max_requests_per_connection),
+            ));
+        }
         if !(1_000..=MAX_DELAY_LIMIT_MS).contains(&self.max_delay_ms) {
             return Err(invalid(
                 "max_delay_ms",
@@ -374,6 +400,8 @@ impl FileConfig {
                 },
                 auto_create_queues: self.auto_create_topics.then_some(self.default_queues),
                 ack: self.ack,
+                max_connections: self.max_client_connections,
+                max_requests_per_connection: self.max_requests_per_connection,
                 ..ServiceSettings::default()
             },
             retention: RetentionConfig {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod disk;
 pub mod durable;
 pub mod forward;
+pub mod listener;
 pub mod node;
 pub mod raft;
 pub mod registration;

@@ -17,8 +17,10 @@ use crate::admin::{Admin, DEFAULT_QUEUES};
 use crate::check_back::{self, CheckBack};
 use crate::disk::DiskGuard;
 use crate::forward::Forwarder;
+use crate::listener;
 use crate::raft::ack::{AckLogStore, DEFAULT_WAITERS, FlushWaiters};
 use crate::raft::backfill::Backfill;
+use crate::raft::codec::{MAX_ENTRY_BYTES, MAX_RAFT_MESSAGE};
 use crate::raft::network::Network;
 use crate::raft::service::RaftRpc;
 use crate::raft::state::StateStore;
@@ -91,6 +93,13 @@ pub enum StartError {
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StartError> {
+    // Every message on the Raft port has a size limit, and one entry must fit it.
+    if cfg.log.max_payload as usize > MAX_ENTRY_BYTES {
+        return Err(StartError::Config(format!(
+            "the CommitLog's max_payload {} is over the largest entry Raft carries ({MAX_ENTRY_BYTES} bytes)",
+            cfg.log.max_payload
+        )));
+    }
     let min = cfg.election_timeout.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: cfg.group.clone(),
@@ -160,10 +169,15 @@ impl Node {
             .map_err(|e| StartError::Store(e.to_string()))?;
         let dispatch = dispatch::spawn(stores.clone(), store.clone(), state.clone(), reset);
 
-        let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone());
+        let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone(), cfg.data_dir.join("state"));
         let (raft_addr, raft_stop, raft_server) = serve(
             cfg.listen_raft.as_deref().unwrap_or(&me.raft_addr),
-            Routes::new(RaftServiceServer::new(rpc).max_decoding_message_size(usize::MAX)),
+            Routes::new(
+                RaftServiceServer::new(rpc)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            ),
+            RAFT_PORT,
         )
         .await?;
         let forwarder = Forwarder::new(cfg.node_id, me.clone(), raft.clone());
@@ -201,8 +215,13 @@ impl Node {
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(AdminServiceServer::new(admin));
+        let client_port = PortLimits {
+            name: "client",
+            connections: cfg.service.max_connections,
+            requests_per_connection: cfg.service.max_requests_per_connection,
+        };
         let (client_addr, client_stop, client_server) =
-            serve(cfg.listen_client.as_deref().unwrap_or(&me.client_addr), client_service).await?;
+            serve(cfg.listen_client.as_deref().unwrap_or(&me.client_addr), client_service, client_port).await?;
 
         tracing::info!(
             node = cfg.node_id.0,
@@ -362,31 +381,42 @@ type Served = (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<Result<(
 
 /// Binds `addr` and serves `routes` (one or more gRPC services) on it until the returned
 /// sender fires.
-async fn serve(addr: &str, routes: Routes) -> Result<Served, StartError> {
+/// Limits of one listening port.
+#[derive(Debug, Clone, Copy)]
+struct PortLimits {
+    /// Names the port in warnings.
+    name: &'static str,
+    /// Most connections open at once; more are closed as they arrive.
+    connections: usize,
+    /// Most requests served at once on one connection (HTTP/2 streams; more wait).
+    requests_per_connection: usize,
+}
+
+/// The Raft port's limits: its clients are the group's members (a few connections each).
+const RAFT_PORT: PortLimits = PortLimits { name: "raft", connections: 256, requests_per_connection: 64 };
+
+/// How often a connection with no traffic is pinged, and how long the answer may take:
+/// a peer that vanished without closing gives its slot back.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+
+async fn serve(addr: &str, routes: Routes, limits: PortLimits) -> Result<Served, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
     let (stop, stopped) = oneshot::channel::<()>();
+    let requests = limits.requests_per_connection;
     let server = tokio::spawn(
-        tonic::transport::Server::builder().tcp_nodelay(true).add_routes(routes).serve_with_incoming_shutdown(
-            tokio_stream_listener(listener),
-            async {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .concurrency_limit_per_connection(requests)
+            .max_concurrent_streams(u32::try_from(requests).ok())
+            .http2_keepalive_interval(Some(KEEPALIVE.0))
+            .http2_keepalive_timeout(Some(KEEPALIVE.1))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(listener::limited(listener, limits.connections, limits.name), async {
                 let _ = stopped.await;
-            },
-        ),
+            }),
     );
     Ok((local, stop, server))
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let item = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((item, listener))
-    })
 }

@@ -59,6 +59,11 @@ pub struct ServiceSettings {
     pub ack: AckMode,
     /// When open transactions are checked back.
     pub transactions: TransactionSettings,
+    /// Most client connections open at once (default 10,000); more are closed as they
+    /// arrive.
+    pub max_connections: usize,
+    /// Most requests served at once on one client connection (default 1,000; more wait).
+    pub max_requests_per_connection: usize,
 }
 
 /// Check-back of open transactions (RocketMQ's `transactionTimeOut`,
@@ -92,6 +97,8 @@ impl Default for ServiceSettings {
             max_entry_bytes: LogConfig::default().max_payload as usize,
             ack: AckMode::Quorum,
             transactions: TransactionSettings::default(),
+            max_connections: 10_000,
+            max_requests_per_connection: 1_000,
         }
     }
 }

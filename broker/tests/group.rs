@@ -138,3 +138,52 @@ async fn three_nodes_elect_replicate_and_fail_over() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A follower that missed 36 MiB of entries is sent them as one openraft request, which
+/// goes over the Raft port in pieces under its message limit; the follower catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_over_split_appends() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfgs = configs(dir.path())?;
+    let mut nodes = common::start_all(&cfgs).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = wait_leader(&all, None, Duration::from_secs(10)).await?;
+    let topic = TopicName::new("orders")?;
+    let r = common::write_until_served(
+        &all,
+        Command::UpsertTopic { topic: topic.clone(), config: TopicConfig::all_types(4) },
+        Duration::from_secs(5),
+    )
+    .await?;
+    let epoch = LogIndex(r.log_id.index());
+
+    let follower = nodes.iter().position(|n| n.raft.metrics().borrow_watched().id != leader).expect("a follower");
+    let stopped = nodes.remove(follower);
+    let follower_cfg = cfgs[(stopped.raft.metrics().borrow_watched().id.0 - 1) as usize].clone();
+    stopped.shutdown().await;
+    let rest: Vec<&Node> = nodes.iter().collect();
+    let mut last = 0;
+    for i in 0..40u32 {
+        let mut m = message(i, epoch);
+        m.body = Bytes::from(vec![i as u8; 900 << 10]);
+        let r = common::write_until_served(
+            &rest,
+            Command::Send { now: Millis(10), messages: MessageBatch::encode(&[m])?, proposal: None },
+            Duration::from_secs(10),
+        )
+        .await?;
+        last = r.log_id.index();
+    }
+    nodes.push(Node::start(follower_cfg).await?);
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_applied(&all, last, Duration::from_secs(30)).await?;
+    for n in &nodes {
+        let stored: u64 =
+            (0..4).filter_map(|q| n.state.read(|a| a.machine.queue(&topic, QueueId(q)).map(|q| q.max_offset()))).sum();
+        assert_eq!(stored, 40, "node {} holds {stored} of the 40 messages", n.raft.metrics().borrow_watched().id);
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}

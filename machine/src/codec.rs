@@ -20,7 +20,7 @@ pub const SNAPSHOT_VERSION: u32 = 7;
 /// version 7 adds after the applied state (the broker reads it and starts with none).
 pub const OLDEST_READ_SNAPSHOT_VERSION: u32 = 6;
 /// Magic, version, body length, body CRC32C (snapshots and other framed files).
-const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+pub const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 /// Largest snapshot body read (the replicated state is metadata only; this is far above it).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
@@ -70,6 +70,38 @@ pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a snapshot written by [`encode_snapshot`]; `what` names it in errors.
 pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CodecError> {
     decode_framed(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, bytes, what)
+}
+
+/// The whole length of a snapshot file (header and body) as its first
+/// [`SNAPSHOT_HEADER_BYTES`] say, checking the magic, that the version is one this build
+/// reads and that the body is within [`MAX_SNAPSHOT_BYTES`]: a snapshot arriving in
+/// chunks is refused at its first chunk, or as soon as it runs past this length.
+pub fn snapshot_len(header: &[u8], what: &str) -> Result<u64, CodecError> {
+    let corrupt = |reason: String| CodecError::Corrupt { what: what.to_string(), reason };
+    let Some(header) = header.get(..SNAPSHOT_HEADER_BYTES) else {
+        return Err(corrupt(format!("{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header", header.len())));
+    };
+    if header[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(format!(
+            "it does not start with the magic {:?}",
+            String::from_utf8_lossy(&SNAPSHOT_MAGIC)
+        )));
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if !(OLDEST_READ_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&version) {
+        return Err(CodecError::UnsupportedVersion {
+            what: what.to_string(),
+            found: version,
+            supported: SNAPSHOT_VERSION,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[12..20]);
+    let len = u64::from_le_bytes(len);
+    if len > MAX_SNAPSHOT_BYTES {
+        return Err(corrupt(format!("the header says {len} body bytes, more than the {MAX_SNAPSHOT_BYTES} allowed")));
+    }
+    Ok(SNAPSHOT_HEADER_BYTES as u64 + len)
 }
 
 /// Encodes a small durable file of another kind the same way (own magic and version).
@@ -153,5 +185,23 @@ mod tests {
             decode_snapshot::<(u64, String)>(&bytes[..bytes.len() - 1], "s"),
             Err(CodecError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_snapshot_header_gives_its_length_or_says_what_is_wrong() {
+        let bytes = encode_snapshot(&(7u64, "state".to_string())).expect("encodes");
+        assert_eq!(snapshot_len(&bytes, "s"), Ok(bytes.len() as u64));
+        assert_eq!(snapshot_len(&bytes[..SNAPSHOT_HEADER_BYTES], "s"), Ok(bytes.len() as u64));
+        assert!(matches!(snapshot_len(&bytes[..SNAPSHOT_HEADER_BYTES - 1], "s"), Err(CodecError::Corrupt { .. })));
+        let mut huge = bytes.clone();
+        huge[12..20].copy_from_slice(&(MAX_SNAPSHOT_BYTES + 1).to_le_bytes());
+        let err = snapshot_len(&huge, "received snapshot").expect_err("over the limit");
+        assert!(err.to_string().contains("more than the"), "{err}");
+        let mut magic = bytes.clone();
+        magic[0] ^= 1;
+        assert!(matches!(snapshot_len(&magic, "s"), Err(CodecError::Corrupt { .. })));
+        let mut old = bytes;
+        old[8..12].copy_from_slice(&(OLDEST_READ_SNAPSHOT_VERSION - 1).to_le_bytes());
+        assert!(matches!(snapshot_len(&old, "s"), Err(CodecError::UnsupportedVersion { .. })));
     }
 }

@@ -12,15 +12,15 @@ use raftmq_proto::raft::v1::raft_service_server::RaftService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode, encode};
+use super::state::SnapshotBytes;
 use super::{NodeId, Raft, TypeConfig};
+use raftmq_machine::codec;
 
 /// Records read from the log at a time for `ReadSegment` (an entry holds up to one
 /// group-commit batch, about 8 MiB).
 const SEGMENT_READ_RECORDS: u64 = 16;
 /// Most payload bytes in one `SegmentChunk` (a larger single record goes alone).
 const SEGMENT_CHUNK_BYTES: usize = 16 << 20;
-/// Most snapshot bytes accepted in one install.
-const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
 
 /// Serves Raft RPC for one node.
 #[derive(Clone)]
@@ -29,6 +29,8 @@ pub struct RaftRpc {
     node: NodeId,
     raft: Raft,
     log: Log,
+    /// Where received snapshots are written as they arrive.
+    spool_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for RaftRpc {
@@ -38,9 +40,11 @@ impl std::fmt::Debug for RaftRpc {
 }
 
 impl RaftRpc {
-    /// Serves `raft` (node `node` of `group`) and reads from `log`.
-    pub fn new(group: &str, node: NodeId, raft: Raft, log: Log) -> Self {
-        Self { group: group.to_string(), node, raft, log }
+    /// Serves `raft` (node `node` of `group`), reads from `log` and writes received
+    /// snapshots into `spool_dir` (the state directory: the same file system as the
+    /// snapshot, so installing one is a rename).
+    pub fn new(group: &str, node: NodeId, raft: Raft, log: Log, spool_dir: std::path::PathBuf) -> Self {
+        Self { group: group.to_string(), node, raft, log, spool_dir }
     }
 
     fn check(&self, group: &str, target: u64) -> Result<(), Status> {
@@ -86,6 +90,60 @@ impl RaftRpc {
     }
 }
 
+/// A snapshot being received: written to a file in the state directory as its chunks
+/// arrive (removed unless it is installed).
+struct Spool {
+    file: std::fs::File,
+    path: tempfile::TempPath,
+    /// The length its header declares.
+    len: u64,
+}
+
+impl Spool {
+    async fn create(dir: &std::path::Path, len: u64) -> Result<Spool, Status> {
+        let dir = dir.to_path_buf();
+        let created = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new().prefix("snapshot.recv.").tempfile_in(&dir).map_err(|e| {
+                Status::internal(format!("cannot create a file for a received snapshot in {}: {e}", dir.display()))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot spool task: {e}")))??;
+        let (file, path) = created.into_parts();
+        Ok(Spool { file, path, len })
+    }
+
+    async fn write(self, data: bytes::Bytes) -> Result<Spool, Status> {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut spool = self;
+            match spool.file.write_all(&data) {
+                Ok(()) => Ok(spool),
+                Err(e) => Err(Status::resource_exhausted(format!(
+                    "cannot write a received snapshot to {}: {e}",
+                    spool.path.display()
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot spool task: {e}")))?
+    }
+
+    /// Fsyncs the file and hands it over for installing.
+    async fn finish(self) -> Result<SnapshotBytes, Status> {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            let Spool { mut file, path, len } = self;
+            file.sync_all()
+                .and_then(|()| file.rewind())
+                .map_err(|e| Status::internal(format!("cannot sync the received snapshot {}: {e}", path.display())))?;
+            Ok(SnapshotBytes::received(file, len, path))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot spool task: {e}")))?
+    }
+}
+
 fn bad(e: String) -> Status {
     Status::invalid_argument(e)
 }
@@ -102,25 +160,23 @@ impl RaftService for RaftRpc {
         request: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::AppendStream>, Status> {
         let this = self.clone();
-        // A request for another node or one that does not decode ends the input; openraft
-        // sees the stream end and retries on a new one.
-        let input = request.into_inner().take_while(move |item| {
-            let ok = match item {
-                Ok(req) => this.check(&req.group, req.target_node).is_ok(),
-                Err(_) => false,
-            };
-            futures::future::ready(ok)
-        });
-        let input = input.filter_map(|item| async move {
-            let req = item.ok()?;
-            match decode::<AppendEntriesRequest<TypeConfig>>(&req.payload, "append request") {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping an append stream with an undecodable request");
-                    None
+        // A request for another node or one that does not decode ends the input (answers
+        // go by position, so none may be skipped); openraft sees the stream end and
+        // retries on a new one.
+        let input = request
+            .into_inner()
+            .map(move |item| {
+                let req = item.ok()?;
+                if let Err(e) = this.check(&req.group, req.target_node) {
+                    tracing::warn!(error = %e.message(), "ending an append stream meant for another node");
+                    return None;
                 }
-            }
-        });
+                decode::<AppendEntriesRequest<TypeConfig>>(&req.payload, "append request")
+                    .inspect_err(|e| tracing::warn!(error = %e, "ending an append stream with an undecodable request"))
+                    .ok()
+            })
+            .take_while(|req| futures::future::ready(req.is_some()))
+            .filter_map(futures::future::ready);
         let output = self.raft.stream_append(Box::pin(input)).enumerate().map(|(seq, item)| match item {
             Ok(result) => {
                 encode(&result).map(|payload| pb::AppendResponse { seq: seq as u64, payload }).map_err(Status::internal)
@@ -146,25 +202,34 @@ impl RaftService for RaftRpc {
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let mut stream = request.into_inner();
         let mut meta = None;
-        let mut data = Vec::new();
+        let mut spool: Option<Spool> = None;
+        let mut received = 0u64;
         let mut done = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             self.check(&chunk.group, chunk.target_node)?;
-            if chunk.offset != data.len() as u64 {
+            if chunk.offset != received {
+                return Err(bad(format!("snapshot chunk at offset {} but {received} bytes received", chunk.offset)));
+            }
+            let spooled = match spool.take() {
+                Some(s) => s,
+                None => {
+                    // The first chunk carries the header: refuse a snapshot too large, or
+                    // not one, before a byte of it is kept.
+                    let len = codec::snapshot_len(&chunk.data, "received snapshot").map_err(|e| bad(e.to_string()))?;
+                    meta = Some(chunk.meta.clone());
+                    Spool::create(&self.spool_dir, len).await?
+                }
+            };
+            if received + chunk.data.len() as u64 > spooled.len {
                 return Err(bad(format!(
-                    "snapshot chunk at offset {} but {} bytes received",
-                    chunk.offset,
-                    data.len()
+                    "snapshot runs past the {} bytes its header declares (chunk at offset {received} of {} bytes)",
+                    spooled.len,
+                    chunk.data.len()
                 )));
             }
-            if meta.is_none() {
-                meta = Some(chunk.meta.clone());
-            }
-            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted("snapshot larger than 4 GiB"));
-            }
-            data.extend_from_slice(&chunk.data);
+            received += chunk.data.len() as u64;
+            spool = Some(spooled.write(chunk.data).await?);
             if chunk.done {
                 done = true;
                 break;
@@ -173,12 +238,15 @@ impl RaftService for RaftRpc {
         if !done {
             return Err(Status::aborted("snapshot stream ended before its last chunk"));
         }
-        let meta = meta.ok_or_else(|| bad("empty snapshot stream".into()))?;
-        let (vote, meta) = decode(&meta, "snapshot meta").map_err(bad)?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::io::Cursor<Vec<u8>>> {
-            meta,
-            snapshot: std::io::Cursor::new(data),
+        let (Some(meta), Some(spool)) = (meta, spool) else {
+            return Err(bad("empty snapshot stream".into()));
         };
+        if received != spool.len {
+            return Err(bad(format!("snapshot ended at {received} bytes, its header declares {}", spool.len)));
+        }
+        let (vote, meta) = decode(&meta, "snapshot meta").map_err(bad)?;
+        let snapshot =
+            openraft::alias::SnapshotOf::<TypeConfig, SnapshotBytes> { meta, snapshot: spool.finish().await? };
         let resp = self
             .raft
             .install_full_snapshot(vote, snapshot)

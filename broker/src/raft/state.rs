@@ -3,7 +3,9 @@
 //! Installing a snapshot first records the log range to copy in ([`Backfill`]).
 
 use std::collections::BTreeSet;
-use std::io::{self, Cursor};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;
 use super::{LogId, NodeId, TypeConfig};
-use crate::durable::write_durably;
+use crate::durable::{sync_parent, write_durably_open};
 use raftmq_machine::{LogIndex, Machine, Response, codec};
 
 /// The applied state: the machine plus what openraft needs to know about it.
@@ -83,7 +85,56 @@ pub struct StateStore {
 }
 
 /// The newest snapshot: its meta and its encoded file.
-type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, Arc<Vec<u8>>);
+type CurrentSnapshot = (SnapshotMetaOf<TypeConfig>, SnapshotBytes);
+
+/// A snapshot's encoded bytes in a file: openraft's snapshot data here. Built snapshots
+/// are read from their file and received ones are written to a spool file as they
+/// arrive, so the network never holds a whole snapshot in memory. The handle reads the
+/// same bytes even after a newer snapshot replaces the file.
+#[derive(Debug, Clone)]
+pub struct SnapshotBytes {
+    file: Arc<File>,
+    len: u64,
+    /// A received snapshot's spool file: renamed into place once installed, removed if not.
+    spool: Option<Arc<tempfile::TempPath>>,
+}
+
+impl SnapshotBytes {
+    /// The first `len` bytes of `file`.
+    fn new(file: File, len: u64) -> Self {
+        Self { file: Arc::new(file), len, spool: None }
+    }
+
+    /// A received snapshot of `len` bytes, already fsynced, in the spool file `path`.
+    pub fn received(file: File, len: u64, path: tempfile::TempPath) -> Self {
+        Self { file: Arc::new(file), len, spool: Some(Arc::new(path)) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no bytes (never, for a real snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads up to `max` bytes at `offset` (blocking).
+    pub fn read_at(&self, offset: u64, max: usize) -> io::Result<Vec<u8>> {
+        let n = self.len.saturating_sub(offset).min(max as u64) as usize;
+        let mut buf = vec![0; n];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Reads it whole (blocking).
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "snapshot larger than memory can address"))?;
+        self.read_at(0, len)
+    }
+}
 
 fn encode(file: &SnapshotFile) -> io::Result<Vec<u8>> {
     codec::encode_snapshot(file).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
@@ -112,10 +163,11 @@ impl StateStore {
     pub fn open(dir: &Path, broker_group: &str) -> io::Result<StateStore> {
         std::fs::create_dir_all(dir)?;
         let snapshot_path = dir.join("snapshot.bin");
-        let (applied, current) = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => {
-                let file: SnapshotFile = decode(&bytes, &format!("snapshot {}", snapshot_path.display()))?;
-                (file.applied, Some((file.meta, Arc::new(bytes))))
+        let (applied, current) = match File::open(&snapshot_path) {
+            Ok(f) => {
+                let bytes = SnapshotBytes::new(f, std::fs::metadata(&snapshot_path)?.len());
+                let file: SnapshotFile = decode(&bytes.read_all()?, &format!("snapshot {}", snapshot_path.display()))?;
+                (file.applied, Some((file.meta, bytes)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 (Applied { machine: Machine::new(broker_group), ..Default::default() }, None)
@@ -153,10 +205,24 @@ impl StateStore {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateStore {
-    type SnapshotData = Cursor<Vec<u8>>;
+/// Makes `data` the snapshot file at `path`: a received spool file is renamed into place,
+/// other bytes are written durably.
+fn place(data: SnapshotBytes, path: &Path) -> io::Result<()> {
+    match data.spool {
+        Some(spool) => {
+            let spool =
+                Arc::try_unwrap(spool).map_err(|_| io::Error::other("a received snapshot is installed twice"))?;
+            spool.persist(path).map_err(|e| e.error)?;
+            sync_parent(path)
+        }
+        None => write_durably_open(path, &data.read_all()?).map(drop),
+    }
+}
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    type SnapshotData = SnapshotBytes;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotBytes>, io::Error> {
         let (meta, bytes) = {
             let applied = self.applied.read();
             let meta = SnapshotMetaOf::<TypeConfig> {
@@ -167,17 +233,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
             (meta, encode(&file)?)
         };
         let path = self.snapshot_path.clone();
-        let data = bytes.clone();
-        tokio::task::spawn_blocking(move || write_durably(&path, &data))
+        let len = bytes.len() as u64;
+        let file = tokio::task::spawn_blocking(move || write_durably_open(&path, &bytes))
             .await
             .map_err(|e| io::Error::other(format!("snapshot writer task: {e}")))??;
-        *self.current.write() = Some((meta.clone(), Arc::new(bytes.clone())));
-        Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(bytes) })
+        let data = SnapshotBytes::new(file, len);
+        *self.current.write() = Some((meta.clone(), data.clone()));
+        Ok(SnapshotOf::<TypeConfig, SnapshotBytes> { meta, snapshot: data })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateStore {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotBytes;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
@@ -217,10 +284,14 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Cursor<Vec<u8>>,
+        snapshot: SnapshotBytes,
     ) -> Result<(), io::Error> {
-        let bytes = snapshot.into_inner();
+        let reader = snapshot.clone();
+        let bytes = tokio::task::spawn_blocking(move || reader.read_all())
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot reader task: {e}")))??;
         let file: SnapshotFile = decode(&bytes, "received snapshot")?;
+        drop(bytes);
         if &file.meta != meta {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its metadata"));
         }
@@ -232,22 +303,25 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 .await
                 .map_err(|e| io::Error::other(format!("backfill bookkeeping task: {e}")))??;
         }
+        // The received bytes were fsynced as they arrived: renaming the spool file into
+        // place (and syncing the directory) makes them this node's snapshot.
         let path = self.snapshot_path.clone();
-        let data = bytes.clone();
-        tokio::task::spawn_blocking(move || write_durably(&path, &data))
+        let kept = SnapshotBytes { file: snapshot.file.clone(), len: snapshot.len, spool: None };
+        tokio::task::spawn_blocking(move || place(snapshot, &path))
             .await
             .map_err(|e| io::Error::other(format!("snapshot writer task: {e}")))??;
         *self.applied.write() = file.applied;
         self.applied_signal.notify_waiters();
-        *self.current.write() = Some((meta.clone(), Arc::new(bytes)));
+        *self.current.write() = Some((meta.clone(), kept));
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
-        Ok(self.current.read().as_ref().map(|(meta, data)| SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-            meta: meta.clone(),
-            snapshot: Cursor::new(data.to_vec()),
-        }))
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotBytes>>, io::Error> {
+        Ok(self
+            .current
+            .read()
+            .as_ref()
+            .map(|(meta, data)| SnapshotOf::<TypeConfig, SnapshotBytes> { meta: meta.clone(), snapshot: data.clone() }))
     }
 }
 

@@ -39,18 +39,26 @@ fn pull_failed(r: &Refusal) -> BoxStream<pb::PullMessageResponse> {
     Box::pin(futures::stream::iter([Ok(item)]))
 }
 
-/// The `grpc-timeout` header as a duration.
+/// The `grpc-timeout` header as a duration: at most 8 digits and a unit (gRPC's
+/// HTTP/2 protocol); anything else is ignored as if absent.
 fn grpc_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
-    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
+}
+
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let unit = v.chars().last()?;
+    let num = &v[..v.len() - unit.len_utf8()];
+    if num.is_empty() || num.len() > 8 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        'H' => Duration::from_secs(n.checked_mul(3600)?),
+        'M' => Duration::from_secs(n.checked_mul(60)?),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -434,3 +442,21 @@ fn read_from(mut m: StoredMessage, topic: &TopicName, queue: QueueId) -> StoredM
 
 /// The property naming a dead letter's original topic.
 pub const ORIGIN_TOPIC_PROPERTY: &str = "RETRY_TOPIC";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_is_parsed_without_overflow() {
+        assert_eq!(parse_grpc_timeout("20S"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        // More than 8 digits, a number past u64, no digits, a sign, an unknown unit, bytes
+        // that are not ASCII: all ignored rather than panicking.
+        for bad in ["123456789S", "18446744073709551615H", "H", "", "-5S", "+5S", "5x", "5", "١٢S", "5 S", "5é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}
