@@ -844,8 +844,16 @@ impl AdminService for Admin {
         let mut clients = self.local_clients(&req.group);
         let mut unreachable = Vec::new();
         if !req.local_only {
-            let peers = self
-                .members()
+            let members = self.members();
+            if members.is_empty() {
+                // Just started, before the leader's first entries: the answer would
+                // silently leave out every other member's clients.
+                return Err(Status::unavailable(format!(
+                    "node {} has not learnt the group's membership yet; ask another member",
+                    self.inner.node_id
+                )));
+            }
+            let peers = members
                 .into_iter()
                 .filter(|(id, _)| *id != self.inner.node_id)
                 .map(|(id, addr)| self.peer_clients(id, addr, req.group.clone()));
