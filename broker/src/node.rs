@@ -354,6 +354,9 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+        // An aborted dispatch task may have left a write running on a blocking thread.
+        let stores = self.stores.clone();
+        let _ = tokio::task::spawn_blocking(move || stores.close()).await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -379,8 +382,6 @@ fn service_settings(cfg: &NodeConfig) -> ServiceSettings {
 
 type Served = (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
 
-/// Binds `addr` and serves `routes` (one or more gRPC services) on it until the returned
-/// sender fires.
 /// Limits of one listening port.
 #[derive(Debug, Clone, Copy)]
 struct PortLimits {
@@ -399,6 +400,8 @@ const RAFT_PORT: PortLimits = PortLimits { name: "raft", connections: 256, reque
 /// a peer that vanished without closing gives its slot back.
 const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
 
+/// Binds `addr` and serves `routes` (one or more gRPC services) on it, within `limits`,
+/// until the returned sender fires.
 async fn serve(addr: &str, routes: Routes, limits: PortLimits) -> Result<Served, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -117,18 +117,21 @@ pub fn spawn(stores: Stores, log: AckLogStore, state: StateStore, reset: bool) -
     })
 }
 
-/// Runs `f` on a blocking thread with the dispatch state and hands it back.
+/// Runs `f` on a blocking thread with the dispatch state and hands it back. Once the
+/// stores are closed (the node stopped and aborted this task) `f` no longer runs and
+/// this never returns.
 async fn blocking<T: Send + 'static>(
     d: Dispatch,
     f: impl FnOnce(&mut Dispatch) -> T + Send + 'static,
 ) -> (Dispatch, T) {
     let task = tokio::task::spawn_blocking(move || {
         let mut d = d;
-        let out = f(&mut d);
-        (d, out)
+        let stores = d.stores.clone();
+        stores.while_open(|| f(&mut d)).map(|out| (d, out))
     });
     match task.await {
-        Ok(r) => r,
+        Ok(Some(r)) => r,
+        Ok(None) => std::future::pending().await,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -72,6 +72,9 @@ struct Inner {
     dispatched: watch::Sender<LogIndex>,
     /// Set when a read found a store file damaged: dispatch rebuilds the stores.
     damaged: std::sync::atomic::AtomicBool,
+    /// Whether the stores were closed; held shared by every dispatch write in progress,
+    /// taken exclusively by [`Stores::close`].
+    closed: parking_lot::RwLock<bool>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -131,7 +134,8 @@ impl Stores {
         };
         let (dispatched, _) = watch::channel(LogIndex(0));
         let damaged = std::sync::atomic::AtomicBool::new(false);
-        let inner = Inner { dir: dir.to_path_buf(), config, cq, index, timers, dispatched, damaged };
+        let closed = parking_lot::RwLock::new(false);
+        let inner = Inner { dir: dir.to_path_buf(), config, cq, index, timers, dispatched, damaged, closed };
         Ok((Stores { inner: Arc::new(inner) }, reset))
     }
 
@@ -172,6 +176,23 @@ impl Stores {
     }
 
     /// Whether a read found damage since the last call (dispatch rebuilds then).
+    /// Runs `f` (a dispatch write) unless the stores were closed: then `None`, and `f`
+    /// does not run (blocking).
+    pub(crate) fn while_open<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let closed = self.inner.closed.read();
+        if *closed {
+            return None;
+        }
+        Some(f())
+    }
+
+    /// Waits for the dispatch writes in progress and refuses later ones: once it returns,
+    /// nothing of this node writes the store files (a stopped node's dispatch task may
+    /// have left a write running on a blocking thread). Blocking.
+    pub fn close(&self) {
+        *self.inner.closed.write() = true;
+    }
+
     pub(crate) fn take_damaged(&self) -> bool {
         self.inner.damaged.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
