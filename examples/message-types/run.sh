@@ -17,7 +17,10 @@ examples=(normal fifo delay transaction broadcast filter push)
 if [ ! -x "$mqbroker" ]; then
     (cd "$root" && cargo build --bin mqbroker)
 fi
-(cd "$root" && cargo build -p raftmq-client --examples --locked)
+# RAFTMQ_BUILT=1 (set by .ci/run): the workspace is built, examples included.
+if [ "${RAFTMQ_BUILT:-0}" != 1 ]; then
+    (cd "$root" && cargo build -p raftmq-client --examples --locked)
+fi
 
 source "$root/tests/dev-group.sh"
 start_dev_group "$mqbroker" "$client_port" "$raft_port" "$namesrv_port"
