@@ -20,9 +20,9 @@ pub const SESSION_EXPIRY: Duration = Duration::from_secs(120);
 /// Most clients one node keeps; a new one beyond is not recorded (and says so in the log).
 pub const MAX_SESSIONS: usize = 100_000;
 /// Longest client id, group, topic or agent string kept.
-const MAX_FIELD_BYTES: usize = 256;
+pub const MAX_FIELD_BYTES: usize = 256;
 /// Most topics kept for one producer.
-const MAX_TOPICS_PER_CLIENT: usize = 256;
+pub const MAX_TOPICS_PER_CLIENT: usize = 256;
 /// The header RocketMQ clients name themselves in.
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
 /// A push consumer without an open Telemetry stream still takes part in queue assignment

@@ -235,7 +235,7 @@ fn check_slot(bytes: &[u8], crc: u32, slot: Slot) -> Result<(), CodecError> {
 /// Decodes one slot's bytes (as located by [`MessageBatch::locate_in`]), checking its CRC.
 pub fn decode_slot(bytes: &[u8], crc: u32, slot: Slot) -> Result<StoredMessage, CodecError> {
     check_slot(bytes, crc, slot)?;
-    let (m, used) = bincode::serde::decode_from_slice(bytes, config())
+    let (m, used) = crate::bounded::decode_from_slice(bytes)
         .map_err(|e| corrupt(&format!("message {}", slot.0), format!("it does not decode: {e}")))?;
     if used != bytes.len() {
         return Err(corrupt(&format!("message {}", slot.0), format!("{} bytes follow it", bytes.len() - used)));
@@ -245,7 +245,7 @@ pub fn decode_slot(bytes: &[u8], crc: u32, slot: Slot) -> Result<StoredMessage, 
 
 fn decode_head(bytes: &[u8], crc: u32, slot: Slot) -> Result<MessageHead, CodecError> {
     check_slot(bytes, crc, slot)?;
-    let (head, _) = bincode::serde::decode_from_slice(bytes, config())
+    let (head, _) = crate::bounded::decode_from_slice(bytes)
         .map_err(|e| corrupt(&format!("message {}", slot.0), format!("its head does not decode: {e}")))?;
     Ok(head)
 }

@@ -147,8 +147,8 @@ pub fn decode_framed<T: DeserializeOwned>(
     if crc32c::crc32c(body) != crc {
         return Err(corrupt("the body's CRC32C does not match the header".into()));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode_config())
-        .map_err(|e| corrupt(format!("the body does not decode: {e}")))?;
+    let (value, used) =
+        crate::bounded::decode_from_slice(body).map_err(|e| corrupt(format!("the body does not decode: {e}")))?;
     if used != body.len() {
         return Err(corrupt(format!("{} bytes follow the encoded state", body.len() - used)));
     }

@@ -11,6 +11,7 @@
 //! gave it.
 
 pub mod batch;
+pub mod bounded;
 pub mod codec;
 pub mod command;
 pub mod ids;

@@ -123,10 +123,7 @@ impl<C: RaftTypeConfig> RaftLogStore<C> {
 
     /// Encodes an entry as this store writes it: the format version, then bincode.
     pub fn encode_entry(&self, entry: &C::Entry) -> io::Result<Bytes> {
-        let mut out = self.entry_version.to_le_bytes().to_vec();
-        bincode::serde::encode_into_std_write(entry, &mut out, bincode_config())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode log entry: {e}")))?;
-        Ok(Bytes::from(out))
+        encode_entry::<C>(entry, self.entry_version)
     }
 
     /// Decodes a record written by [`Self::encode_entry`] (or by a build whose format this
@@ -134,6 +131,15 @@ impl<C: RaftTypeConfig> RaftLogStore<C> {
     pub fn decode_entry(&self, record: &Record) -> io::Result<C::Entry> {
         decode_entry::<C>(record, self.readable_versions())
     }
+}
+
+/// Encodes an entry as [`RaftLogStore::encode_entry`] does with entry format `version`: the
+/// version, then bincode.
+pub fn encode_entry<C: RaftTypeConfig>(entry: &C::Entry, version: u32) -> io::Result<Bytes> {
+    let mut out = version.to_le_bytes().to_vec();
+    bincode::serde::encode_into_std_write(entry, &mut out, bincode_config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode log entry: {e}")))?;
+    Ok(Bytes::from(out))
 }
 
 /// Decodes a record written by [`RaftLogStore::encode_entry`] with an entry format in
@@ -180,10 +186,39 @@ pub fn encode<T: Serialize>(value: &T) -> io::Result<Bytes> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("encode: {e}")))
 }
 
+/// Most bytes of bincode's limit one byte of input claims: every value claims its size in
+/// memory (at most 16 bytes) and takes at least one byte; a byte string claims its length and
+/// takes as many bytes.
+const CLAIM_PER_BYTE: usize = 16;
+
+/// `bincode::serde::decode_from_slice` under a limit no value `bytes` can hold reaches: bincode
+/// allocates the length a byte string's prefix claims before reading it, so without one,
+/// damaged bytes claiming 2^60 bytes would abort the process instead of failing to decode.
+/// (The same guard as `raftmq_machine::bounded`, which this crate does not depend on.)
+fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
+    let config = bincode_config();
+    let claim = bytes.len().saturating_mul(CLAIM_PER_BYTE);
+    let decoded = if claim <= 1 << 20 {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 1 << 20 }>())
+    } else if claim <= 1 << 26 {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ 1 << 26 }>())
+    } else if claim <= u32::MAX as usize {
+        bincode::serde::decode_from_slice(bytes, config.with_limit::<{ u32::MAX as usize }>())
+    } else {
+        bincode::serde::decode_from_slice(bytes, config)
+    };
+    decoded.map_err(|e| match e {
+        bincode::error::DecodeError::LimitExceeded => {
+            format!("a length in it claims more than the {} bytes it has", bytes.len())
+        }
+        e => e.to_string(),
+    })
+}
+
 /// Decodes a value stored by this adapter.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))?;
+    let (v, used) =
+        decode_bounded(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))?;
     if used != bytes.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -309,5 +344,34 @@ where
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         Ok(self.log.purge(log_id.index(), encode(&log_id)?).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+
+    openraft::declare_raft_types!(Types: D = String, R = String);
+    type Entry = <Types as RaftTypeConfig>::Entry;
+
+    /// What the `entry` fuzz target found: an entry whose text claims 2^60 bytes made the
+    /// decoder allocate them (and the process abort) instead of refusing it.
+    #[test]
+    fn an_entry_claiming_2_60_bytes_is_refused_naming_it() {
+        let log_id = LogIdOf::<Types>::new(LeaderId { term: 3, node_id: 1 }, 5);
+        let entry = Entry::new(log_id, EntryPayload::Normal("x".to_string()));
+        let bytes = encode_entry::<Types>(&entry, 9).expect("encodes");
+        let decoded = decode_entry::<Types>(&Record { index: 5, term: 3, payload: bytes.clone() }, 9..=9);
+        assert_eq!(decoded.expect("decodes"), entry);
+        // The text is last: its length 1 and its byte; claim 2^60 bytes instead.
+        assert_eq!(bytes[bytes.len() - 2..], [1, b'x']);
+        let mut damaged = bytes[..bytes.len() - 2].to_vec();
+        damaged.extend_from_slice(&[253, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        let record = Record { index: 5, term: 3, payload: Bytes::from(damaged) };
+        let err = decode_entry::<Types>(&record, 9..=9).expect_err("refused").to_string();
+        assert!(err.contains("log entry 5") && err.contains("claims more than the"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ mod segment;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use crate::adapter::{RaftLogStore, decode_entry, describe_versions};
+pub use crate::adapter::{RaftLogStore, decode_entry, describe_versions, encode_entry};
 pub use crate::core::{
     Backfilled, LogConfig, LogCore, MAX_SYNC_INTERVAL, OpenReport, RemovedSegment, Retention, SyncPolicy,
 };

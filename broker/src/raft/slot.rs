@@ -4,12 +4,12 @@
 //! stands in for the record's, which a partial read cannot check.
 
 use std::io;
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 use std::sync::OnceLock;
 
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
-use raft_log::{Log, PayloadPart};
+use raft_log::{Log, PayloadPart, Record};
 use raftmq_machine::batch::{MessageBatch, decode_slot};
 use raftmq_machine::types::StoredMessage;
 use raftmq_machine::{Command, Millis, Slot};
@@ -93,16 +93,17 @@ fn find_batch(first: &PayloadPart, versions: &RangeInclusive<u32>) -> io::Result
     Ok(Some(BatchAt { start, len }))
 }
 
-/// The bytes `from..to` of record `index`'s payload, from `first` when it holds them.
-fn bytes_at(log: &Log, first: &PayloadPart, from: u64, to: u64) -> io::Result<bytes::Bytes> {
+/// Reads more of a record's payload: the bytes of a range, cut at the payload's end; `None`
+/// when the record is gone.
+type ReadPart<'a> = &'a dyn Fn(Range<u64>) -> io::Result<Option<PayloadPart>>;
+
+/// The bytes `from..to` of record `first.index`'s payload, from `first` when it holds them.
+fn bytes_at(first: &PayloadPart, from: u64, to: u64, read: ReadPart<'_>) -> io::Result<bytes::Bytes> {
     let held = first.offset + first.bytes.len() as u64;
     if from >= first.offset && to <= held {
         return Ok(first.bytes.slice((from - first.offset) as usize..(to - first.offset) as usize));
     }
-    let part = log
-        .read_payload_part(first.index, from..to)
-        .map_err(io::Error::from)?
-        .ok_or_else(|| invalid(first.index, "it went while it was being read".into()))?;
+    let part = read(from..to)?.ok_or_else(|| invalid(first.index, "it went while it was being read".into()))?;
     if part.bytes.len() as u64 != to - from {
         return Err(invalid(first.index, format!("bytes {from}..{to} are past its end")));
     }
@@ -122,15 +123,39 @@ pub fn read_message(
     let Some(first) = log.read_payload_part(index, 0..FIRST_READ_BYTES).map_err(io::Error::from)? else {
         return Ok(None);
     };
-    let Some(batch) = find_batch(&first, versions)? else { return Ok(None) };
+    message_in(&first, versions, slot, &|range| log.read_payload_part(index, range).map_err(io::Error::from))
+}
+
+/// [`read_message`] over a record held in memory, making the same reads of the same parts
+/// of its payload (for the fuzz targets, which compare it with the full decode).
+#[doc(hidden)]
+pub fn read_message_in(
+    record: &Record,
+    versions: &RangeInclusive<u32>,
+    slot: Slot,
+) -> io::Result<Option<StoredMessage>> {
+    let first = PayloadPart::of(record, 0..FIRST_READ_BYTES);
+    message_in(&first, versions, slot, &|range| Ok(Some(PayloadPart::of(record, range))))
+}
+
+/// The message in `slot` of the entry whose payload starts with `first`, reading the rest
+/// of what it needs with `read`.
+fn message_in(
+    first: &PayloadPart,
+    versions: &RangeInclusive<u32>,
+    slot: Slot,
+    read: ReadPart<'_>,
+) -> io::Result<Option<StoredMessage>> {
+    let index = first.index;
+    let Some(batch) = find_batch(first, versions)? else { return Ok(None) };
     let table_len = (MessageBatch::table_prefix_for(slot) as u64).min(batch.len);
-    let table = bytes_at(log, &first, batch.start, batch.start + table_len)?;
+    let table = bytes_at(first, batch.start, batch.start + table_len, read)?;
     let damaged = |e: raftmq_machine::codec::CodecError| invalid(index, format!("slot {}: {e}", slot.0));
     let Some(at) = MessageBatch::locate_in(&table, slot).map_err(damaged)? else { return Ok(None) };
     if at.bytes.end as u64 > batch.len {
         return Err(invalid(index, format!("slot {} runs past its batch of {} bytes", slot.0, batch.len)));
     }
-    let bytes = bytes_at(log, &first, batch.start + at.bytes.start as u64, batch.start + at.bytes.end as u64)?;
+    let bytes = bytes_at(first, batch.start + at.bytes.start as u64, batch.start + at.bytes.end as u64, read)?;
     decode_slot(&bytes, at.crc, slot).map(Some).map_err(damaged)
 }
 

@@ -21,9 +21,11 @@ pub const MAX_KEYS: usize = 64;
 /// Longest tag, key, message id or message group.
 pub const MAX_SHORT_FIELD: usize = 128;
 
-/// Milliseconds of a protobuf timestamp.
+/// Milliseconds of a protobuf timestamp, saturating at the ends of `Millis` (exactly: a
+/// timestamp made by [`timestamp`] gives back its milliseconds, the extremes too).
 pub fn millis_of(ts: &Timestamp) -> Millis {
-    Millis(ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos / 1_000_000)))
+    let ms = i128::from(ts.seconds) * 1000 + i128::from(ts.nanos / 1_000_000);
+    Millis(i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX }))
 }
 
 /// A protobuf timestamp of milliseconds.
@@ -272,8 +274,20 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for ms in [0i64, 1, 999, 1000, 1_700_000_000_123, -1] {
+        for ms in [0i64, 1, 999, 1000, 1_700_000_000_123, -1, i64::MIN, i64::MIN + 1, i64::MAX] {
             assert_eq!(millis_of(&timestamp(Millis(ms))), Millis(ms));
         }
+    }
+
+    /// What the `requests` fuzz target found (a QueryOffset timestamp): the seconds of
+    /// `i64::MIN` saturated, then the milliseconds of `timestamp` of that moved off the
+    /// bound, so the same moment read twice differed by 192 ms.
+    #[test]
+    fn timestamps_beyond_millis_saturate_and_stay_there() {
+        let ts = Timestamp { seconds: i64::MIN, nanos: 0 };
+        assert_eq!(millis_of(&ts), Millis(i64::MIN));
+        assert_eq!(millis_of(&timestamp(millis_of(&ts))), Millis(i64::MIN));
+        assert_eq!(millis_of(&Timestamp { seconds: i64::MAX, nanos: 999_999_999 }), Millis(i64::MAX));
+        assert_eq!(millis_of(&Timestamp { seconds: -1, nanos: -500_000_000 }), Millis(-1500));
     }
 }

@@ -184,6 +184,21 @@ impl Broker {
     }
 }
 
+/// The conversions of this service's requests into the values it acts on, with no node
+/// behind them: for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::assignment::assign;
+    pub use super::consume::{
+        MAX_ACKS_PER_REQUEST, parse_ack, parse_change_invisible, parse_forward_to_dead_letter, parse_get_offset,
+        parse_query_offset, parse_receipt, parse_update_offset,
+    };
+    pub use super::message_type::classify;
+    pub use super::route::{group_of, topic_of, write_topic_of};
+    pub use super::send::{MAX_MESSAGES_PER_SEND, broker_picks_queue, check_send, prepare_message};
+    pub use super::transaction::parse_end_transaction;
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Whether a forwarded call failed at the connection (no answer from the leader's

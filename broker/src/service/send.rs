@@ -12,7 +12,9 @@ use super::message_type::{check_topic_accepts, classify};
 use super::route::write_topic_of;
 use super::status::{self, Refusal};
 use super::transaction;
-use raftmq_machine::types::{MessageType, Permission, QueueId, StoredMessage};
+use crate::settings::ServiceSettings;
+use raftmq_machine::LogIndex;
+use raftmq_machine::types::{MessageType, Millis, Permission, QueueId, StoredMessage, TopicConfig, TopicName};
 
 /// Most messages in one SendMessage request.
 pub const MAX_MESSAGES_PER_SEND: usize = 1024;
@@ -93,52 +95,77 @@ fn refused_batch(
     pb::SendMessageResponse { status: Some(first.status()), entries }
 }
 
+/// Refuses a SendMessage as a whole: no messages, too many, or more than one topic.
+pub fn check_send(req: &pb::SendMessageRequest) -> Result<(), Refusal> {
+    if req.messages.is_empty() {
+        return Err(Refusal::new(Code::BadRequest, "no messages in the request"));
+    }
+    if req.messages.len() > MAX_MESSAGES_PER_SEND {
+        return Err(Refusal::new(
+            Code::BadRequest,
+            format!("{} messages in one request, the limit is {MAX_MESSAGES_PER_SEND}", req.messages.len()),
+        ));
+    }
+    mixed_topics(&req.messages).map_or(Ok(()), Err)
+}
+
+/// What a send's message to `topic` (configured as `config`) becomes in the log: its kind
+/// and delivery time checked against the topic and `settings` at `now`, its queue picked and
+/// its fields validated. `epoch` gives the topic's incarnation (`None`: just deleted),
+/// `make_id` a message id for a message that has none.
+pub fn prepare_message(
+    msg: pb::Message,
+    topic: &TopicName,
+    config: &TopicConfig,
+    settings: &ServiceSettings,
+    now: Millis,
+    epoch: impl FnOnce() -> Option<LogIndex>,
+    make_id: impl FnOnce() -> String,
+) -> Result<StoredMessage, Refusal> {
+    let classified = classify(
+        msg.system_properties.as_ref().unwrap_or(&pb::SystemProperties::default()),
+        &msg.user_properties,
+        now,
+        settings.max_delay_ms,
+    )?;
+    check_topic_accepts(topic.as_str(), &config.message_types, classified.kind)?;
+    let sys = msg.system_properties.as_ref();
+    let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
+    let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {
+        (_, Some(group)) => (fnv(group) % u64::from(config.queue_count)) as u32,
+        (Some(q), None) => q as u32,
+        (None, None) => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(config.queue_count)) as u32,
+    };
+    if config.permission == Permission::Read {
+        return Err(Refusal::new(Code::Forbidden, format!("topic {topic} is read-only")));
+    }
+    let epoch = epoch().ok_or_else(|| Refusal::new(Code::TopicNotFound, format!("topic {topic} was just deleted")))?;
+    let mut stored = convert::incoming(msg, settings.max_body_bytes, QueueId(queue), make_id)?;
+    stored.topic_epoch = epoch;
+    stored.deliver_at = classified.deliver_at;
+    stored.transactional = classified.kind == MessageType::Transaction;
+    Ok(stored)
+}
+
 impl Broker {
     async fn prepare(&self, msg: pb::Message) -> Result<StoredMessage, Refusal> {
         let topic = write_topic_of(msg.topic.as_ref())?;
         let config = self.ensure_topic(&topic).await?;
         let now = super::proposer::now_ms();
-        let classified = classify(
-            msg.system_properties.as_ref().unwrap_or(&pb::SystemProperties::default()),
-            &msg.user_properties,
-            now,
-            self.inner.settings.max_delay_ms,
-        )?;
-        check_topic_accepts(topic.as_str(), &config.message_types, classified.kind)?;
-        let sys = msg.system_properties.as_ref();
-        let asked = sys.map(|s| s.queue_id).filter(|q| *q >= 0 && (*q as u32) < config.queue_count);
-        let queue = match (asked, sys.and_then(|s| s.message_group.as_deref())) {
-            (_, Some(group)) => (fnv(group) % u64::from(config.queue_count)) as u32,
-            (Some(q), None) => q as u32,
-            (None, None) => (ROUND_ROBIN.fetch_add(1, Ordering::Relaxed) % u64::from(config.queue_count)) as u32,
-        };
-        if config.permission == Permission::Read {
-            return Err(Refusal::new(Code::Forbidden, format!("topic {topic} is read-only")));
-        }
-        let epoch = self
-            .inner
-            .state
-            .read(|a| a.machine.topic_epoch(&topic))
-            .ok_or_else(|| Refusal::new(Code::TopicNotFound, format!("topic {topic} was just deleted")))?;
         let node = self.inner.node_id.0;
-        let mut stored = convert::incoming(msg, self.inner.settings.max_body_bytes, QueueId(queue), || make_id(node))?;
-        stored.topic_epoch = epoch;
-        stored.deliver_at = classified.deliver_at;
-        stored.transactional = classified.kind == MessageType::Transaction;
-        Ok(stored)
+        prepare_message(
+            msg,
+            &topic,
+            &config,
+            &self.inner.settings,
+            now,
+            || self.inner.state.read(|a| a.machine.topic_epoch(&topic)),
+            || make_id(node),
+        )
     }
 
     pub(super) async fn serve_send(&self, req: pb::SendMessageRequest) -> pb::SendMessageResponse {
-        if req.messages.is_empty() {
-            return failed_send(&Refusal::new(Code::BadRequest, "no messages in the request"));
-        }
-        if req.messages.len() > MAX_MESSAGES_PER_SEND {
-            return failed_send(&Refusal::new(
-                Code::BadRequest,
-                format!("{} messages in one request, the limit is {MAX_MESSAGES_PER_SEND}", req.messages.len()),
-            ));
-        }
-        if let Some(r) = mixed_topics(&req.messages) {
+        if let Err(r) = check_send(&req) {
             return failed_send(&r);
         }
         if let Err(why) = self.inner.disk.check() {

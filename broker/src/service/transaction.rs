@@ -6,6 +6,7 @@
 //! release driver ends it once; see [`crate::timers`]).
 
 use raftmq_machine::transaction::TransactionKey;
+use raftmq_machine::types::TopicName;
 use raftmq_machine::{LogIndex, Slot};
 use raftmq_proto::rocketmq::v2 as pb;
 use raftmq_proto::rocketmq::v2::Code;
@@ -46,6 +47,33 @@ pub fn parse(id: &str) -> Result<(String, TransactionKey), Refusal> {
     Ok((group.to_string(), (LogIndex(index), Slot(slot))))
 }
 
+/// An EndTransaction's topic, the half message its transaction id names (of
+/// `broker_group`, this node's) and whether it commits (else it rolls back).
+pub fn parse_end_transaction(
+    req: &pb::EndTransactionRequest,
+    broker_group: &str,
+) -> Result<(TopicName, TransactionKey, bool), Refusal> {
+    let topic = write_topic_of(req.topic.as_ref())?;
+    let (group, key) = parse(&req.transaction_id)?;
+    if group != broker_group {
+        return Err(Refusal::new(
+            Code::InvalidTransactionId,
+            format!(
+                "transaction {} belongs to broker group {group}, this node serves {broker_group}; send it to a node of {group}",
+                req.transaction_id
+            ),
+        ));
+    }
+    let commit = match pb::TransactionResolution::try_from(req.resolution) {
+        Ok(pb::TransactionResolution::Commit) => true,
+        Ok(pb::TransactionResolution::Rollback) => false,
+        _ => {
+            return Err(Refusal::new(Code::BadRequest, "an end of transaction must say COMMIT or ROLLBACK"));
+        }
+    };
+    Ok((topic, key, commit))
+}
+
 impl Broker {
     /// Commits or rolls back a transaction (on the leader; the caller forwards).
     pub(super) async fn serve_end_transaction(&self, req: pb::EndTransactionRequest) -> pb::EndTransactionResponse {
@@ -57,24 +85,7 @@ impl Broker {
     }
 
     async fn end_transaction(&self, req: &pb::EndTransactionRequest) -> Result<(), Refusal> {
-        let topic = write_topic_of(req.topic.as_ref())?;
-        let (group, key) = parse(&req.transaction_id)?;
-        if group != self.inner.group {
-            return Err(Refusal::new(
-                Code::InvalidTransactionId,
-                format!(
-                    "transaction {} belongs to broker group {group}, this node serves {}; send it to a node of {group}",
-                    req.transaction_id, self.inner.group
-                ),
-            ));
-        }
-        let commit = match pb::TransactionResolution::try_from(req.resolution) {
-            Ok(pb::TransactionResolution::Commit) => true,
-            Ok(pb::TransactionResolution::Rollback) => false,
-            _ => {
-                return Err(Refusal::new(Code::BadRequest, "an end of transaction must say COMMIT or ROLLBACK"));
-            }
-        };
+        let (topic, key, commit) = parse_end_transaction(req, &self.inner.group)?;
         let open_topic = self.inner.state.read(|a| a.machine.transactions().get(&key).map(|o| o.head.topic.clone()));
         if let Some(open_topic) = open_topic
             && open_topic != topic
