@@ -1,7 +1,7 @@
 //! [`Log`]: the concurrent front of the engine. One writer thread owns the files; callers
 //! queue appends (bounded), which the writer gathers into batches, writes, and reports
 //! through each append's callback: after the batch's one `fdatasync`, or, under
-//! [`SyncPolicy::Interval`], before it (syncing later). Vote, purge, truncation and the
+//! [`Interval`](crate::SyncPolicy::Interval), before it (syncing later). Vote, purge, truncation and the
 //! installing of backfilled segments go through the same queue, so no write is ever
 //! reordered with another.
 
@@ -18,13 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::writer::Writer;
 use crate::cache::TailCache;
-use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention, StagedBackfill, SyncPolicy};
+use crate::core::{Backfilled, LogConfig, LogCore, OpenReport, RemovedSegment, Retention, StagedBackfill};
 use crate::error::{LogError, Result};
 use crate::fs::Fs;
 use crate::meta::Purged;
 use crate::record::{PayloadPart, Record};
 
-/// Called once the appended records are durable (under [`SyncPolicy::Interval`]: once they
+/// Called once the appended records are durable (under [`Interval`](crate::SyncPolicy::Interval): once they
 /// are written, in order, not yet fsynced), or with the error that stopped the log.
 pub type OnDurable = Box<dyn FnOnce(Result<()>) + Send>;
 
@@ -48,7 +48,7 @@ pub struct LogView {
     /// Last appended index and its term (appended means readable, maybe not durable).
     pub last: Option<(u64, u64)>,
     /// Last index written to the files (reported to its appender under
-    /// [`SyncPolicy::Interval`]; maybe not durable).
+    /// [`Interval`](crate::SyncPolicy::Interval); maybe not durable).
     pub written: Option<u64>,
     /// Last index known durable: fdatasynced, or found on disk when the log was opened.
     pub durable: Option<u64>,
@@ -116,8 +116,9 @@ pub struct Log {
     submit: Arc<tokio::sync::Mutex<()>>,
     /// One backfill at a time (staged file names are per first index).
     backfill: Arc<tokio::sync::Mutex<()>>,
-    /// The writer thread, woken after each request under [`SyncPolicy::Interval`] (it
-    /// waits with a timeout then, which the queue's receiver cannot).
+    /// The writer thread, woken after each request: when it waits with a timeout (for
+    /// unsynced records under [`Interval`](crate::SyncPolicy::Interval), or to save the committed id), it
+    /// parks, since the queue's receiver cannot wait with one.
     writer: std::thread::Thread,
 }
 
@@ -201,7 +202,7 @@ impl Log {
 
     /// Queues `records` after the last index. They are readable when this returns and
     /// `on_durable` runs on the writer thread once they are fsynced (under
-    /// [`SyncPolicy::Interval`]: once they are written). Waits while the writer's queue is
+    /// [`Interval`](crate::SyncPolicy::Interval): once they are written). Waits while the writer's queue is
     /// full.
     pub async fn append(&self, records: Vec<Record>, on_durable: OnDurable) -> Result<()> {
         if records.is_empty() {
@@ -252,9 +253,7 @@ impl Log {
 
     async fn send(&self, op: Op) -> Result<()> {
         self.tx.send(op).await.map_err(|_| LogError::Stopped("the writer thread ended".into()))?;
-        if let SyncPolicy::Interval(_) = self.shared.config.sync {
-            self.writer.unpark();
-        }
+        self.writer.unpark();
         Ok(())
     }
 
@@ -285,7 +284,8 @@ impl Log {
     }
 
     /// Records the committed log id; it is written to disk after the appends queued before
-    /// it, at most once per `committed_interval` and whenever the writer is idle.
+    /// it, at most once per `committed_interval` (an idle writer saves it once the interval
+    /// has passed), on [`Log::flush`] and on shutdown.
     pub async fn save_committed(&self, committed: Option<Bytes>) -> Result<()> {
         let _order = self.submit.lock().await;
         {

@@ -32,7 +32,8 @@ pub struct BatchLimits {
     /// Most message bytes (bodies and their metadata, [`stored_bytes`]) in one entry. One
     /// send larger than this is refused: an entry the CommitLog cannot hold would stop Raft.
     pub max_bytes: usize,
-    /// How long the first send of a batch waits for company.
+    /// How long the first send of a batch waits for company when other entries are in
+    /// flight (with none, it is proposed at once).
     pub linger: Duration,
     /// Most entries being written at once whose sends are not answered yet.
     pub max_in_flight: usize,
@@ -161,12 +162,18 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, ack: 
             let _ = first.done.send(Err(refusal));
             continue;
         }
+        // Take the in-flight slot first: while every slot is busy the sends arriving
+        // meanwhile queue up and all go into this entry. With nothing else in flight the
+        // entry is proposed at once; otherwise it waits up to the linger for company.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let others_in_flight = in_flight.available_permits() + 1 < limits.max_in_flight;
         let mut jobs = vec![first];
         let mut count = jobs[0].messages.len();
         let deadline = tokio::time::Instant::now() + limits.linger;
         while count < limits.max_messages && bytes < limits.max_bytes {
             let next = match rx.try_recv() {
                 Ok(job) => job,
+                Err(_) if !others_in_flight => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(job)) => job,
                     _ => break,
@@ -181,7 +188,6 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Job>, limits: BatchLimits, ack: 
             bytes += next_bytes;
             jobs.push(next);
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let raft = raft.clone();
         let batch = match Batch::new(jobs) {
             Ok(batch) => batch,

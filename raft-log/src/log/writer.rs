@@ -82,9 +82,22 @@ impl Writer {
                 }
                 continue;
             }
-            // Idle with nothing unsynced: a good moment to save the committed id.
-            let _ = self.save_committed(true);
-            self.note_synced();
+            // Idle with nothing unsynced: the committed id is saved once its interval has
+            // passed since the last save, unless a request comes first. Saving it at once
+            // would put a meta fsync in front of the next append whenever appends come one
+            // at a time; a committed id a little behind only means re-applying a few
+            // entries after a restart.
+            if self.pending_committed.is_some() && self.stopped().is_none() {
+                let due = self.committed_saved_at + self.shared.config.committed_interval;
+                let now = Instant::now();
+                if now < due {
+                    std::thread::park_timeout(due - now);
+                } else {
+                    let _ = self.save_committed(true);
+                    self.note_synced();
+                }
+                continue;
+            }
             return self.rx.blocking_recv();
         }
     }
@@ -147,6 +160,9 @@ impl Writer {
                     records.extend(more);
                     callbacks.push(done);
                 }
+                // Saved after this batch is written, so still after the appends queued
+                // before it; it does not end the batch.
+                Ok(Op::Committed { committed }) => self.pending_committed = Some(committed),
                 Ok(other) => {
                     carried = Some(other);
                     break;
