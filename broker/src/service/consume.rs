@@ -150,11 +150,8 @@ impl Broker {
         let mut results = if valid.is_empty() {
             Vec::new().into_iter()
         } else {
-            match self.propose(Command::Ack { group, topic, receipts: valid }).await {
-                Ok(Response::Acked(results)) => results.into_iter(),
-                Ok(other) => {
-                    return failed_ack(&Refusal::unavailable(format!("unexpected answer to an ack: {other:?}")));
-                }
+            match self.inner.acks.ack(group, topic, valid).await {
+                Ok(results) => results.into_iter(),
                 Err(r) => return failed_ack(&r),
             }
         };

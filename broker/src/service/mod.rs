@@ -5,12 +5,14 @@
 //! client endpoint, once (a forwarded call is never forwarded again). Failures are answered
 //! inside the response's `status`, as the official clients expect.
 
+mod acks;
 mod assignment;
 mod consume;
 pub mod convert;
 pub mod filter;
 mod message_type;
 pub mod namesrv_view;
+mod pops;
 pub mod proposer;
 mod receive;
 mod route;
@@ -42,25 +44,6 @@ use crate::settings::{AckMode, NodeId, NodeInfo, ServiceSettings};
 use crate::store::{Storage, Stores};
 use crate::timers::Resolver;
 
-/// Pops of one consumer group on one topic are planned and proposed one at a time on the
-/// leader (a plan made while another is in flight would be stale); striped, so the number
-/// of locks is bounded.
-#[derive(Debug)]
-struct PopLocks([tokio::sync::Mutex<()>; 64]);
-
-impl Default for PopLocks {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
-    }
-}
-
-impl PopLocks {
-    async fn lock(&self, group: &str, topic: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let hash = raftmq_machine::types::tag_hash(group) ^ raftmq_machine::types::tag_hash(topic).rotate_left(17);
-        self.0[(hash % self.0.len() as u64) as usize].lock().await
-    }
-}
-
 /// Everything the service needs from its node.
 #[derive(Clone)]
 pub struct Broker {
@@ -74,8 +57,10 @@ struct Inner {
     state: StateStore,
     store: AckLogStore,
     stores: Stores,
-    pops: PopLocks,
+    pops: pops::PopLocks,
     proposer: Proposer,
+    /// Gathers concurrent acks into one entry.
+    acks: acks::AckCombiner,
     settings: ServiceSettings,
     forwarder: Forwarder,
     /// Routes as the nameservers see them.
@@ -135,6 +120,7 @@ impl Broker {
         let max_bytes = defaults.max_bytes.min(settings.max_entry_bytes.saturating_sub(proposer::ENTRY_OVERHEAD_BYTES));
         let limits = proposer::BatchLimits { max_bytes, ..defaults };
         let proposer = Proposer::start(raft.clone(), limits, ack);
+        let acks = acks::AckCombiner::start(raft.clone());
         Self {
             inner: Arc::new(Inner {
                 group: group.to_string(),
@@ -143,8 +129,9 @@ impl Broker {
                 state,
                 store,
                 stores,
-                pops: PopLocks::default(),
+                pops: pops::PopLocks::default(),
                 proposer,
+                acks,
                 settings,
                 forwarder,
                 view,

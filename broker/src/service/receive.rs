@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::convert::{self, Delivery};
 use super::filter::Filter;
+use super::pops::{self, PopKey, Turn};
 use super::proposer::now_ms;
 use super::route::{group_of, topic_of};
 use super::status::{self, Refusal};
@@ -63,6 +64,7 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+#[derive(Clone)]
 struct Receive {
     group: GroupName,
     topic: TopicName,
@@ -219,9 +221,37 @@ impl Broker {
         }
     }
 
-    /// Plans one pop from the ConsumeQueue and applies it; empty when nothing was taken.
+    /// Pops for `r` through Raft: served by a pop in flight of the same group, topic and
+    /// filter, or, holding the group's pop lock, by one pop planned for every receive that
+    /// waits ([`super::pops`]). Empty when nothing was taken.
     async fn pop_once(&self, r: &Receive, now: Millis) -> Result<Vec<Popped>, Refusal> {
-        let _serial = self.inner.pops.lock(r.group.as_str(), r.topic.as_str()).await;
+        let key = PopKey {
+            group: r.group.clone(),
+            topic: r.topic.clone(),
+            queue: r.queue,
+            filter: r.filter.clone(),
+            invisible_ms: r.invisible_ms,
+        };
+        let (guard, waiters, answer) = match self.inner.pops.turn(key, r.max).await {
+            Turn::Served(outcome) => return outcome,
+            Turn::Serve { guard, waiters, answer } => (guard, waiters, answer),
+        };
+        // In a task of its own, so that a receive abandoned by its client does not leave the
+        // others it serves without an answer.
+        let me = self.clone();
+        let r = r.clone();
+        let max = waiters.iter().map(|w| w.max).fold(0u32, u32::saturating_add);
+        tokio::spawn(async move {
+            let outcome = me.pop_planned(&r, now, max).await;
+            pops::answer(waiters, outcome);
+            drop(guard);
+        });
+        answer.await.unwrap_or(Ok(Vec::new()))
+    }
+
+    /// Plans one pop of at most `max` messages from the ConsumeQueue and applies it; empty
+    /// when nothing was taken. The caller holds the group's pop lock.
+    async fn pop_planned(&self, r: &Receive, now: Millis, max: u32) -> Result<Vec<Popped>, Refusal> {
         let stores = &self.inner.stores;
         let log = &self.inner.store;
         let takes = self.inner.state.read(|a| {
@@ -236,7 +266,7 @@ impl Broker {
                     .tags(&r.topic, q, from, end)
                     .map_err(|e| Refusal::unavailable(format!("reading the ConsumeQueue: {e}")))
             };
-            a.machine.plan_pop(now, r.scope(), r.max, accept, read)
+            a.machine.plan_pop(now, r.scope(), max, accept, read)
         })?;
         if takes.is_empty() {
             return Ok(Vec::new());
