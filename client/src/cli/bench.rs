@@ -1,5 +1,6 @@
 //! `mqadmin bench produce` and `bench consume`: closed-loop producers (each waits for its
-//! ack before the next send) and a consumer group of simple consumers; both print
+//! ack before the next send; with `--rate`, each also waits for its next turn of an evenly
+//! paced schedule) and a consumer group of simple consumers; both print
 //! HdrHistogram percentiles, a live progress line, `--json` figures for scripts, and with
 //! `--record FILE` every acknowledged send and every delivery for `mqadmin check`.
 
@@ -22,6 +23,8 @@ const MAX_CLIENTS: usize = 1024;
 const MAX_BODY_BYTES: usize = 4 << 20;
 /// Longest run.
 const MAX_SECONDS: u64 = 24 * 3600;
+/// Highest `--rate` (messages per second, all producers together).
+const MAX_RATE: u64 = 10_000_000;
 /// Latencies above this are recorded as this (microseconds).
 const MAX_LATENCY_US: u64 = 600_000_000;
 /// The user property carrying a message's send time (µs since the epoch), for the
@@ -79,6 +82,12 @@ pub struct ProduceArgs {
     /// SIGTERM or SIGINT also ends the run (sends in flight finish first).
     #[arg(long)]
     messages: Option<u64>,
+    /// Send this many messages per second, all producers together, instead of as fast as
+    /// the acks come: each producer sends on its own evenly spaced schedule (open loop),
+    /// still with one send in flight; one that falls behind sends the missed messages back
+    /// to back until it has caught up.
+    #[arg(long, value_name = "MSG_PER_S", value_parser = clap::value_parser!(u64).range(1..=MAX_RATE))]
+    rate: Option<u64>,
     /// Write every acknowledged and every failed send to this file (for `mqadmin check`).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -269,6 +278,8 @@ struct ProducerTask {
     topic: Arc<str>,
     body_size: usize,
     until: Instant,
+    /// With `--rate`: this producer's time between sends, and its first send's delay.
+    pace: Option<(Duration, Duration)>,
     budget: Arc<AtomicU64>,
     shared: Arc<Mutex<Shared>>,
     recorder: Option<Arc<Recorder>>,
@@ -278,7 +289,14 @@ struct ProducerTask {
 impl ProducerTask {
     async fn run(self) -> anyhow::Result<()> {
         let mut seq = 0u64;
+        let mut schedule =
+            self.pace.map(|(period, phase)| tokio::time::interval_at((Instant::now() + phase).into(), period));
         while Instant::now() < self.until && !self.stop.load(Ordering::Relaxed) {
+            if let Some(schedule) = &mut schedule
+                && schedule.tick().await >= self.until.into()
+            {
+                break;
+            }
             // Take one message from the budget; none left: done.
             if self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
                 break;
@@ -330,12 +348,13 @@ pub async fn produce(endpoints: &str, args: ProduceArgs) -> anyhow::Result<()> {
     let topic: Arc<str> = Arc::from(args.topic.as_str());
     let budget = Arc::new(AtomicU64::new(args.messages.unwrap_or(u64::MAX)));
     let banner = format!(
-        "producing to {} with {} producers, {} byte bodies, for {} s{}",
+        "producing to {} with {} producers, {} byte bodies, for {} s{}{}",
         args.topic,
         args.producers,
         args.body_size,
         args.seconds,
-        args.messages.map_or_else(String::new, |m| format!(" or {m} messages"))
+        args.messages.map_or_else(String::new, |m| format!(" or {m} messages")),
+        args.rate.map_or_else(String::new, |r| format!(" at {r} msg/s")),
     );
     if args.json {
         eprintln!("{banner}")
@@ -349,6 +368,8 @@ pub async fn produce(endpoints: &str, args: ProduceArgs) -> anyhow::Result<()> {
     let ticker = spawn_progress(shared.clone(), progress.clone(), "sent", stop.clone());
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
+    // Each producer sends every `period`, the producers' schedules spread over it.
+    let period = args.rate.map(|r| Duration::from_secs_f64(args.producers as f64 / r as f64));
     let mut tasks = Vec::with_capacity(args.producers);
     for id in 0..args.producers {
         let task = ProducerTask {
@@ -357,6 +378,7 @@ pub async fn produce(endpoints: &str, args: ProduceArgs) -> anyhow::Result<()> {
             topic: topic.clone(),
             body_size: args.body_size,
             until,
+            pace: period.map(|p| (p, p.mul_f64(id as f64 / args.producers as f64))),
             budget: budget.clone(),
             shared: shared.clone(),
             recorder: recorder.clone(),
@@ -382,6 +404,7 @@ pub async fn produce(endpoints: &str, args: ProduceArgs) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "topic": args.topic, "producers": args.producers, "body_size": args.body_size,
             "sent": s.count, "errors": s.errors, "elapsed_s": elapsed, "msg_per_s": rate, "mb_per_s": mb,
+            "target_rate": args.rate,
             "ack_latency": latency_json,
             "first_error": s.first_error.as_ref().map(ToString::to_string),
         });
@@ -432,7 +455,7 @@ impl ConsumerTask {
                 }
             };
             let now = now_us();
-            for m in batch {
+            for m in &batch {
                 let body = record::check_body(&m.body);
                 if let Some(rec) = &self.recorder {
                     let queue = QueueRef::new(&m.broker, m.queue_id);
@@ -453,7 +476,12 @@ impl ConsumerTask {
                         None => s.count += 1,
                     }
                 }
-                match self.consumer.ack(&m).await {
+            }
+            // The batch's acks go at once, as the official clients' async acks do; the
+            // broker gathers concurrent acks into one entry.
+            let acks = futures::future::join_all(batch.iter().map(|m| self.consumer.ack(m))).await;
+            for (m, acked) in batch.iter().zip(acks) {
+                match acked {
                     Ok(()) => {
                         if let Some(rec) = &self.recorder {
                             rec.ack_confirmed(self.id, &QueueRef::new(&m.broker, m.queue_id), m.offset, &m.message_id)?;
