@@ -7,8 +7,8 @@
 //! counted here. It only dispatches entries already applied, so the state it asks is never
 //! older than the entry. A `DeleteTopic` entry deletes the topic's ConsumeQueue.
 //!
-//! Progress is made durable by a checkpoint written after the stores are synced (at most
-//! once a second, and a second after the last change when dispatch goes idle). On start the stores are cut back to the checkpoint and dispatch goes
+//! Progress is made durable by a checkpoint written after the stores are synced (every
+//! second while busy). On start the stores are cut back to the checkpoint and dispatch goes
 //! on from there. When the stores or the checkpoint are missing or damaged, or the log no
 //! longer holds the next entry to dispatch (this node installed a snapshot), the stores are
 //! rebuilt from the entries the log holds: a first pass counts each queue's stored messages
@@ -176,17 +176,11 @@ impl Dispatch {
                 }
                 continue;
             }
-            // Caught up. A checkpoint syncs every store and writes a file: taken at every
-            // catch-up it would cost several fsyncs per entry when entries come one at a
-            // time. It is taken once it is due, unless a new entry comes first.
-            let due = last_checkpoint + CHECKPOINT_EVERY;
-            if me.dirty && Instant::now() >= due {
+            if me.dirty {
                 me = checkpoint(me).await;
                 last_checkpoint = Instant::now();
-                continue;
             }
-            let wait = if me.dirty { due.saturating_duration_since(Instant::now()) } else { CHECKPOINT_EVERY };
-            let _ = tokio::time::timeout(wait, &mut notified).await;
+            let _ = tokio::time::timeout(CHECKPOINT_EVERY, &mut notified).await;
         }
     }
 

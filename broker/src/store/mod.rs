@@ -294,12 +294,7 @@ impl Stores {
 
     /// Positions of messages with this key or id stored in `begin..=end`, newest first.
     pub fn lookup(&self, key: IndexKey<'_>, begin: Millis, end: Millis) -> Result<Vec<Hit>, StoreError> {
-        let mut hits = self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))?;
-        // Only what dispatch has published: entries it is writing (or, after a restart, ones
-        // past the checkpoint it has not cut back yet) may lack their ConsumeQueue record.
-        let dispatched = self.dispatched();
-        hits.retain(|h| h.log_index <= dispatched);
-        Ok(hits)
+        self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))
     }
 
     /// Bytes the stores take on disk: (ConsumeQueue, IndexFile, timers).
