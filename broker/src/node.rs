@@ -161,13 +161,22 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let raft_started = started.elapsed();
-        // Opening reads the timer store's files: off the async workers too.
+        // Opening reads the timer store's files, and recovery cuts the stores back to their
+        // checkpoint and dispatches what was applied since: off the async workers too, and
+        // done before anything serves from the stores.
         let (store_dir, store_config) = (cfg.data_dir.join("store"), cfg.store.clone());
-        let (stores, reset) = tokio::task::spawn_blocking(move || Stores::open(&store_dir, store_config))
-            .await
-            .map_err(|e| StartError::Store(format!("the store opening task failed: {e}")))?
-            .map_err(|e| StartError::Store(e.to_string()))?;
-        let dispatch = dispatch::spawn(stores.clone(), store.clone(), state.clone(), reset);
+        let (log_store, applied_state) = (store.clone(), state.clone());
+        let (stores, recovered) = tokio::task::spawn_blocking(move || {
+            Stores::open(&store_dir, store_config).map(|(stores, reset)| {
+                let recovered = dispatch::recover(stores.clone(), log_store, applied_state, reset);
+                (stores, recovered)
+            })
+        })
+        .await
+        .map_err(|e| StartError::Store(format!("the store opening task failed: {e}")))?
+        .map_err(|e| StartError::Store(e.to_string()))?;
+        let stores_recovered = started.elapsed();
+        let dispatch = dispatch::spawn(recovered);
 
         let rpc = RaftRpc::new(&cfg.group, cfg.node_id, raft.clone(), log.clone(), cfg.data_dir.join("state"));
         let (raft_addr, raft_stop, raft_server) = serve(
@@ -227,6 +236,7 @@ impl Node {
             node = cfg.node_id.0,
             log_open_ms = log_opened.as_millis() as u64,
             raft_start_ms = (raft_started - log_opened).as_millis() as u64,
+            stores_ms = (stores_recovered - raft_started).as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "node opened its CommitLog, state and stores"
         );

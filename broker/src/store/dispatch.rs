@@ -7,9 +7,10 @@
 //! counted here. It only dispatches entries already applied, so the state it asks is never
 //! older than the entry. A `DeleteTopic` entry deletes the topic's ConsumeQueue.
 //!
-//! Progress is made durable by a checkpoint written after the stores are synced (every
-//! second while busy). On start the stores are cut back to the checkpoint and dispatch goes
-//! on from there. When the stores or the checkpoint are missing or damaged, or the log no
+//! Progress is made durable by a checkpoint written after the stores are synced (at most
+//! once a second, and a second after the last change when dispatch goes idle). On start,
+//! before the node serves, the stores are cut back to the checkpoint and the entries the
+//! node had applied are dispatched again; dispatch goes on from there. When the stores or the checkpoint are missing or damaged, or the log no
 //! longer holds the next entry to dispatch (this node installed a snapshot), the stores are
 //! rebuilt from the entries the log holds: a first pass counts each queue's stored messages
 //! up to the applied index, which gives each queue's offset at the first entry (its maximum
@@ -87,17 +88,63 @@ struct Dispatch {
     dirty: bool,
 }
 
-/// Starts dispatch for a node: recovers the stores (see the module docs) and follows the
-/// applied log until the task is aborted.
-pub fn spawn(stores: Stores, log: AckLogStore, state: StateStore, reset: bool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut d = Dispatch { stores, log, state, progress: Checkpoint::default(), dirty: false };
-        let mut rebuild = reset;
-        if !rebuild {
-            let (back, recovered) = blocking(d, |d| d.recover()).await;
-            d = back;
-            rebuild = !recovered;
+/// Dispatch as a node's start left it: the stores cut back to their checkpoint and caught up
+/// with what the node had applied, or marked for a rebuild.
+pub struct Recovered {
+    d: Dispatch,
+    rebuild: bool,
+}
+
+impl std::fmt::Debug for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovered")
+            .field("dispatched", &self.d.progress.dispatched)
+            .field("rebuild", &self.rebuild)
+            .finish()
+    }
+}
+
+/// Recovers the stores before the node serves them (blocking): cuts them back to their
+/// checkpoint, then dispatches the entries the node had applied before it stopped (at most
+/// what came after the last checkpoint), so that a restarted node answers from stores that
+/// agree with each other and hold what it held before. When they must be rebuilt, nothing is
+/// published until the rebuild is done.
+pub fn recover(stores: Stores, log: AckLogStore, state: StateStore, reset: bool) -> Recovered {
+    let started = Instant::now();
+    let mut d = Dispatch { stores, log, state, progress: Checkpoint::default(), dirty: false };
+    if reset || !d.recover() {
+        return Recovered { d, rebuild: true };
+    }
+    let applied = d.state.read(|a| LogIndex(a.last_applied.map_or(0, |l| l.index())));
+    let from = d.progress.dispatched;
+    while d.progress.dispatched < applied {
+        let next = d.progress.dispatched.next();
+        let to = LogIndex(applied.0.min(next.0 + BATCH_ENTRIES - 1));
+        match d.dispatch(next, to) {
+            Ok(()) => {}
+            // Records still being copied in, or a read that failed: following retries.
+            Err(DispatchError::Incomplete(_) | DispatchError::Log(_)) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "the derived stores disagree with the CommitLog; rebuilding them");
+                return Recovered { d, rebuild: true };
+            }
         }
+    }
+    tracing::info!(
+        checkpoint = from.0,
+        dispatched = d.progress.dispatched.0,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "derived stores caught up with the applied log"
+    );
+    d.publish();
+    Recovered { d, rebuild: false }
+}
+
+/// Follows the applied log from where [`recover`] left the stores (rebuilding them first
+/// when it said so) until the task is aborted.
+pub fn spawn(recovered: Recovered) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Recovered { mut d, mut rebuild } = recovered;
         loop {
             if rebuild {
                 let (back, result) = blocking(d, |d| d.rebuild()).await;
@@ -176,11 +223,19 @@ impl Dispatch {
                 }
                 continue;
             }
-            if me.dirty {
+            // Caught up. A checkpoint syncs every store and writes a file: taken at every
+            // catch-up it would cost several fsyncs per entry on every node when entries
+            // come one at a time. It is taken once due, unless a new entry comes first; a
+            // restart cuts back to it and dispatches the rest again before serving
+            // ([`recover`]).
+            let due = last_checkpoint + CHECKPOINT_EVERY;
+            if me.dirty && Instant::now() >= due {
                 me = checkpoint(me).await;
                 last_checkpoint = Instant::now();
+                continue;
             }
-            let _ = tokio::time::timeout(CHECKPOINT_EVERY, &mut notified).await;
+            let wait = if me.dirty { due.saturating_duration_since(Instant::now()) } else { CHECKPOINT_EVERY };
+            let _ = tokio::time::timeout(wait, &mut notified).await;
         }
     }
 

@@ -294,7 +294,12 @@ impl Stores {
 
     /// Positions of messages with this key or id stored in `begin..=end`, newest first.
     pub fn lookup(&self, key: IndexKey<'_>, begin: Millis, end: Millis) -> Result<Vec<Hit>, StoreError> {
-        self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))
+        let mut hits = self.checked(self.inner.index.lookup(key, begin, end).map_err(StoreError::from))?;
+        // Only what dispatch has published: an entry it is still writing may lack its
+        // ConsumeQueue record.
+        let dispatched = self.dispatched();
+        hits.retain(|h| h.log_index <= dispatched);
+        Ok(hits)
     }
 
     /// Bytes the stores take on disk: (ConsumeQueue, IndexFile, timers).
