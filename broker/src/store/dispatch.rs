@@ -27,7 +27,7 @@ use raftmq_machine::{Command, LogIndex, Machine, MessageBatch, MessageHead, Mill
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::consume_queue::{CqError, QueueRecord};
-use super::index_file::{IndexError, IndexKey, MAX_KEY_LEN};
+use super::index_file::{IndexError, IndexKey, MAX_KEY_LEN, NewEntry};
 use super::timer::{Timer, TimerError};
 use super::{StoreError, Stores};
 use crate::raft::Entry;
@@ -86,6 +86,11 @@ struct Dispatch {
     progress: Checkpoint,
     /// Whether `progress` moved since the last checkpoint.
     dirty: bool,
+    /// ConsumeQueue records not yet written, per queue: the first offset and the records
+    /// from it, written by [`Dispatch::write_records`] before progress is published.
+    records: BTreeMap<(String, QueueId), (u64, Vec<QueueRecord>)>,
+    /// IndexFile entries not yet written, in log order.
+    keys: Vec<NewEntry>,
 }
 
 /// Dispatch as a node's start left it: the stores cut back to their checkpoint and caught up
@@ -111,7 +116,15 @@ impl std::fmt::Debug for Recovered {
 /// published until the rebuild is done.
 pub fn recover(stores: Stores, log: AckLogStore, state: StateStore, reset: bool) -> Recovered {
     let started = Instant::now();
-    let mut d = Dispatch { stores, log, state, progress: Checkpoint::default(), dirty: false };
+    let mut d = Dispatch {
+        stores,
+        log,
+        state,
+        progress: Checkpoint::default(),
+        dirty: false,
+        records: BTreeMap::new(),
+        keys: Vec::new(),
+    };
     if reset || !d.recover() {
         return Recovered { d, rebuild: true };
     }
@@ -247,6 +260,8 @@ impl Dispatch {
             state: self.state.clone(),
             progress: Checkpoint::default(),
             dirty: false,
+            records: BTreeMap::new(),
+            keys: Vec::new(),
         };
         std::mem::replace(self, shell)
     }
@@ -324,8 +339,30 @@ impl Dispatch {
     fn dispatch(&mut self, from: LogIndex, to: LogIndex) -> Result<(), DispatchError> {
         let entries = self.entries(from, to)?;
         let state = self.state.clone();
-        for entry in &entries {
-            state.read(|a| self.apply_entry(&a.machine, entry, None))?;
+        let applied = entries.iter().try_for_each(|entry| state.read(|a| self.apply_entry(&a.machine, entry, None)));
+        self.finish_batch(applied)
+    }
+
+    /// Writes the batch's ConsumeQueue records and IndexFile entries (`applied` is how
+    /// applying its entries went; after a failure they are dropped: the stores are rebuilt).
+    fn finish_batch(&mut self, applied: Result<(), DispatchError>) -> Result<(), DispatchError> {
+        match applied {
+            Ok(()) => self.write_records(),
+            Err(e) => {
+                self.records.clear();
+                self.keys.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the ConsumeQueue records and IndexFile entries gathered so far: one write per
+    /// queue and file, one header write for the index.
+    fn write_records(&mut self) -> Result<(), DispatchError> {
+        self.stores.index().add_all(&std::mem::take(&mut self.keys))?;
+        let cq = self.stores.consume_queues();
+        for ((topic, queue), (first, records)) in std::mem::take(&mut self.records) {
+            cq.append_all(&topic, queue, QueueOffset(first), &records)?;
         }
         Ok(())
     }
@@ -406,6 +443,7 @@ impl Dispatch {
                     }
                 }
                 Command::DeleteTopic { topic } => {
+                    self.write_records()?;
                     self.stores.consume_queues().remove_topic(topic.as_str())?;
                     self.progress.next.retain(|(t, _), _| t != topic.as_str());
                 }
@@ -476,14 +514,23 @@ impl Dispatch {
             group_hash: m.message_group.as_deref().map(tag_hash),
             store_time,
         };
-        cq.append(&key.0, m.queue, QueueOffset(offset), &record)?;
+        match self.records.get_mut(&key) {
+            Some((first, records)) if *first + records.len() as u64 == offset => records.push(record),
+            _ => {
+                // Not the next record of what is gathered for the queue (a rebuild skipping
+                // records below the queue's first offset): write that out first.
+                if let Some((first, records)) = self.records.remove(&key) {
+                    cq.append_all(&key.0, m.queue, QueueOffset(first), &records)?;
+                }
+                self.records.insert(key, (offset, vec![record]));
+            }
+        }
         Ok(())
     }
 
-    /// Adds a message's id and keys to the IndexFile.
+    /// Gathers a message's id and keys for the IndexFile ([`Dispatch::write_records`] writes them).
     fn index_keys(&mut self, index: LogIndex, slot: Slot, m: &StoredMessage) -> Result<(), DispatchError> {
         let store_time = self.progress.clock;
-        let index_files = self.stores.index();
         let keys = std::iter::once(IndexKey::Id(&m.message_id)).chain(m.keys.iter().map(|k| IndexKey::Key(k)));
         for k in keys {
             let text = match k {
@@ -492,7 +539,7 @@ impl Dispatch {
             if text.is_empty() || text.len() > MAX_KEY_LEN {
                 continue;
             }
-            index_files.add(k, index, slot, store_time)?;
+            self.keys.push(NewEntry::new(k, index, slot, store_time)?);
         }
         Ok(())
     }
@@ -590,10 +637,10 @@ impl Dispatch {
         let mut from = first;
         while from <= applied {
             let to = LogIndex(applied.0.min(from.0 + BATCH_ENTRIES - 1));
-            for entry in self.entries(from, to)? {
-                self.apply_entry(&machine, &entry, Some(&mins))?;
-                entries_done += 1;
-            }
+            let entries = self.entries(from, to)?;
+            let applied = entries.iter().try_for_each(|entry| self.apply_entry(&machine, entry, Some(&mins)));
+            self.finish_batch(applied)?;
+            entries_done += entries.len() as u64;
             from = to.next();
         }
         self.progress.dispatched = self.progress.dispatched.max(applied);

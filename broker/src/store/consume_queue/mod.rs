@@ -162,6 +162,18 @@ impl ConsumeQueues {
         self.with_queue(topic, queue, true, |s, q| q.append(s, (topic, queue), offset.0, rec))
     }
 
+    /// Appends consecutive records from `offset` (as [`Self::append`] each, written with one
+    /// write per file when they go at the queue's end).
+    pub fn append_all(
+        &self,
+        topic: &str,
+        queue: QueueId,
+        offset: QueueOffset,
+        recs: &[QueueRecord],
+    ) -> Result<(), CqError> {
+        self.with_queue(topic, queue, true, |s, q| q.append_all(s, (topic, queue), offset.0, recs))
+    }
+
     /// The record at `offset`, or `None` if it is below the queue's minimum or at/after its end.
     pub fn read(&self, topic: &str, queue: QueueId, offset: QueueOffset) -> Result<Option<QueueRecord>, CqError> {
         self.with_queue(topic, queue, false, |s, q| q.read(s, offset.0))

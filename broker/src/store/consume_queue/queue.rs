@@ -52,6 +52,50 @@ impl QueueState {
     }
 
     /// Appends `rec` at `o` (see [`super::ConsumeQueues::append`]); `topic` and `queue` name the queue in errors.
+    /// Appends consecutive records from offset `o`: at the queue's end, one write per file
+    /// they fall in; otherwise one [`Self::append`] each (same checks and errors).
+    pub(super) fn append_all(
+        &mut self,
+        s: &mut Store,
+        (topic, queue): (&str, QueueId),
+        o: u64,
+        recs: &[QueueRecord],
+    ) -> Result<(), CqError> {
+        let Some(last) = o.checked_add(recs.len() as u64).filter(|&l| l <= s.max_offset()) else {
+            return Err(CqError::Invalid(format!("offset {o} + {} records is too large", recs.len())));
+        };
+        if (self.files.is_some() && o != self.end) || recs.is_empty() {
+            for (i, rec) in recs.iter().enumerate() {
+                self.append(s, (topic, queue), o + i as u64, rec)?;
+            }
+            return Ok(());
+        }
+        let mut at = o;
+        while at < last {
+            let start = s.file_start(at);
+            let n = (start + s.rpf).min(last) - at;
+            let done = (at - o) as usize;
+            let run = &recs[done..done + n as usize];
+            match self.files {
+                None => {
+                    s.create_queue_dir(&self.dir)?;
+                    s.create_file(&self.dir, start)?;
+                    (self.min, self.end, self.files) = (at, at, Some(Files { first: start, last: start }));
+                }
+                Some(files) if start > files.last => {
+                    assert_eq!(start, files.last + s.rpf, "files of a queue must stay contiguous");
+                    s.create_file(&self.dir, start)?;
+                    self.files = Some(Files { last: start, ..files });
+                }
+                Some(_) => {}
+            }
+            s.write_records(&self.dir, at, run)?;
+            at += n;
+            self.end = at;
+        }
+        Ok(())
+    }
+
     pub(super) fn append(
         &mut self,
         s: &mut Store,

@@ -98,6 +98,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes consecutive records from `offset`, all within one file, with one write.
+    pub(super) fn write_records(&mut self, dir: &Path, offset: u64, recs: &[QueueRecord]) -> Result<(), CqError> {
+        let start = self.file_start(offset);
+        debug_assert!(offset - start + recs.len() as u64 <= self.rpf, "records span files");
+        let path = file_path(dir, start);
+        let bytes: Vec<u8> = recs.iter().flat_map(encode_record).collect();
+        self.file(&path, start)?.write_all_at(&bytes, slot_byte(offset - start)).map_err(io_err("write", &path))?;
+        self.dirty_files.insert(path);
+        Ok(())
+    }
+
     /// Writes zeros over slots `[from, to)` of the file starting at `start`.
     pub(super) fn zero_slots(&mut self, path: &Path, start: u64, from: u64, to: u64) -> Result<(), CqError> {
         let mut slot = from;

@@ -184,6 +184,25 @@ impl ReadHandles {
     }
 }
 
+/// An entry for [`IndexFiles::add_all`]: a key, checked and hashed, and where its message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry {
+    key_hash: u64,
+    kind: u8,
+    log_index: LogIndex,
+    slot: Slot,
+    store_time: Millis,
+}
+
+impl NewEntry {
+    /// The entry of `key` for the message at (`log_index`, `slot`) stored at `store_time`; `Invalid` for an
+    /// empty key or one over 128 bytes.
+    pub fn new(key: IndexKey<'_>, log_index: LogIndex, slot: Slot, store_time: Millis) -> Result<NewEntry, IndexError> {
+        let (kind, bytes) = key.parts()?;
+        Ok(NewEntry { key_hash: key_hash(kind, bytes), kind, log_index, slot, store_time })
+    }
+}
+
 /// The index files of one directory. `Send + Sync`: lookups share a read lock, changes take the write lock.
 /// At most the newest file is open for writing, plus up to 64 read-only handles to older files.
 #[derive(Debug)]
@@ -270,10 +289,34 @@ impl IndexFiles {
         slot: Slot,
         store_time: Millis,
     ) -> Result<(), IndexError> {
-        let (kind, bytes) = key.parts()?;
-        let key_hash = key_hash(kind, bytes);
+        self.add_all(&[NewEntry::new(key, log_index, slot, store_time)?])
+    }
+
+    /// Adds `entries` in order, as [`IndexFiles::add`] each, writing the header of the file they went into once
+    /// at the end. Stops at the first one refused; those before it stay added.
+    pub fn add_all(&self, entries: &[NewEntry]) -> Result<(), IndexError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut guard = self.write();
         let st = &mut *guard;
+        let mut added = false;
+        let mut result = Ok(());
+        for e in entries {
+            result = self.add_one(st, e);
+            if result.is_err() {
+                break;
+            }
+            added = true;
+        }
+        if added && let (Some(seg), Some(writer)) = (st.segments.last(), st.writer.as_ref()) {
+            file::write_at(&writer.file, &seg.path, 0, &seg.header.encode())?;
+        }
+        result
+    }
+
+    fn add_one(&self, st: &mut State, e: &NewEntry) -> Result<(), IndexError> {
+        let NewEntry { key_hash, kind, log_index, slot, store_time } = *e;
         if let Some((last_index, last_time)) = st.last {
             if log_index < last_index {
                 return Err(IndexError::Invalid(format!(
@@ -299,7 +342,7 @@ impl IndexFiles {
         file::append(&writer.file, seg, entry)?;
         writer.dirty = true;
         st.last = Some((log_index, store_time));
-        file::write_at(&writer.file, &seg.path, 0, &seg.header.encode())
+        Ok(())
     }
 
     /// Creates the file that starts at `log_index` and makes it the writable one.
@@ -312,6 +355,10 @@ impl IndexFiles {
                  raise max_entries",
                 seg.header.max_entries
             )));
+        }
+        // The full file's header, which `add_all` writes only at its end.
+        if let (Some(w), Some(seg)) = (&st.writer, st.segments.last()) {
+            file::write_at(&w.file, &seg.path, 0, &seg.header.encode())?;
         }
         let path = self.config.root.join(file::file_name(log_index.0));
         let header = Header {

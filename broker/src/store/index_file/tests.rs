@@ -212,6 +212,38 @@ fn read_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 }
 
 #[test]
+fn add_all_writes_what_adds_one_by_one_write() {
+    let (dir_one, dir_all) = (TempDir::new().expect("tempdir"), TempDir::new().expect("tempdir"));
+    let (cfg_one, cfg_all) = (small(dir_one.path()), small(dir_all.path()));
+    let (idx_one, idx_all) = (open(&cfg_one), open(&cfg_all));
+    let entry = |log: u64| {
+        NewEntry::new(IndexKey::Key(&format!("k{}", log % 5)), LogIndex(log), Slot(0), Millis(1000 + log as i64))
+            .expect("a valid key")
+    };
+    for log in 1..=40 {
+        add(&idx_one, IndexKey::Key(&format!("k{}", log % 5)), log, 0, 1000 + log as i64);
+    }
+    // Batches within one file and across the two file boundaries (16 entries per file).
+    for batch in [1..=3, 4..=20, 21..=40] {
+        idx_all.add_all(&batch.map(entry).collect::<Vec<_>>()).expect("add_all");
+    }
+    idx_all.add_all(&[]).expect("nothing to add");
+    assert_eq!(files(&cfg_all), files(&cfg_one));
+    for name in files(&cfg_one) {
+        let (a, b) =
+            (fs::read(cfg_all.root.join(&name)).expect("read"), fs::read(cfg_one.root.join(&name)).expect("read"));
+        assert!(a == b, "{name} differs");
+    }
+    // A refused entry stops the batch; the ones before it are in, with the header.
+    let refused = idx_all.add_all(&[entry(41), entry(39), entry(42)]);
+    assert!(matches!(refused, Err(IndexError::Invalid(_))), "{refused:?}");
+    drop(idx_all);
+    let idx_all = open(&cfg_all);
+    assert_eq!(idx_all.last_log_index(), Some(LogIndex(41)));
+    assert_eq!(all(&idx_all, IndexKey::Key("k1"))[0], hit(41, 0, 1041));
+}
+
+#[test]
 fn truncate_inside_last_file_then_readd() {
     let dir = TempDir::new().expect("tempdir");
     let cfg = small(dir.path());

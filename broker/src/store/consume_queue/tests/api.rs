@@ -26,6 +26,40 @@ fn append_read_round_trip_across_files() {
 }
 
 #[test]
+fn append_all_writes_what_appends_one_by_one_write() {
+    let recs = |r: std::ops::Range<u64>| r.map(rec).collect::<Vec<_>>();
+    let (one_by_one, all) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    append_range(&open(one_by_one.path(), 4), 2..13);
+    let cq = open(all.path(), 4);
+    // A first run starting inside a file, then runs across file boundaries, then nothing.
+    cq.append_all(T, Q, QueueOffset(2), &recs(2..3)).unwrap();
+    cq.append_all(T, Q, QueueOffset(3), &recs(3..9)).unwrap();
+    cq.append_all(T, Q, QueueOffset(9), &recs(9..13)).unwrap();
+    cq.append_all(T, Q, QueueOffset(13), &[]).unwrap();
+    assert_eq!(files_in(all.path()), names(&[0, 4, 8, 12]));
+    for start in [0, 4, 8, 12] {
+        let len = fs::metadata(fpath(one_by_one.path(), start)).unwrap().len() as usize;
+        assert_eq!(
+            raw(&fpath(all.path(), start), 0, len),
+            raw(&fpath(one_by_one.path(), start), 0, len),
+            "file {start}"
+        );
+    }
+    assert_eq!(bounds(&cq), Some((2, 13)));
+    drop(cq);
+    let reopened = open(all.path(), 4);
+    assert_eq!(reopened.read_range(T, Q, QueueOffset(0), 100).unwrap().len(), 11);
+    // Records already held are accepted again as they are; others, and gaps, are refused
+    // as `append` refuses them, and nothing is written.
+    reopened.append_all(T, Q, QueueOffset(5), &recs(5..8)).unwrap();
+    let clash = [rec(6), rec_v(7, 1)];
+    assert!(matches!(reopened.append_all(T, Q, QueueOffset(6), &clash), Err(CqError::Invalid(_))));
+    assert!(matches!(reopened.append_all(T, Q, QueueOffset(14), &recs(14..15)), Err(CqError::Invalid(_))));
+    assert_eq!(reopened.read(T, Q, QueueOffset(7)).unwrap(), Some(rec(7)));
+    assert_eq!(bounds(&reopened), Some((2, 13)));
+}
+
+#[test]
 fn read_range_is_capped() {
     let dir = TempDir::new().unwrap();
     let cq = open(dir.path(), 300);
