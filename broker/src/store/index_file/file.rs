@@ -1,7 +1,7 @@
 //! One index file: its name, creating and opening it, reading and writing entries and bucket heads, walking a
 //! bucket's chain for a lookup, and cutting the file back (and repairing a torn tail) on truncation.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -127,21 +127,52 @@ pub(super) fn load_header(path: &Path) -> Result<Option<Header>, IndexError> {
     Header::decode(path, &b, len).map(Some)
 }
 
-/// Writes `entry` as the next entry of `seg`, linking it (`prev`) to its bucket's head and making it the new head,
-/// and updates the in-memory header. The caller writes the header.
-pub(super) fn append(file: &File, seg: &mut Segment, mut entry: Entry) -> Result<(), IndexError> {
+/// Entries of one file taken by [`stage`] and not yet written: the first one's number, their bytes, and the new head
+/// of each bucket they went into.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    first: u32,
+    bytes: Vec<u8>,
+    heads: BTreeMap<u32, u32>,
+}
+
+/// Takes `entry` as the next entry of `seg`, linking it (`prev`) to its bucket's head (a staged one, or the file's)
+/// and making it the new head, and updates the in-memory header; [`write_staged`] writes them.
+pub(super) fn stage(file: &File, seg: &mut Segment, mut entry: Entry, staged: &mut Staged) -> Result<(), IndexError> {
     let h = &mut seg.header;
     let n = h.entry_count + 1;
     let bucket = h.bucket(entry.key_hash);
-    entry.prev = read_head(file, &seg.path, h, bucket)?;
-    write_at(file, &seg.path, h.entry_offset(n), &entry.encode())?;
-    write_at(file, &seg.path, h.slot_offset(bucket), &n.to_le_bytes())?;
+    entry.prev = match staged.heads.get(&bucket) {
+        Some(&head) => head,
+        None => read_head(file, &seg.path, h, bucket)?,
+    };
+    if staged.bytes.is_empty() {
+        staged.first = n;
+    }
+    staged.bytes.extend_from_slice(&entry.encode());
+    staged.heads.insert(bucket, n);
     if h.entry_count == 0 {
         h.begin_time = entry.store_time;
     }
     h.entry_count = n;
     h.last_log_index = entry.log_index;
     h.end_time = entry.store_time.max(h.begin_time);
+    Ok(())
+}
+
+/// Writes the staged entries of `seg` (one write), then its changed bucket heads, then its header.
+pub(super) fn write_staged(file: &File, seg: &Segment, staged: &mut Staged) -> Result<(), IndexError> {
+    if staged.bytes.is_empty() {
+        return Ok(());
+    }
+    let h = &seg.header;
+    write_at(file, &seg.path, h.entry_offset(staged.first), &staged.bytes)?;
+    for (&bucket, &n) in &staged.heads {
+        write_at(file, &seg.path, h.slot_offset(bucket), &n.to_le_bytes())?;
+    }
+    write_at(file, &seg.path, 0, &h.encode())?;
+    staged.bytes.clear();
+    staged.heads.clear();
     Ok(())
 }
 

@@ -300,22 +300,27 @@ impl IndexFiles {
         }
         let mut guard = self.write();
         let st = &mut *guard;
-        let mut added = false;
+        let mut staged = file::Staged::default();
         let mut result = Ok(());
         for e in entries {
-            result = self.add_one(st, e);
+            result = self.add_one(st, e, &mut staged);
             if result.is_err() {
                 break;
             }
-            added = true;
         }
-        if added && let (Some(seg), Some(writer)) = (st.segments.last(), st.writer.as_ref()) {
-            file::write_at(&writer.file, &seg.path, 0, &seg.header.encode())?;
-        }
-        result
+        let written = Self::write_staged(st, &mut staged);
+        result.and(written)
     }
 
-    fn add_one(&self, st: &mut State, e: &NewEntry) -> Result<(), IndexError> {
+    /// Writes what is staged for the last file: entries, bucket heads, header.
+    fn write_staged(st: &mut State, staged: &mut file::Staged) -> Result<(), IndexError> {
+        match (st.segments.last(), st.writer.as_ref()) {
+            (Some(seg), Some(writer)) => file::write_staged(&writer.file, seg, staged),
+            _ => Ok(()),
+        }
+    }
+
+    fn add_one(&self, st: &mut State, e: &NewEntry, staged: &mut file::Staged) -> Result<(), IndexError> {
         let NewEntry { key_hash, kind, log_index, slot, store_time } = *e;
         if let Some((last_index, last_time)) = st.last {
             if log_index < last_index {
@@ -333,13 +338,14 @@ impl IndexFiles {
             }
         }
         if st.writer.is_none() || st.segments.last().is_none_or(|s| s.header.is_full()) {
+            Self::write_staged(st, staged)?;
             self.start_file(st, log_index)?;
         }
         let (Some(seg), Some(writer)) = (st.segments.last_mut(), st.writer.as_mut()) else {
             return Err(IndexError::Invalid("no writable index file after creating one".into()));
         };
         let entry = Entry { key_hash, log_index: log_index.0, store_time: store_time.0, slot: slot.0, prev: 0, kind };
-        file::append(&writer.file, seg, entry)?;
+        file::stage(&writer.file, seg, entry, staged)?;
         writer.dirty = true;
         st.last = Some((log_index, store_time));
         Ok(())
@@ -355,10 +361,6 @@ impl IndexFiles {
                  raise max_entries",
                 seg.header.max_entries
             )));
-        }
-        // The full file's header, which `add_all` writes only at its end.
-        if let (Some(w), Some(seg)) = (&st.writer, st.segments.last()) {
-            file::write_at(&w.file, &seg.path, 0, &seg.header.encode())?;
         }
         let path = self.config.root.join(file::file_name(log_index.0));
         let header = Header {
