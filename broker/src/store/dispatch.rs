@@ -487,7 +487,7 @@ impl Dispatch {
         self.queue_record(log_index, slot, &m, min_offsets)
     }
 
-    /// Appends the ConsumeQueue record of a message stored at (`index`, `slot`).
+    /// Gathers the ConsumeQueue record of a message stored at (`index`, `slot`) ([`Dispatch::write_records`] writes it).
     fn queue_record(
         &mut self,
         index: LogIndex,
@@ -514,17 +514,18 @@ impl Dispatch {
             group_hash: m.message_group.as_deref().map(tag_hash),
             store_time,
         };
-        match self.records.get_mut(&key) {
-            Some((first, records)) if *first + records.len() as u64 == offset => records.push(record),
-            _ => {
-                // Not the next record of what is gathered for the queue (a rebuild skipping
-                // records below the queue's first offset): write that out first.
-                if let Some((first, records)) = self.records.remove(&key) {
-                    cq.append_all(&key.0, m.queue, QueueOffset(first), &records)?;
-                }
-                self.records.insert(key, (offset, vec![record]));
-            }
+        // Offsets are counted here, one after another per queue, so a batch's records of a
+        // queue are contiguous; anything else is a bug, and the stores are rebuilt.
+        let (first, records) = self.records.entry(key).or_insert_with(|| (offset, Vec::new()));
+        if *first + records.len() as u64 != offset {
+            return Err(DispatchError::from(CqError::Invalid(format!(
+                "queue {}:{} gets offset {offset} after records gathered from {first} to {}",
+                m.topic.as_str(),
+                m.queue.0,
+                *first + records.len() as u64
+            ))));
         }
+        records.push(record);
         Ok(())
     }
 
